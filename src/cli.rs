@@ -1,0 +1,217 @@
+//! The `mananera` command line: global options, subcommands, logging and exit codes.
+//!
+//! Exit codes: 0 success; 1 internal failure; 2 bad usage, settings or input;
+//! 3 the model could not be found, downloaded or read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::config::{Config, Override};
+use crate::engine;
+
+/// Speeches in the voice of the mañanera, from a BLOOM model.
+#[derive(Debug, Parser)]
+#[command(name = "mananera", version, about)]
+pub struct Cli {
+    /// Settings file (default: ./config.toml when present, else built-in defaults).
+    #[arg(long, global = true, env = "MANANERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override any setting: --set section.key=value (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output for people (text) or programs (json).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Options shared by the commands that load a model.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Hub repository id or local checkpoint directory (model.id).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Weights in memory: none (f32), q8_0 or q4k (engine.quantization).
+    #[arg(long)]
+    pub quantization: Option<String>,
+    /// Matrix worker threads, 0 = all cores (engine.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
+        push(&mut out, "engine.quantization", "--quantization", self.quantization.as_ref().map(|q| format!("{q:?}")));
+        push(&mut out, "engine.threads", "--threads", self.threads.map(|t| t.to_string()));
+        out
+    }
+}
+
+/// Sampling flags of `generate`, mirroring `[generation]`.
+#[derive(Debug, clap::Args)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// 0 = off.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// 1 = off.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// 1 = off.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// 0 = no word limit.
+    #[arg(long)]
+    pub max_words: Option<usize>,
+}
+
+impl SamplingArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        let fields: [(&str, Option<String>); 7] = [
+            ("temperature", self.temperature.map(|v| format!("{v:?}"))),
+            ("top_k", self.top_k.map(|v| v.to_string())),
+            ("top_p", self.top_p.map(|v| format!("{v:?}"))),
+            ("repetition_penalty", self.repetition_penalty.map(|v| format!("{v:?}"))),
+            ("seed", self.seed.map(|v| v.to_string())),
+            ("max_new_tokens", self.max_new_tokens.map(|v| v.to_string())),
+            ("max_words", self.max_words.map(|v| v.to_string())),
+        ];
+        for (key, value) in fields {
+            push(&mut out, &format!("generation.{key}"), &format!("--{}", key.replace('_', "-")), value);
+        }
+        out
+    }
+}
+
+fn push(out: &mut Vec<Override>, key: &str, flag: &str, value: Option<String>) {
+    if let Some(value) = value {
+        out.push(Override { key: key.into(), origin: format!("{flag} {value}"), value });
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a speech about a topic, streaming it as it is written.
+    Generate {
+        /// The topic or opening words.
+        topic: String,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Perplexity of a text file under the model.
+    Eval {
+        /// UTF-8 text file to score.
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Prefill and decode speed and memory on a model of bloom-560m's shape with random weights.
+    Bench(commands::bench::BenchArgs),
+    /// Print the effective settings after every override.
+    Config,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    /// Bad usage, settings or input (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+}
+
+impl From<engine::Error> for Failure {
+    fn from(e: engine::Error) -> Self {
+        let code = match e {
+            engine::Error::InvalidInput(_) => 2,
+            engine::Error::Checkpoint { .. } | engine::Error::Download { .. } => 3,
+            engine::Error::Candle(_) => 1,
+        };
+        Self { code, message: e.to_string() }
+    }
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let mut overrides = cli.set.iter().map(|s| Override::parse_set(s)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
+    match &cli.command {
+        Command::Generate { model, sampling, .. } => {
+            overrides.extend(model.overrides());
+            overrides.extend(sampling.overrides());
+        }
+        Command::Eval { model, .. } => overrides.extend(model.overrides()),
+        Command::Bench(args) => overrides.extend(args.model_overrides()),
+        Command::Config => {}
+    }
+    let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
+    configure_threads(config.engine.threads);
+    match cli.command {
+        Command::Generate { topic, .. } => commands::generate::run(&config, &topic, cli.format),
+        Command::Eval { file, .. } => commands::eval::run(&config, &file, cli.format),
+        Command::Bench(args) => commands::bench::run(&config, &args, cli.format),
+        Command::Config => commands::show_config(&config, cli.format),
+    }
+}
+
+/// Logs go to stderr (stdout carries the command's output); `MANANERA_LOG` or `RUST_LOG`
+/// set the filter, default `info`.
+fn init_logging() {
+    let filter = std::env::var("MANANERA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Sizes the worker pool the matrix code runs on (candle and mananera's kernels share
+/// rayon's global pool).
+fn configure_threads(threads: usize) {
+    if threads > 0 {
+        // candle's own kernels read RAYON_NUM_THREADS when sizing their work split.
+        // SAFETY: called before any other thread exists (start of `run`, single-threaded).
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            tracing::warn!(error = %e, "could not size the thread pool");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `mananera bench`: prefill and decode speed and memory of the engine on a model of
+//! bigscience/bloom-560m's exact shape, built in-process with random weights (no download),
+//! for each precision. Speed does not depend on the weights' values.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde::Serialize;
+
+use crate::cli::{Failure, Format};
+use crate::config::{Config, Override};
+use crate::engine::bloom::{Bloom, BloomConfig};
+use crate::engine::weights::Weights;
+use crate::engine::Quantization;
+
+/// What to measure.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Precisions to measure, comma-separated: none (f32), q8_0, q4k.
+    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "q8_0".to_string(), "q4k".to_string()])]
+    pub precisions: Vec<String>,
+    /// Prompt length.
+    #[arg(long, default_value_t = 64)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Matrix worker threads, 0 = all cores (engine.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BenchArgs {
+    /// The settings these flags override.
+    pub fn model_overrides(&self) -> Vec<Override> {
+        self.threads
+            .map(|t| Override { key: "engine.threads".into(), value: t.to_string(), origin: format!("--threads {t}") })
+            .into_iter()
+            .collect()
+    }
+}
+
+/// One precision's numbers.
+#[derive(Debug, Serialize)]
+struct Measurement {
+    engine: &'static str,
+    precision: String,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    load_s: f64,
+    /// Resident memory with the model loaded.
+    rss_mb: f64,
+    /// Peak resident memory while generating.
+    peak_rss_mb: f64,
+}
+
+/// Runs the benchmark for every requested precision.
+pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Failure> {
+    if args.prompt_tokens == 0 || args.new_tokens == 0 || args.runs == 0 {
+        return Err(Failure::usage("--prompt-tokens, --new-tokens and --runs must be at least 1"));
+    }
+    let precisions = args
+        .precisions
+        .iter()
+        .map(|p| p.parse::<Quantization>().map_err(|e| Failure::usage(format!("--precisions: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = BloomConfig::bloom_560m();
+    for precision in precisions {
+        tracing::info!(%precision, "building a random model of bloom-560m's shape");
+        let m = measure(&config, precision, args).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+        match format {
+            Format::Json => super::print_json(&m)?,
+            Format::Text => println!(
+                "{:<5} prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
+                m.precision, m.prefill_tok_s, m.decode_tok_s, m.rss_mb, m.peak_rss_mb, m.load_s
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> crate::engine::Result<Measurement> {
+    let device = Device::Cpu;
+    let started = Instant::now();
+    let model = Bloom::load(&Weights::random(&device), config, precision)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let rss_mb = memory_mb("VmRSS:");
+    reset_peak_memory();
+
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 5 + (i * 7919) % 250_000).collect();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for run in 0..args.runs {
+        let mut cache = model.new_cache();
+        let t0 = Instant::now();
+        let ids = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
+        let mut mask: Vec<u8> = vec![1; prompt.len()];
+        let hidden = model.forward(&ids, &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?, &mut cache)?;
+        let mut next = argmax_last(&model, &hidden)?;
+        let t1 = Instant::now();
+        for _ in 0..args.new_tokens {
+            mask.push(1);
+            let ids = Tensor::new(&[[next]], &device)?;
+            let hidden = model.forward(&ids, &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?, &mut cache)?;
+            next = argmax_last(&model, &hidden)?;
+        }
+        let t2 = Instant::now();
+        prefill.push(args.prompt_tokens as f64 / (t1 - t0).as_secs_f64());
+        decode.push(args.new_tokens as f64 / (t2 - t1).as_secs_f64());
+        tracing::info!(%precision, run, prefill_tok_s = format!("{:.1}", prefill[run]), decode_tok_s = format!("{:.2}", decode[run]), "bench run");
+    }
+    Ok(Measurement {
+        engine: "mananera",
+        precision: precision.to_string(),
+        prompt_tokens: args.prompt_tokens,
+        new_tokens: args.new_tokens,
+        prefill_tok_s: median(prefill),
+        decode_tok_s: median(decode),
+        load_s,
+        rss_mb,
+        peak_rss_mb: memory_mb("VmHWM:"),
+    })
+}
+
+fn argmax_last(model: &Bloom, hidden: &Tensor) -> candle_core::Result<u32> {
+    let last = hidden.i((0, hidden.dim(1)? - 1))?.unsqueeze(0)?;
+    model.logits(&last)?.to_dtype(DType::F32)?.squeeze(0)?.argmax(0)?.to_scalar::<u32>()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// A `/proc/self/status` memory line in MB (0 where unavailable).
+fn memory_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

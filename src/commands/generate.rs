@@ -1,0 +1,40 @@
+//! `mananera generate "tema"`: stream a speech to stdout, or print it as JSON.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+use crate::engine::Engine;
+
+/// Loads the model and generates from `topic` with the configured sampling settings.
+pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> {
+    let engine = Engine::load(&config.engine_options())?;
+    let mut stdout = std::io::stdout().lock();
+    let generation = engine.generate(topic, &config.generation, |delta| {
+        if format == Format::Text {
+            // A closed pipe (e.g. `| head`) cancels instead of failing.
+            if stdout.write_all(delta.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    let t = &generation.timings;
+    tracing::info!(
+        prompt_tokens = t.prompt_tokens,
+        new_tokens = t.new_tokens,
+        prefill_ms = format!("{:.0}", t.prefill_ms),
+        decode_tok_s = format!("{:.1}", t.decode_tokens_per_s),
+        stop = ?generation.stop_reason,
+        seed = generation.seed,
+        "generation finished"
+    );
+    match format {
+        Format::Text => {
+            let _ = writeln!(stdout);
+            Ok(())
+        }
+        Format::Json => super::print_json(&generation),
+    }
+}

@@ -1,0 +1,26 @@
+//! One module per subcommand; each turns settings into engine calls and prints the result
+//! as text or JSON.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+
+/// `mananera config`: the effective settings, as TOML or JSON.
+pub fn show_config(config: &Config, format: Format) -> Result<(), Failure> {
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(config).map_err(|e| Failure { code: 1, message: e.to_string() })?,
+        Format::Text => toml::to_string_pretty(config).map_err(|e| Failure { code: 1, message: e.to_string() })?,
+    };
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints `value` as one JSON document on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Settings: `config.toml`, overridden by `MANANERA_<SECTION>_<KEY>` environment variables,
+//! then by `--set section.key=value` and the commands' own flags (last wins).
+//!
+//! Every error names the setting, where its value came from and what is accepted.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::checkpoint::ModelSource;
+use crate::engine::{EngineOptions, Quantization, SamplingParams};
+
+/// Everything `config.toml` can hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub engine: EngineConfig,
+    pub generation: SamplingParams,
+}
+
+/// Which checkpoint to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A Hugging Face repository id or a local checkpoint directory.
+    pub id: String,
+    /// Hub branch, tag or commit to pin.
+    pub revision: String,
+    /// Cache for downloads; empty means `$XDG_CACHE_HOME/mananera` (or `~/.cache/mananera`).
+    pub cache_dir: String,
+    /// Never use the network (also turned on by `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            id: "bigscience/bloom-560m".into(),
+            revision: "main".into(),
+            cache_dir: String::new(),
+            offline: false,
+        }
+    }
+}
+
+/// How the model runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Only `cpu` in this build.
+    pub device: String,
+    /// `none` (f32), `q8_0` or `q4k`: weights quantized in-process at load time.
+    pub quantization: Quantization,
+    /// Worker threads for the matrix code; 0 uses every core.
+    pub threads: usize,
+    /// Cap on prompt plus generated tokens.
+    pub max_context: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { device: "cpu".into(), quantization: Quantization::None, threads: 0, max_context: 2048 }
+    }
+}
+
+/// A setting given outside the config file, and where it came from (for error messages).
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    pub origin: String,
+}
+
+impl Override {
+    /// Parses `section.key=value` as given to `--set`.
+    pub fn parse_set(arg: &str) -> Result<Self, String> {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("--set {arg}: expected section.key=value, e.g. --set engine.threads=2"))?;
+        Ok(Self { key: key.trim().to_string(), value: value.to_string(), origin: format!("--set {arg}") })
+    }
+}
+
+/// Prefix of the environment variables that override settings.
+const ENV_PREFIX: &str = "MANANERA_";
+
+impl Config {
+    /// Loads `path` (or the defaults when `path` is `None` and `./config.toml` does not
+    /// exist), then applies environment overrides and `overrides` in order.
+    pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<Self, String> {
+        let (mut table, file_name) = match path {
+            Some(path) => (read_table(path)?, path.display().to_string()),
+            None if Path::new("config.toml").is_file() => (read_table(Path::new("config.toml"))?, "config.toml".into()),
+            None => (toml::Table::new(), "built-in defaults".into()),
+        };
+        let check = |table: &toml::Table| Self::from_table(table.clone()).and_then(|c| c.validate().map(|()| c));
+        let mut all = env_overrides();
+        all.extend_from_slice(overrides);
+        let mut valid_so_far = check(&table).is_ok();
+        for o in &all {
+            apply(&mut table, o)?;
+            // Blame a bad value on the override that brought it, not on the file.
+            match check(&table) {
+                Err(e) if valid_so_far => return Err(format!("{}: {e}", o.origin)),
+                result => valid_so_far = result.is_ok(),
+            }
+        }
+        check(&table).map_err(|e| format!("{file_name}: {e}"))
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, String> {
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.engine.device != "cpu" {
+            return Err(format!(
+                "engine.device = \"{}\": this build runs on the CPU only; set it to \"cpu\"",
+                self.engine.device
+            ));
+        }
+        if self.engine.max_context < 2 {
+            return Err(format!("engine.max_context = {}: must be at least 2", self.engine.max_context));
+        }
+        if self.model.id.trim().is_empty() {
+            return Err("model.id is empty: set a Hub repository id or a checkpoint directory".into());
+        }
+        self.generation.validate().map_err(|e| format!("[generation] {e}"))
+    }
+
+    /// The cache directory with defaults and `~` resolved.
+    pub fn cache_dir(&self) -> PathBuf {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        match self.model.cache_dir.as_str() {
+            "" => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".cache"))
+                .join("mananera"),
+            dir => match dir.strip_prefix("~/") {
+                Some(rest) => home.join(rest),
+                None => PathBuf::from(dir),
+            },
+        }
+    }
+
+    /// What the engine needs from these settings.
+    pub fn engine_options(&self) -> EngineOptions {
+        let offline_env = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        EngineOptions {
+            source: ModelSource {
+                model: self.model.id.clone(),
+                revision: self.model.revision.clone(),
+                cache_dir: self.cache_dir().join("hub"),
+                offline: self.model.offline || offline_env,
+            },
+            quantization: self.engine.quantization,
+            max_context: self.engine.max_context,
+        }
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the config file ({e}); pass --config with an existing file", path.display()))?;
+    text.parse::<toml::Table>().map_err(|e| format!("{}: not valid TOML: {e}", path.display()))
+}
+
+/// `MANANERA_<SECTION>_<KEY>` for every section of the config, e.g.
+/// `MANANERA_GENERATION_MAX_WORDS=80` or `MANANERA_MODEL_ID=/srv/bloom`.
+fn env_overrides() -> Vec<Override> {
+    let sections: Vec<String> = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let mut found: Vec<Override> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix(ENV_PREFIX)?;
+            sections.iter().find_map(|section| {
+                let key = rest.strip_prefix(&section.to_ascii_uppercase())?.strip_prefix('_')?;
+                Some(Override {
+                    key: format!("{section}.{}", key.to_ascii_lowercase()),
+                    value: value.clone(),
+                    origin: format!("environment variable {name}"),
+                })
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    found
+}
+
+/// Sets `section.key` in `table`, reading the value as a TOML literal (number, bool, quoted
+/// string) and otherwise as a bare string.
+fn apply(table: &mut toml::Table, o: &Override) -> Result<(), String> {
+    let (section, key) = o
+        .key
+        .split_once('.')
+        .ok_or_else(|| format!("{}: `{}` is not section.key (e.g. generation.temperature)", o.origin, o.key))?;
+    let value = format!("v = {}", o.value)
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(o.value.clone()));
+    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(section_table) = entry else {
+        return Err(format!("{}: `{section}` is not a section", o.origin));
+    };
+    section_table.insert(key.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> Override {
+        Override { key: key.into(), value: value.into(), origin: format!("test {key}") }
+    }
+
+    #[test]
+    fn the_shipped_config_toml_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let shipped = Config::from_table(read_table(&path).unwrap()).unwrap();
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn overrides_are_typed_and_blamed_on_their_origin() {
+        let config = Config::load(None, &[set("generation.temperature", "0"), set("model.id", "a/b")]).unwrap();
+        assert_eq!(config.generation.temperature, 0.0);
+        assert_eq!(config.model.id, "a/b");
+
+        let err = Config::load(None, &[set("generation.temperature", "hot")]).unwrap_err();
+        assert!(err.contains("test generation.temperature") && err.contains("temperature"), "{err}");
+        let err = Config::load(None, &[set("generation.tempreature", "1")]).unwrap_err();
+        assert!(err.contains("tempreature"), "{err}");
+        let err = Config::load(None, &[set("generation.top_p", "2")]).unwrap_err();
+        assert!(err.contains("top_p"), "{err}");
+    }
+}

@@ -1,0 +1,437 @@
+//! BLOOM (BigScience Large Open-science Open-access Multilingual) in candle.
+//!
+//! A line-for-line port of Hugging Face `transformers`' `modeling_bloom.py` (`BloomForCausalLM`),
+//! in the shape of candle-transformers' own models: a [`BloomConfig`] read from `config.json`,
+//! one struct per block with `load` and `forward`. Everything is computed in f32; the linear
+//! layers may hold quantized weights (see [`super::linear`]).
+//!
+//! Shapes use `b` = batch, `s` = new positions in this call, `t` = all positions so far
+//! (cache + new), `h` = hidden size, `nh` = heads, `hd` = head size.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::linear::{Linear, Quantization};
+use super::weights::Weights;
+
+/// The subset of Hugging Face's `BloomConfig` the forward pass needs, with the same field
+/// names (and the aliases older checkpoints use) so `config.json` deserialises directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BloomConfig {
+    pub vocab_size: usize,
+    #[serde(alias = "n_embed")]
+    pub hidden_size: usize,
+    #[serde(alias = "num_hidden_layers")]
+    pub n_layer: usize,
+    #[serde(alias = "num_attention_heads")]
+    pub n_head: usize,
+    #[serde(default = "default_layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default)]
+    pub apply_residual_connection_post_layernorm: bool,
+    #[serde(default = "default_bos")]
+    pub bos_token_id: u32,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    #[serde(default = "default_pad")]
+    pub pad_token_id: u32,
+}
+
+fn default_layer_norm_epsilon() -> f64 {
+    1e-5
+}
+fn default_bos() -> u32 {
+    1
+}
+fn default_eos() -> u32 {
+    2
+}
+fn default_pad() -> u32 {
+    3
+}
+
+impl BloomConfig {
+    /// bigscience/bloom-560m's shape, used by `mananera bench` to build a model without a download.
+    pub fn bloom_560m() -> Self {
+        Self {
+            vocab_size: 250_880,
+            hidden_size: 1024,
+            n_layer: 24,
+            n_head: 16,
+            layer_norm_epsilon: 1e-5,
+            apply_residual_connection_post_layernorm: false,
+            bos_token_id: 1,
+            eos_token_id: 2,
+            pad_token_id: 3,
+        }
+    }
+
+    /// Size of one attention head; `hidden_size` must be a multiple of `n_head`.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.n_head
+    }
+
+    /// Checks the invariants the forward pass relies on, so a bad `config.json` is reported
+    /// instead of producing shape errors deep inside a layer.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_head == 0 || self.hidden_size == 0 || self.n_layer == 0 || self.vocab_size == 0 {
+            return Err("vocab_size, hidden_size, n_layer and n_head must all be positive".into());
+        }
+        if self.hidden_size % self.n_head != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by n_head {}",
+                self.hidden_size, self.n_head
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// ALiBi slopes for any head count, exactly as `build_alibi_tensor` computes them: a geometric
+/// series for the largest power of two ≤ `n_head`, then every other slope of the series for
+/// twice that power to fill the remaining heads (bloom-176b has 112 heads).
+pub fn alibi_slopes(n_head: usize) -> Vec<f32> {
+    let closest_power_of_2 = 1usize << n_head.ilog2();
+    let base = 2f64.powf(-(2f64.powf(-((closest_power_of_2 as f64).log2() - 3.0))));
+    let mut slopes: Vec<f32> = (1..=closest_power_of_2)
+        .map(|p| base.powi(p as i32) as f32)
+        .collect();
+    if closest_power_of_2 != n_head {
+        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest_power_of_2 as f64).log2() - 3.0))));
+        let remaining = (n_head - closest_power_of_2).min(closest_power_of_2);
+        slopes.extend((0..remaining).map(|i| extra_base.powi(2 * i as i32 + 1) as f32));
+    }
+    slopes
+}
+
+/// LayerNorm over the last dimension with weight and bias, as `torch.nn.LayerNorm`.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(w: &Weights, name: &str, size: usize, eps: f64) -> super::Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{name}.weight"), &[size])?,
+            bias: w.get(&format!("{name}.bias"), &[size])?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+    }
+}
+
+/// Key/value cache of one layer: `[b, nh, t, hd]` each, grown as positions are decoded.
+#[derive(Debug, Clone, Default)]
+struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// The attention caches of every layer plus the attention mask over all cached positions,
+/// so that a generation step feeds only the new tokens.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    layers: Vec<LayerCache>,
+}
+
+impl Cache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.kv.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Multi-head self-attention with the fused `query_key_value` projection.
+#[derive(Debug, Clone)]
+struct Attention {
+    query_key_value: Linear,
+    dense: Linear,
+    n_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, prefix: &str, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            query_key_value: Linear::load(w, &format!("{prefix}.query_key_value"), 3 * h, h, q)?,
+            dense: Linear::load(w, &format!("{prefix}.dense"), h, h, q)?,
+            n_head: cfg.n_head,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// `x`: `[b, s, h]`; `bias`: `[b, nh, s, t]` (ALiBi plus the additive mask). Returns the
+    /// attention output before the residual, `[b, s, h]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        cache: &mut LayerCache,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, hd) = (self.n_head, self.head_dim);
+        // The fused projection is laid out per head as [q | k | v], each `hd` wide.
+        let qkv = self.query_key_value.forward(x)?.reshape((b, s, nh, 3, hd))?;
+        let q = qkv.narrow(3, 0, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+        let k = qkv.narrow(3, 1, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(3, 2, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match &cache.kv {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+        };
+        cache.kv = Some((k.clone(), v.clone()));
+
+        // scores = q·kᵀ / √hd + alibi + mask, softmax in f32: [b, nh, s, t]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs.matmul(&v)?; // [b, nh, s, hd]
+        let context = context.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        self.dense.forward(&context)
+    }
+}
+
+/// The feed-forward block: `dense_4h_to_h(gelu_tanh(dense_h_to_4h(x)))`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+}
+
+impl Mlp {
+    fn load(w: &Weights, prefix: &str, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            dense_h_to_4h: Linear::load(w, &format!("{prefix}.dense_h_to_4h"), 4 * h, h, q)?,
+            dense_4h_to_h: Linear::load(w, &format!("{prefix}.dense_4h_to_h"), h, 4 * h, q)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // BloomGelu is the tanh approximation, which is what candle's `gelu` computes.
+        self.dense_4h_to_h.forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+    }
+}
+
+/// One transformer layer. `post_layernorm_residual` mirrors
+/// `apply_residual_connection_post_layernorm`: the residual is taken after the LayerNorm
+/// instead of before it.
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: LayerNorm,
+    self_attention: Attention,
+    post_attention_layernorm: LayerNorm,
+    mlp: Mlp,
+    post_layernorm_residual: bool,
+}
+
+impl Block {
+    fn load(w: &Weights, i: usize, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_epsilon);
+        Ok(Self {
+            input_layernorm: LayerNorm::load(w, &format!("h.{i}.input_layernorm"), h, eps)?,
+            self_attention: Attention::load(w, &format!("h.{i}.self_attention"), cfg, q)?,
+            post_attention_layernorm: LayerNorm::load(
+                w,
+                &format!("h.{i}.post_attention_layernorm"),
+                h,
+                eps,
+            )?,
+            mlp: Mlp::load(w, &format!("h.{i}.mlp"), cfg, q)?,
+            post_layernorm_residual: cfg.apply_residual_connection_post_layernorm,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, bias: &Tensor, cache: &mut LayerCache) -> candle_core::Result<Tensor> {
+        let ln = self.input_layernorm.forward(x)?;
+        let residual = if self.post_layernorm_residual { &ln } else { x };
+        let x = (self.self_attention.forward(&ln, bias, cache)? + residual)?;
+        let ln = self.post_attention_layernorm.forward(&x)?;
+        let residual = if self.post_layernorm_residual { &ln } else { &x };
+        self.mlp.forward(&ln)? + residual
+    }
+}
+
+/// `BloomForCausalLM`: embeddings, the layers, the final LayerNorm and the language-model head
+/// (tied to the word embeddings unless the checkpoint stores its own `lm_head.weight`).
+#[derive(Debug, Clone)]
+pub struct Bloom {
+    word_embeddings: Linear,
+    word_embeddings_layernorm: LayerNorm,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Linear,
+    slopes: Tensor,
+    device: Device,
+    config: BloomConfig,
+}
+
+impl Bloom {
+    /// Builds the model from checkpoint weights, quantizing the linear layers (the head
+    /// included) when `quantization` asks for it.
+    pub fn load(weights: &Weights, config: &BloomConfig, quantization: Quantization) -> super::Result<Self> {
+        let (v, h, eps) = (config.vocab_size, config.hidden_size, config.layer_norm_epsilon);
+        let embeddings = weights.get("word_embeddings.weight", &[v, h])?;
+        let word_embeddings = Linear::from_weight(embeddings, None, quantization)?;
+        // Tied: the head shares the (possibly quantized) embedding matrix, stored once.
+        let lm_head = match weights.get_optional("lm_head.weight", &[v, h])? {
+            Some(head) => Linear::from_weight(head, None, quantization)?,
+            None => word_embeddings.clone(),
+        };
+        let blocks = (0..config.n_layer)
+            .map(|i| Block::load(weights, i, config, quantization))
+            .collect::<super::Result<Vec<_>>>()?;
+        let slopes = alibi_slopes(config.n_head);
+        Ok(Self {
+            word_embeddings,
+            word_embeddings_layernorm: LayerNorm::load(weights, "word_embeddings_layernorm", h, eps)?,
+            blocks,
+            ln_f: LayerNorm::load(weights, "ln_f", h, eps)?,
+            lm_head,
+            slopes: Tensor::from_vec(slopes, (1, config.n_head, 1, 1), weights.device())?,
+            device: weights.device().clone(),
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &BloomConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for a new batch of sequences.
+    pub fn new_cache(&self) -> Cache {
+        Cache { layers: vec![LayerCache::default(); self.blocks.len()] }
+    }
+
+    /// Runs the new positions `input_ids` (`[b, s]`, u32) through the model, appending their
+    /// keys and values to `cache`. `attention_mask` (`[b, t]`, 1 for tokens and 0 for left
+    /// padding) covers the cached positions and the new ones. Returns the final hidden states
+    /// after `ln_f`, `[b, s, h]`; apply [`Bloom::logits`] to the positions whose scores you need.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut Cache,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let past = cache.len();
+        let t = attention_mask.dim(1)?;
+        if t != past + s || attention_mask.dim(0)? != b {
+            candle_core::bail!(
+                "attention mask is {:?}, expected [{b}, {}] (cached {past} + new {s})",
+                attention_mask.dims(),
+                past + s
+            );
+        }
+        let bias = self.attention_bias(attention_mask, s)?;
+        let mut x = self.word_embeddings.embedding(&input_ids.flatten_all()?)?.reshape((b, s, ()))?;
+        x = self.word_embeddings_layernorm.forward(&x)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, &bias, layer_cache)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Scores over the vocabulary for hidden states `[.., h]` → `[.., vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// ALiBi plus the causal/padding mask as one additive bias, `[b, nh, s, t]`.
+    ///
+    /// As in `build_alibi_tensor`, a key's ALiBi position is its index among the real
+    /// (unpadded) tokens, so left padding does not shift positions. Masked entries get
+    /// `f32::MIN` (like transformers' `finfo.min`) rather than −∞ so fully padded rows stay finite.
+    fn attention_bias(&self, attention_mask: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+        let (b, t) = attention_mask.dims2()?;
+        let past = t - s;
+        let mask: Vec<Vec<f32>> = attention_mask.to_dtype(DType::F32)?.to_vec2()?;
+        let mut positions = Vec::with_capacity(b * t);
+        let mut additive = Vec::with_capacity(b * s * t);
+        for row in &mask {
+            let mut seen = 0f32;
+            for &m in row {
+                seen += m;
+                positions.push((seen - 1.0) * m);
+            }
+            for i in 0..s {
+                let query = past + i;
+                for (j, &m) in row.iter().enumerate() {
+                    let visible = j <= query && m > 0.5;
+                    additive.push(if visible { 0.0 } else { f32::MIN });
+                }
+            }
+        }
+        let device = self.device();
+        let positions = Tensor::from_vec(positions, (b, 1, 1, t), device)?;
+        let alibi = positions.broadcast_mul(&self.slopes)?; // [b, nh, 1, t]
+        let additive = Tensor::from_vec(additive, (b, 1, s, t), device)?;
+        alibi.broadcast_add(&additive)
+    }
+
+    /// Log-probability of each token given the tokens before it, for one sequence
+    /// (`logprobs[i]` scores `token_ids[i + 1]`), computed in chunks of `chunk` positions
+    /// through the cache so long texts need no quadratic memory.
+    pub fn score(&self, token_ids: &[u32], chunk: usize) -> candle_core::Result<Vec<f32>> {
+        let device = self.device();
+        let mut cache = self.new_cache();
+        let mut logprobs = Vec::with_capacity(token_ids.len().saturating_sub(1));
+        let mut start = 0;
+        while start + 1 < token_ids.len() {
+            let end = (start + chunk.max(1)).min(token_ids.len() - 1);
+            let ids = Tensor::new(&token_ids[start..end], device)?.unsqueeze(0)?;
+            let mask = Tensor::ones((1, end), DType::U8, device)?;
+            let hidden = self.forward(&ids, &mask, &mut cache)?.squeeze(0)?;
+            let log_softmax = candle_nn::ops::log_softmax(&self.logits(&hidden)?, D::Minus1)?;
+            let targets = Tensor::new(&token_ids[start + 1..end + 1], device)?.unsqueeze(1)?;
+            logprobs.extend(log_softmax.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?);
+            start = end;
+        }
+        Ok(logprobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alibi_slopes_match_transformers_for_powers_of_two() {
+        // transformers' build_alibi_tensor for 8 heads: 2^-1 … 2^-8.
+        let expected: Vec<f32> = (1..=8).map(|p| 2f32.powi(-p)).collect();
+        assert_eq!(alibi_slopes(8), expected);
+    }
+
+    #[test]
+    fn alibi_slopes_fill_non_powers_of_two_with_odd_powers_of_the_finer_base() {
+        // 12 heads: the 8-head series, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5 (base of 16 heads, odd powers).
+        let slopes = alibi_slopes(12);
+        assert_eq!(slopes.len(), 12);
+        let extra: Vec<f32> = [0.5f32, 1.5, 2.5, 3.5].iter().map(|e| 2f32.powf(-e)).collect();
+        for (got, want) in slopes[8..].iter().zip(extra) {
+            assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+        }
+        // bloom-176b: 112 heads = 64 + 48 extra.
+        assert_eq!(alibi_slopes(112).len(), 112);
+    }
+}

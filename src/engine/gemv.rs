@@ -1,0 +1,137 @@
+//! `y = x·Wᵀ` for a few rows of `x` (decoding), reading each f32 weight once.
+//!
+//! With one or a handful of activation rows the product is bound by memory bandwidth, not
+//! arithmetic: the general matmul packs and tiles for reuse that isn't there. This kernel
+//! streams the weight rows once, splits them across rayon's pool, and uses AVX2+FMA when
+//! the CPU has them (checked at run time, so the binary stays portable).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Up to this many activation rows go through the streaming kernel; more use the tiled matmul.
+pub const MAX_ROWS: usize = 4;
+
+/// Weight rows per parallel task: large enough to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 64;
+
+/// `x`: `[m, k]`, `w`: `[n, k]` (both f32) → `[m, n]`.
+pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &StreamingMatmul)
+}
+
+struct StreamingMatmul;
+
+impl CustomOp2 for StreamingMatmul {
+    fn name(&self) -> &'static str {
+        "streaming-matmul-wt"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            bail!("streaming matmul needs f32 inputs");
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("streaming matmul needs contiguous inputs");
+        };
+        let ((m, k), (n, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k != k2 {
+            bail!("streaming matmul: x is [{m}, {k}] but w is [{n}, {k2}]");
+        }
+        let (x, w) = (&x[xs..xe], &w[ws..we]);
+        // Computed as [n, m] so each task owns a contiguous block, then transposed.
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+            let first = task * ROWS_PER_TASK;
+            for (r, out_row) in out.chunks_mut(m).enumerate() {
+                let w_row = &w[(first + r) * k..(first + r + 1) * k];
+                for (i, o) in out_row.iter_mut().enumerate() {
+                    *o = dot(w_row, &x[i * k..(i + 1) * k]);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(transpose(yt, n, m)), Shape::from((m, n))))
+    }
+}
+
+/// `[n, m]` → `[m, n]`: the kernels compute per weight row, callers want per activation row.
+pub(crate) fn transpose(yt: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; m * n];
+    for (j, col) in yt.chunks(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            y[i * n + j] = *v;
+        }
+    }
+    y
+}
+
+/// Dot product, vectorised where the CPU allows.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// Eight independent lanes so the compiler can vectorise without reassociating one sum.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / 32;
+    // SAFETY: every load reads 8 floats at offsets below `chunks * 32 <= n`.
+    unsafe {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in 0..chunks {
+            let base = c * 32;
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let off = base + 8 * j;
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(off)), _mm256_loadu_ps(pb.add(off)), *acc);
+            }
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let single = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
+        let tail = dot_portable(&a[chunks * 32..n], &b[chunks * 32..n]);
+        _mm_cvtss_f32(single) + tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matches_the_general_matmul() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1, 64, 70), (3, 1000, 129), (4, 37, 5)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let got = matmul_wt(&x, &w).unwrap();
+            let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-3, "({m},{k},{n}): {diff}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The engine: a BLOOM checkpoint loaded into memory with its tokenizer, ready to generate
+//! text and to score it.
+//!
+//! - [`bloom`]: the model itself, a port of transformers' `BloomForCausalLM`.
+//! - [`linear`]: f32 or in-process-quantized linear layers.
+//! - [`checkpoint`] / [`weights`]: finding and reading checkpoint files (local or Hub).
+//! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
+//! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
+
+pub mod bloom;
+pub mod checkpoint;
+mod error;
+pub mod generate;
+mod gemv;
+pub mod linear;
+mod quant;
+pub mod sampling;
+pub mod text;
+pub mod weights;
+pub mod word_limit;
+
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+pub use error::{Error, Result};
+pub use generate::{Generation, StopReason, Timings};
+pub use linear::Quantization;
+pub use sampling::SamplingParams;
+
+use bloom::Bloom;
+use checkpoint::ModelSource;
+use text::TextCodec;
+
+/// What to load and how.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub source: ModelSource,
+    pub quantization: Quantization,
+    /// Cap on prompt plus generated tokens (BLOOM was trained with 2048).
+    pub max_context: usize,
+}
+
+/// A loaded model and tokenizer.
+pub struct Engine {
+    model: Bloom,
+    codec: TextCodec,
+    max_context: usize,
+}
+
+/// Per-token log-probabilities of a text under the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub token_ids: Vec<u32>,
+    /// `logprobs[i]` is the natural-log probability of `token_ids[i + 1]` given the tokens before it.
+    pub logprobs: Vec<f32>,
+}
+
+impl Scored {
+    /// `exp` of the mean negative log-likelihood per predicted token.
+    pub fn perplexity(&self) -> f64 {
+        let n = self.logprobs.len().max(1) as f64;
+        (-self.logprobs.iter().map(|&l| l as f64).sum::<f64>() / n).exp()
+    }
+}
+
+impl Engine {
+    /// Resolves, reads and (optionally) quantizes the checkpoint.
+    pub fn load(options: &EngineOptions) -> Result<Self> {
+        let started = Instant::now();
+        let files = options.source.resolve()?;
+        let config = checkpoint::read_config(&files.config)?;
+        let codec = TextCodec::load(&files.tokenizer)?;
+        let weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
+        let model = Bloom::load(&weights, &config, options.quantization)?;
+        tracing::info!(
+            model = %options.source.model,
+            layers = config.n_layer,
+            hidden = config.hidden_size,
+            heads = config.n_head,
+            vocab = config.vocab_size,
+            quantization = %options.quantization,
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Self::from_parts(model, codec, options.max_context)
+    }
+
+    /// Wraps an already built model (tests, benchmarks).
+    pub fn from_parts(model: Bloom, codec: TextCodec, max_context: usize) -> Result<Self> {
+        if max_context < 2 {
+            return Err(Error::InvalidInput(format!("engine.max_context must be at least 2, got {max_context}")));
+        }
+        Ok(Self { model, codec, max_context })
+    }
+
+    /// The model, for callers that drive it directly.
+    pub fn model(&self) -> &Bloom {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn codec(&self) -> &TextCodec {
+        &self.codec
+    }
+
+    /// Scores `text`: the log-probability of each of its tokens given the ones before.
+    pub fn score(&self, text: &str) -> Result<Scored> {
+        let token_ids = self.codec.encode(text)?;
+        if token_ids.len() < 2 {
+            return Err(Error::InvalidInput(format!(
+                "the text has {} token(s); scoring needs at least 2",
+                token_ids.len()
+            )));
+        }
+        let logprobs = self.model.score(&token_ids, self.max_context.min(512))?;
+        Ok(Scored { token_ids, logprobs })
+    }
+}

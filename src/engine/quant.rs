@@ -1,0 +1,178 @@
+//! Quantized weight matrices (Q8_0, Q4_K) and their matrix products, on rayon's pool.
+//!
+//! The block formats and the SIMD dot products are candle's (`k_quants`, llama.cpp's
+//! layouts); the driver is ours: activations are quantized once per call to the format's
+//! dot-product partner (Q8_0 / Q8_K), then weight rows are streamed in parallel chunks, four
+//! rows per dot call so the activation blocks are loaded once for four outputs. Running on
+//! rayon keeps one worker pool for the whole engine (the f32 kernels use it too).
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::GgmlDType;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Weight rows per parallel task.
+const ROWS_PER_TASK: usize = 32;
+
+/// A `[n, k]` weight matrix in a block-quantized format.
+#[derive(Debug)]
+pub enum QMatrix {
+    Q8_0(Packed<BlockQ8_0>),
+    Q4K(Packed<BlockQ4K>),
+}
+
+/// Rows of blocks: row `r` is `blocks[r * k / B .. (r + 1) * k / B]` for block size `B`.
+#[derive(Debug)]
+pub struct Packed<T> {
+    blocks: Vec<T>,
+    n: usize,
+    k: usize,
+}
+
+impl QMatrix {
+    /// Quantizes an f32 `[n, k]` tensor; `k` must be a multiple of the format's block size.
+    pub fn quantize(w: &Tensor, format: GgmlDType) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        match format {
+            GgmlDType::Q8_0 => Ok(Self::Q8_0(Packed::quantize(&data, n, k)?)),
+            GgmlDType::Q4K => Ok(Self::Q4K(Packed::quantize(&data, n, k)?)),
+            other => bail!("no kernels for {other:?}"),
+        }
+    }
+
+    /// `x` (`[m, k]`, f32, contiguous) times the transposed matrix → `[m, n]`.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1_no_bwd(&MatmulOp(self))
+    }
+
+    /// Rows `ids` dequantized to f32 → `[ids.len(), k]`: the embedding lookup.
+    pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        let (data, k) = match self {
+            Self::Q8_0(p) => (p.rows(ids)?, p.k),
+            Self::Q4K(p) => (p.rows(ids)?, p.k),
+        };
+        Tensor::from_vec(data, (ids.len(), k), device)
+    }
+}
+
+struct MatmulOp<'a>(&'a QMatrix);
+
+impl CustomOp1 for MatmulOp<'_> {
+    fn name(&self) -> &'static str {
+        "quantized-matmul-t"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else { bail!("quantized matmul needs f32 activations") };
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("quantized matmul needs contiguous activations") };
+        let (m, k) = layout.shape().dims2()?;
+        let (y, n) = match self.0 {
+            QMatrix::Q8_0(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
+            QMatrix::Q4K(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
+        };
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
+
+impl<T> Packed<T>
+where
+    T: GgmlType + Send + Sync,
+    T::VecDotType: Send + Sync,
+{
+    fn blocks_per_row(&self) -> usize {
+        self.k / T::BLCK_SIZE
+    }
+
+    fn quantize(data: &[f32], n: usize, k: usize) -> Result<Self> {
+        if k % T::BLCK_SIZE != 0 {
+            bail!("rows of {k} values do not split into {:?} blocks of {}", T::DTYPE, T::BLCK_SIZE);
+        }
+        let per_row = k / T::BLCK_SIZE;
+        let mut blocks: Vec<T> = (0..n * per_row).map(|_| T::zeros()).collect();
+        blocks
+            .par_chunks_mut(per_row * ROWS_PER_TASK)
+            .zip(data.par_chunks(k * ROWS_PER_TASK))
+            .for_each(|(dst, src)| T::from_float(src, dst));
+        Ok(Self { blocks, n, k })
+    }
+
+    fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let per_row = self.blocks_per_row();
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (&id, dst) in ids.iter().zip(out.chunks_mut(self.k)) {
+            let id = id as usize;
+            if id >= self.n {
+                bail!("token id {id} is outside the vocabulary of {}", self.n);
+            }
+            T::to_float(&self.blocks[id * per_row..(id + 1) * per_row], dst);
+        }
+        Ok(out)
+    }
+
+    fn matmul_t(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+        if k != self.k {
+            bail!("quantized matmul: activations have {k} columns, weights {}", self.k);
+        }
+        let per_row = self.blocks_per_row();
+        let mut xq: Vec<T::VecDotType> = (0..m * per_row).map(|_| T::VecDotType::zeros()).collect();
+        for (src, dst) in x.chunks(k).zip(xq.chunks_mut(per_row)) {
+            T::VecDotType::from_float(src, dst);
+        }
+        // Computed as [n, m] so each task owns a contiguous block, then transposed.
+        let mut yt = vec![0f32; self.n * m];
+        yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+            let first = task * ROWS_PER_TASK;
+            let rows = out.len() / m;
+            let w = |r: usize| &self.blocks[(first + r) * per_row..(first + r + 1) * per_row];
+            for (i, xi) in xq.chunks(per_row).enumerate() {
+                let mut r = 0;
+                while r + 4 <= rows {
+                    let (a, b, c, d) = T::vec_dot_4(k, w(r), w(r + 1), w(r + 2), w(r + 3), xi);
+                    for (j, v) in [a, b, c, d].into_iter().enumerate() {
+                        out[(r + j) * m + i] = v;
+                    }
+                    r += 4;
+                }
+                for r in r..rows {
+                    out[r * m + i] = T::vec_dot(k, w(r), xi);
+                }
+            }
+        });
+        Ok(super::gemv::transpose(yt, self.n, m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn quantized_products_track_the_f32_product() {
+        let dev = Device::Cpu;
+        for (format, m, tolerance) in [(GgmlDType::Q8_0, 1, 0.02), (GgmlDType::Q8_0, 5, 0.02), (GgmlDType::Q4K, 3, 0.1)] {
+            let (n, k) = (70, 512);
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let got = QMatrix::quantize(&w, format).unwrap().matmul_t(&x).unwrap();
+            let rel = ((&want - &got).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+                / want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            .sqrt();
+            assert!(rel < tolerance, "{format:?} m={m}: relative error {rel}");
+        }
+    }
+
+    #[test]
+    fn embedding_rows_dequantize_the_right_rows() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (10, 64), &dev).unwrap();
+        let q = QMatrix::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let rows = q.rows(&[7, 2], &dev).unwrap();
+        let want = Tensor::cat(&[w.get(7).unwrap().unsqueeze(0).unwrap(), w.get(2).unwrap().unsqueeze(0).unwrap()], 0).unwrap();
+        let diff = (rows - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 0.05, "{diff}");
+        assert!(q.rows(&[10], &dev).is_err());
+    }
+}

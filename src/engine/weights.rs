@@ -1,0 +1,125 @@
+//! Tensors of a checkpoint, read from one or more memory-mapped safetensors files (or made
+//! up at random, for benchmarks of a model shape without its download).
+//!
+//! Names are looked up with or without the `transformer.` prefix that `BloomForCausalLM`
+//! adds (bigscience's own files have none); every tensor is checked against the shape the
+//! config implies and converted to f32, the dtype the CPU path computes in.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use super::{Error, Result};
+
+/// An open set of safetensors files and where each tensor lives.
+pub struct Weights {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    location: HashMap<String, usize>,
+    prefix: &'static str,
+    random: bool,
+    device: Device,
+}
+
+/// The prefix `BloomForCausalLM.save_pretrained` puts in front of the base model's tensors.
+const CAUSAL_LM_PREFIX: &str = "transformer.";
+
+impl Weights {
+    /// Memory-maps `files` and reads their headers; a truncated or corrupt file is reported
+    /// by name.
+    pub fn open(files: &[PathBuf], device: &Device) -> Result<Self> {
+        let mut opened = Vec::with_capacity(files.len());
+        let mut location = HashMap::new();
+        for (index, path) in files.iter().enumerate() {
+            // SAFETY: the mapping is read-only; mananera never writes checkpoint files while
+            // they are mapped, and a file replaced on disk keeps its old inode for the mapping.
+            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| corrupt(path, e))?;
+            for (name, _) in st.tensors() {
+                location.insert(name, index);
+            }
+            opened.push((path.clone(), st));
+        }
+        let prefix = if location.contains_key("transformer.word_embeddings.weight") {
+            CAUSAL_LM_PREFIX
+        } else {
+            ""
+        };
+        Ok(Self { files: opened, location, prefix, random: false, device: device.clone() })
+    }
+
+    /// Weights drawn on demand: matrices from N(0, 0.02²) like transformers' initialisation,
+    /// LayerNorm gains 1 and biases 0. Only the tensors every BLOOM has exist.
+    pub fn random(device: &Device) -> Self {
+        Self { files: Vec::new(), location: HashMap::new(), prefix: "", random: true, device: device.clone() }
+    }
+
+    /// The device tensors are loaded onto.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The tensor `name` (without prefix) as f32, which must have shape `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_optional(name, shape)?.ok_or_else(|| {
+            let files: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            Error::checkpoint(
+                self.files.first().map_or(Path::new(""), |(p, _)| p.as_path()),
+                format!("tensor `{name}` is missing (looked in {})", files.join(", ")),
+                "the checkpoint is incomplete or not a BLOOM model: download it again, or point \
+                 `model.id` at a BloomForCausalLM checkpoint",
+            )
+        })
+    }
+
+    /// Like [`Weights::get`], but `None` when the checkpoint has no such tensor
+    /// (e.g. an untied `lm_head.weight`, which is optional).
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.random {
+            return Ok((name != "lm_head.weight").then(|| random_tensor(name, shape, &self.device)).transpose()?);
+        }
+        let key = [format!("{}{name}", self.prefix), name.to_string()]
+            .into_iter()
+            .find(|k| self.location.contains_key(k));
+        let Some(key) = key else { return Ok(None) };
+        let (path, st) = &self.files[self.location[&key]];
+        let view = st.get(&key).map_err(|e| corrupt(path, e))?;
+        if view.shape() != shape {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{key}` has shape {:?} but config.json implies {shape:?}",
+                    view.shape()
+                ),
+                "config.json does not belong to these weights: use the config.json that was \
+                 saved with this checkpoint",
+            ));
+        }
+        let tensor = view.load(&self.device).map_err(|e| corrupt(path, e))?;
+        match tensor.dtype() {
+            DType::F32 => Ok(Some(tensor)),
+            DType::F16 | DType::BF16 => Ok(Some(tensor.to_dtype(DType::F32)?)),
+            other => Err(Error::checkpoint(
+                path,
+                format!("tensor `{key}` is stored as {other:?}; only f32, f16 and bf16 are supported"),
+                "export the checkpoint in float32, float16 or bfloat16",
+            )),
+        }
+    }
+}
+
+fn random_tensor(name: &str, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    match (shape.len(), name.ends_with(".bias")) {
+        (1, true) => Tensor::zeros(shape, DType::F32, device),
+        (1, false) => Tensor::ones(shape, DType::F32, device),
+        _ => Tensor::randn(0f32, 0.02, shape, device),
+    }
+}
+
+fn corrupt(path: &Path, e: candle_core::Error) -> Error {
+    Error::checkpoint(
+        path,
+        format!("not a readable safetensors file ({e})"),
+        "the file is truncated or corrupt: delete it and download or export the checkpoint again",
+    )
+}

@@ -1,0 +1,13 @@
+//! mananera: speeches in the voice of the Mexican presidential morning press conference,
+//! from a BLOOM model written in Rust.
+//!
+//! # Layout
+//! - [`engine`]: BLOOM in candle, checkpoint loading, tokenizer, generation, scoring.
+//! - [`config`]: `config.toml` with environment and command-line overrides.
+//! - [`cli`]: the `mananera` command line and its exit codes.
+//! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `config`).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
