@@ -222,8 +222,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // BloomGelu is the tanh approximation, which is what candle's `gelu` computes.
-        self.dense_4h_to_h.forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+        // BloomGelu is the tanh approximation.
+        self.dense_4h_to_h.forward(&super::gelu::gelu(&self.dense_h_to_4h.forward(x)?)?)
     }
 }
 

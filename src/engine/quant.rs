@@ -6,10 +6,12 @@
 //! rows per dot call so the activation blocks are loaded once for four outputs. Running on
 //! rayon keeps one worker pool for the whole engine (the f32 kernels use it too).
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4K, GgmlType};
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+use super::q8::{Q8Matrix, Q8Row};
 
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
@@ -17,7 +19,7 @@ const ROWS_PER_TASK: usize = 32;
 /// A `[n, k]` weight matrix in a block-quantized format.
 #[derive(Debug)]
 pub enum QMatrix {
-    Q8_0(Packed<BlockQ8_0>),
+    Q8_0(Q8Matrix),
     Q4K(Packed<BlockQ4K>),
 }
 
@@ -35,7 +37,7 @@ impl QMatrix {
         let (n, k) = w.dims2()?;
         let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         match format {
-            GgmlDType::Q8_0 => Ok(Self::Q8_0(Packed::quantize(&data, n, k)?)),
+            GgmlDType::Q8_0 if k % super::q8::BLOCK == 0 => Ok(Self::Q8_0(Q8Matrix::quantize(&data, n, k))),
             GgmlDType::Q4K => Ok(Self::Q4K(Packed::quantize(&data, n, k)?)),
             other => bail!("no kernels for {other:?}"),
         }
@@ -49,7 +51,7 @@ impl QMatrix {
     /// Rows `ids` dequantized to f32 → `[ids.len(), k]`: the embedding lookup.
     pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
         let (data, k) = match self {
-            Self::Q8_0(p) => (p.rows(ids)?, p.k),
+            Self::Q8_0(q) => (q8_rows(q, ids)?, q.k),
             Self::Q4K(p) => (p.rows(ids)?, p.k),
         };
         Tensor::from_vec(data, (ids.len(), k), device)
@@ -68,11 +70,42 @@ impl CustomOp1 for MatmulOp<'_> {
         let Some((start, end)) = layout.contiguous_offsets() else { bail!("quantized matmul needs contiguous activations") };
         let (m, k) = layout.shape().dims2()?;
         let (y, n) = match self.0 {
-            QMatrix::Q8_0(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
+            QMatrix::Q8_0(q) => (q8_matmul_t(q, &x[start..end], m, k)?, q.n),
             QMatrix::Q4K(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
+}
+
+fn q8_rows(q: &Q8Matrix, ids: &[u32]) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; ids.len() * q.k];
+    for (&id, dst) in ids.iter().zip(out.chunks_mut(q.k)) {
+        if id as usize >= q.n {
+            bail!("token id {id} is outside the vocabulary of {}", q.n);
+        }
+        q.dequantize_row(id as usize, dst);
+    }
+    Ok(out)
+}
+
+fn q8_matmul_t(q: &Q8Matrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+    if k != q.k {
+        bail!("quantized matmul: activations have {k} columns, weights {}", q.k);
+    }
+    let rows: Vec<Q8Row> = x.chunks(k).map(Q8Row::quantize).collect();
+    let mut yt = vec![0f32; q.n * m];
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+        let first = task * ROWS_PER_TASK;
+        let count = out.len() / m;
+        let mut col = vec![0f32; count];
+        for (i, xi) in rows.iter().enumerate() {
+            q.dot_rows(first, xi, &mut col);
+            for (r, v) in col.iter().enumerate() {
+                out[r * m + i] = *v;
+            }
+        }
+    });
+    Ok(super::gemv::transpose(yt, q.n, m))
 }
 
 impl<T> Packed<T>
