@@ -11,6 +11,7 @@
 use candle_core::{D, DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::attention::{Dims, KvCache, MaskInfo, attend};
 use super::linear::{Linear, Quantization};
 use super::weights::Weights;
 
@@ -126,26 +127,16 @@ impl LayerNorm {
     }
 }
 
-/// Key/value cache of one layer: `[b, nh, t, hd]` each, grown as positions are decoded.
-#[derive(Debug, Clone, Default)]
-struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
-}
-
-/// The attention caches of every layer plus the attention mask over all cached positions,
-/// so that a generation step feeds only the new tokens.
+/// The key/value caches of every layer, so that a generation step feeds only the new tokens.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    layers: Vec<LayerCache>,
+    layers: Vec<KvCache>,
 }
 
 impl Cache {
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.kv.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers.first().map_or(0, KvCache::len)
     }
 
     /// True before the first forward pass.
@@ -174,34 +165,13 @@ impl Attention {
         })
     }
 
-    /// `x`: `[b, s, h]`; `bias`: `[b, nh, s, t]` (ALiBi plus the additive mask). Returns the
-    /// attention output before the residual, `[b, s, h]`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        bias: &Tensor,
-        cache: &mut LayerCache,
-    ) -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let (nh, hd) = (self.n_head, self.head_dim);
-        // The fused projection is laid out per head as [q | k | v], each `hd` wide.
-        let qkv = self.query_key_value.forward(x)?.reshape((b, s, nh, 3, hd))?;
-        let q = qkv.narrow(3, 0, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
-        let k = qkv.narrow(3, 1, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(3, 2, 1)?.squeeze(3)?.transpose(1, 2)?.contiguous()?;
-        let (k, v) = match &cache.kv {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-        };
-        cache.kv = Some((k.clone(), v.clone()));
-
-        // scores = q·kᵀ / √hd + alibi + mask, softmax in f32: [b, nh, s, t]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?; // [b, nh, s, hd]
-        let context = context.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        self.dense.forward(&context)
+    /// `x`: `[b, s, h]` → the attention output before the residual, `[b, s, h]`.
+    fn forward(&self, x: &Tensor, mask: &MaskInfo, slopes: &[f32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let qkv = self.query_key_value.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
+        let dims = Dims { b, s, nh: self.n_head, hd: self.head_dim };
+        let context = attend(&qkv, dims, cache, mask, slopes);
+        self.dense.forward(&Tensor::from_vec(context, (b, s, h), x.device())?)
     }
 }
 
@@ -256,10 +226,10 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: &Tensor, cache: &mut LayerCache) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask: &MaskInfo, slopes: &[f32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let ln = self.input_layernorm.forward(x)?;
         let residual = if self.post_layernorm_residual { &ln } else { x };
-        let x = (self.self_attention.forward(&ln, bias, cache)? + residual)?;
+        let x = (self.self_attention.forward(&ln, mask, slopes, cache)? + residual)?;
         let ln = self.post_attention_layernorm.forward(&x)?;
         let residual = if self.post_layernorm_residual { &ln } else { &x };
         self.mlp.forward(&ln)? + residual
@@ -275,7 +245,7 @@ pub struct Bloom {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
-    slopes: Tensor,
+    slopes: Vec<f32>,
     device: Device,
     config: BloomConfig,
 }
@@ -295,14 +265,13 @@ impl Bloom {
         let blocks = (0..config.n_layer)
             .map(|i| Block::load(weights, i, config, quantization))
             .collect::<super::Result<Vec<_>>>()?;
-        let slopes = alibi_slopes(config.n_head);
         Ok(Self {
             word_embeddings,
             word_embeddings_layernorm: LayerNorm::load(weights, "word_embeddings_layernorm", h, eps)?,
             blocks,
             ln_f: LayerNorm::load(weights, "ln_f", h, eps)?,
             lm_head,
-            slopes: Tensor::from_vec(slopes, (1, config.n_head, 1, 1), weights.device())?,
+            slopes: alibi_slopes(config.n_head),
             device: weights.device().clone(),
             config: config.clone(),
         })
@@ -320,7 +289,7 @@ impl Bloom {
 
     /// A fresh, empty cache for a new batch of sequences.
     pub fn new_cache(&self) -> Cache {
-        Cache { layers: vec![LayerCache::default(); self.blocks.len()] }
+        Cache { layers: vec![KvCache::default(); self.blocks.len()] }
     }
 
     /// Runs the new positions `input_ids` (`[b, s]`, u32) through the model, appending their
@@ -343,11 +312,11 @@ impl Bloom {
                 past + s
             );
         }
-        let bias = self.attention_bias(attention_mask, s)?;
+        let mask = MaskInfo::new(&attention_mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?, b, t);
         let mut x = self.word_embeddings.embedding(&input_ids.flatten_all()?)?.reshape((b, s, ()))?;
         x = self.word_embeddings_layernorm.forward(&x)?;
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, &bias, layer_cache)?;
+            x = block.forward(&x, &mask, &self.slopes, layer_cache)?;
         }
         self.ln_f.forward(&x)
     }
@@ -355,38 +324,6 @@ impl Bloom {
     /// Scores over the vocabulary for hidden states `[.., h]` → `[.., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head.forward(hidden)
-    }
-
-    /// ALiBi plus the causal/padding mask as one additive bias, `[b, nh, s, t]`.
-    ///
-    /// As in `build_alibi_tensor`, a key's ALiBi position is its index among the real
-    /// (unpadded) tokens, so left padding does not shift positions. Masked entries get
-    /// `f32::MIN` (like transformers' `finfo.min`) rather than −∞ so fully padded rows stay finite.
-    fn attention_bias(&self, attention_mask: &Tensor, s: usize) -> candle_core::Result<Tensor> {
-        let (b, t) = attention_mask.dims2()?;
-        let past = t - s;
-        let mask: Vec<Vec<f32>> = attention_mask.to_dtype(DType::F32)?.to_vec2()?;
-        let mut positions = Vec::with_capacity(b * t);
-        let mut additive = Vec::with_capacity(b * s * t);
-        for row in &mask {
-            let mut seen = 0f32;
-            for &m in row {
-                seen += m;
-                positions.push((seen - 1.0) * m);
-            }
-            for i in 0..s {
-                let query = past + i;
-                for (j, &m) in row.iter().enumerate() {
-                    let visible = j <= query && m > 0.5;
-                    additive.push(if visible { 0.0 } else { f32::MIN });
-                }
-            }
-        }
-        let device = self.device();
-        let positions = Tensor::from_vec(positions, (b, 1, 1, t), device)?;
-        let alibi = positions.broadcast_mul(&self.slopes)?; // [b, nh, 1, t]
-        let additive = Tensor::from_vec(additive, (b, 1, s, t), device)?;
-        alibi.broadcast_add(&additive)
     }
 
     /// Log-probability of each token given the tokens before it, for one sequence

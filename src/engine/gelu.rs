@@ -5,7 +5,7 @@
 //! candle's `gelu` calls per element, cannot be), accurate to a few ulp.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
+use super::parallel::for_each_chunk_mut;
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
@@ -27,7 +27,7 @@ impl CustomOp1 for Gelu {
         let Some((start, end)) = layout.contiguous_offsets() else { bail!("gelu needs a contiguous input") };
         let x = &x[start..end];
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| gelu_slice(x, y));
+        for_each_chunk_mut(&mut y, CHUNK, |i, y| gelu_slice(&x[i * CHUNK..][..y.len()], y));
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }

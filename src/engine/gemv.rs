@@ -2,11 +2,11 @@
 //!
 //! With one or a handful of activation rows the product is bound by memory bandwidth, not
 //! arithmetic: the general matmul packs and tiles for reuse that isn't there. This kernel
-//! streams the weight rows once, splits them across rayon's pool, and uses AVX2+FMA when
+//! streams the weight rows once, splits them across the worker pool, and uses AVX2+FMA when
 //! the CPU has them (checked at run time, so the binary stays portable).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
+use super::parallel::for_each_chunk_mut;
 
 /// Up to this many activation rows go through the streaming kernel; more use the tiled matmul.
 pub const MAX_ROWS: usize = 4;
@@ -40,7 +40,7 @@ impl CustomOp2 for StreamingMatmul {
         let (x, w) = (&x[xs..xe], &w[ws..we]);
         // Computed as [n, m] so each task owns a contiguous block, then transposed.
         let mut yt = vec![0f32; n * m];
-        yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+        for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
             let first = task * ROWS_PER_TASK;
             for (r, out_row) in out.chunks_mut(m).enumerate() {
                 let w_row = &w[(first + r) * k..(first + r + 1) * k];

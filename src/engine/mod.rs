@@ -7,6 +7,7 @@
 //! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
 //! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
 
+mod attention;
 pub mod bloom;
 pub mod checkpoint;
 mod error;
@@ -14,6 +15,7 @@ pub mod generate;
 mod gelu;
 mod gemv;
 pub mod linear;
+mod parallel;
 mod q8;
 mod quant;
 pub mod sampling;

@@ -43,7 +43,9 @@ fn quantize_into(x: &[f32], values: &mut [i8], mut scale: impl FnMut(usize, f32)
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, v) in dst.iter_mut().zip(src) {
-            *q = (v * inv).round() as i8;
+            // round-half-away like roundf, without the libm call (x86-64 has no SSE4.1 by default)
+            let scaled = v * inv;
+            *q = (scaled + 0.5f32.copysign(scaled)) as i8;
         }
         scale(b, d);
     }

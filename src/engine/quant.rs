@@ -1,15 +1,16 @@
-//! Quantized weight matrices (Q8_0, Q4_K) and their matrix products, on rayon's pool.
+//! Quantized weight matrices (Q8_0, Q4_K) and their matrix products.
 //!
 //! The block formats and the SIMD dot products are candle's (`k_quants`, llama.cpp's
 //! layouts); the driver is ours: activations are quantized once per call to the format's
 //! dot-product partner (Q8_0 / Q8_K), then weight rows are streamed in parallel chunks, four
-//! rows per dot call so the activation blocks are loaded once for four outputs. Running on
-//! rayon keeps one worker pool for the whole engine (the f32 kernels use it too).
+//! rows per dot call so the activation blocks are loaded once for four outputs.
 
 use candle_core::quantized::k_quants::{BlockQ4K, GgmlType};
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+use super::parallel::for_each_chunk_mut;
 
 use super::q8::{Q8Matrix, Q8Row};
 
@@ -94,7 +95,7 @@ fn q8_matmul_t(q: &Q8Matrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> 
     }
     let rows: Vec<Q8Row> = x.chunks(k).map(Q8Row::quantize).collect();
     let mut yt = vec![0f32; q.n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+    for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
         let first = task * ROWS_PER_TASK;
         let count = out.len() / m;
         let mut col = vec![0f32; count];
@@ -154,7 +155,7 @@ where
         }
         // Computed as [n, m] so each task owns a contiguous block, then transposed.
         let mut yt = vec![0f32; self.n * m];
-        yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+        for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
             let first = task * ROWS_PER_TASK;
             let rows = out.len() / m;
             let w = |r: usize| &self.blocks[(first + r) * per_row..(first + r + 1) * per_row];
