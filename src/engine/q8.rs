@@ -173,16 +173,16 @@ unsafe fn dot_group_avx2(values: &[i8], scales: &[f16], x: &Q8Row) -> [f32; GROU
         while b < full {
             // Scales of 8 blocks of each row times the activation's: one vector per row.
             let xd = _mm256_loadu_ps(xs.add(b));
-            let mut combined = [_mm256_setzero_ps(); GROUP];
+            let mut combined = [[0f32; 8]; GROUP];
             for (i, c) in combined.iter_mut().enumerate() {
                 let half = _mm_loadu_si128(ws.add(b * GROUP + i * 8) as *const __m128i);
-                *c = _mm256_mul_ps(_mm256_cvtph_ps(half), xd);
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtph_ps(half), xd));
             }
             for j in 0..8 {
-                let lane = _mm256_set1_epi32(j as i32);
                 let vx = _mm256_loadu_si256(xv.add((b + j) * BLOCK) as *const __m256i);
                 for i in 0..GROUP {
-                    let scale = _mm256_permutevar8x32_ps(combined[i], lane);
+                    // A broadcast load uses a load port, leaving the shuffle unit to the dot product.
+                    let scale = _mm256_broadcast_ss(&combined[i][j]);
                     let wp = w.add(((b + j) * GROUP + i) * BLOCK);
                     acc[i] = _mm256_fmadd_ps(block_dot(wp, vx), scale, acc[i]);
                 }
