@@ -130,6 +130,17 @@ pub enum Command {
     },
     /// Prefill and decode speed and memory on a model of bloom-560m's shape with random weights.
     Bench(commands::bench::BenchArgs),
+    /// Write the trimmed vocabulary of a corpus (for engine.vocabulary).
+    Vocab {
+        /// UTF-8 text files whose tokens to keep.
+        corpus: Vec<PathBuf>,
+        /// Where to write the vocabulary file.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Hub repository id or local checkpoint directory whose tokenizer to use (model.id).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Print the effective settings after every override.
     Config,
 }
@@ -181,6 +192,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Eval { model, .. } => overrides.extend(model.overrides()),
         Command::Bench(args) => overrides.extend(args.model_overrides()),
+        Command::Vocab { model, .. } => {
+            push(&mut overrides, "model.id", "--model", model.as_ref().map(|m| format!("{m:?}")))
+        }
         Command::Config => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
@@ -189,6 +203,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate { topic, .. } => commands::generate::run(&config, &topic, cli.format),
         Command::Eval { file, .. } => commands::eval::run(&config, &file, cli.format),
         Command::Bench(args) => commands::bench::run(&config, &args, cli.format),
+        Command::Vocab { corpus, output, .. } => commands::vocab::run(&config, &corpus, &output, cli.format),
         Command::Config => commands::show_config(&config, cli.format),
     }
 }

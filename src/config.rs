@@ -56,11 +56,19 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Cap on prompt plus generated tokens.
     pub max_context: usize,
+    /// Trimmed-vocabulary file from `mananera vocab`; empty serves every token.
+    pub vocabulary: String,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { device: "cpu".into(), quantization: Quantization::None, threads: 0, max_context: 2048 }
+        Self {
+            device: "cpu".into(),
+            quantization: Quantization::None,
+            threads: 0,
+            max_context: 2048,
+            vocabulary: String::new(),
+        }
     }
 }
 
@@ -156,6 +164,7 @@ impl Config {
             },
             quantization: self.engine.quantization,
             max_context: self.engine.max_context,
+            vocabulary: (!self.engine.vocabulary.is_empty()).then(|| PathBuf::from(&self.engine.vocabulary)),
         }
     }
 }

@@ -182,3 +182,27 @@ fn the_shipped_config_is_what_mananera_config_prints() {
     assert_eq!(json["model"]["id"], "bigscience/bloom-560m");
     assert!(fixtures().join("eval_es.txt").is_file());
 }
+
+#[test]
+fn vocab_writes_a_trimmed_vocabulary_that_generate_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = dir.path().join("vocab.txt");
+    let model = model_dir("tiny-bloom-4h");
+    let corpus = fixtures().join("corpus_es.txt");
+    let out = mananera(&["vocab", "--model", model.to_str().unwrap(), "--output", vocab.to_str().unwrap(), "--format", "json", corpus.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = json["kept"].as_u64().unwrap();
+    assert!(kept > 3 && kept < json["vocab_size"].as_u64().unwrap());
+    assert_eq!(std::fs::read_to_string(&vocab).unwrap().lines().filter(|l| !l.starts_with('#')).count() as u64, kept);
+
+    let setting = format!("engine.vocabulary={:?}", vocab.to_str().unwrap());
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--set", &setting, "El presidente"];
+    args.extend_from_slice(GREEDY);
+    let out = mananera(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    std::fs::write(&vocab, "5\n999999\n").unwrap();
+    let out = mananera(&["generate", "--model", model.to_str().unwrap(), "--set", &setting, "El presidente"]);
+    assert_fails(&out, 2, &["999999", "outside this model's vocabulary", "mananera vocab"]);
+}

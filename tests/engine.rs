@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 use candle_core::{DType, IndexOp, Tensor};
 use common::{engine, options, reference_models};
 use mananera::engine::text::StreamDecoder;
+use mananera::engine::vocabulary;
 use mananera::engine::{Engine, Quantization, SamplingParams, StopReason};
 
 fn sampled(seed: u64) -> SamplingParams {
@@ -175,7 +176,7 @@ fn the_context_cap_is_enforced() {
 fn quantized_models_stay_close_to_f32() {
     for (name, reference) in reference_models() {
         let f32_ppl = engine(&name).score(&reference.eval.text).unwrap().perplexity();
-        for q in [Quantization::Q8_0, Quantization::Q4k] {
+        for q in [Quantization::Q8_0, Quantization::Q4_0, Quantization::Q4k] {
             let quantized = Engine::load(&options(&name, q)).unwrap();
             let ppl = quantized.score(&reference.eval.text).unwrap().perplexity();
             let change = (ppl - f32_ppl) / f32_ppl;
@@ -200,4 +201,52 @@ fn logits_of_one_position_are_a_slice_of_all_positions() {
     let last = model.logits(&hidden.i((.., ids.len() - 1..)).unwrap().contiguous().unwrap()).unwrap();
     let diff = (all.i((.., ids.len() - 1..)).unwrap() - last).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn a_trimmed_vocabulary_keeps_the_scores_of_its_tokens() {
+    let full = engine("tiny-bloom-4h");
+    let corpus = std::fs::read_to_string(common::fixtures().join("corpus_es.txt")).unwrap();
+    let kept = vocabulary::build(full.codec(), full.model().config(), [corpus.as_str()]).unwrap();
+    assert!(kept.len() < full.model().config().vocab_size);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vocab.txt");
+    vocabulary::write(&path, &kept, full.model().config().vocab_size).unwrap();
+    let mut opts = options("tiny-bloom-4h", Quantization::None);
+    opts.vocabulary = Some(path);
+    let trimmed = Engine::load(&opts).unwrap();
+
+    // The kept columns carry exactly the full head's scores for those tokens.
+    let device = full.model().device();
+    let ids = full.codec().encode("Buenos días, presidente").unwrap();
+    let t = Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0).unwrap();
+    let mask = Tensor::ones((1, ids.len()), DType::U8, device).unwrap();
+    let hidden = full.model().forward(&t, &mask, &mut full.model().new_cache()).unwrap();
+    let want = full.model().logits(&hidden).unwrap().squeeze(0).unwrap().index_select(&Tensor::new(kept.as_slice(), device).unwrap(), 1).unwrap();
+    let got = trimmed.model().logits(&hidden).unwrap().squeeze(0).unwrap();
+    let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+
+    // Generation only produces kept tokens, and greedy agrees with the full model while the
+    // full model's choices are kept tokens.
+    let greedy = SamplingParams { temperature: 0.0, repetition_penalty: 1.3, ..sampled(0) };
+    let (_, a) = collect(&full, "El presidente", &greedy);
+    let (_, b) = collect(&trimmed, "El presidente", &greedy);
+    assert!(b.token_ids.iter().all(|id| kept.binary_search(id).is_ok()));
+    let agree = a.token_ids.iter().take_while(|id| kept.binary_search(id).is_ok()).count();
+    assert_eq!(a.token_ids[..agree], b.token_ids[..agree]);
+
+    // A text made of kept tokens scores at least as well (the dropped tokens' mass is
+    // redistributed); one with a dropped token is refused with an explanation.
+    let text: String = corpus.lines().take(3).collect::<Vec<_>>().join("\n");
+    let (f, t) = (full.score(&text).unwrap().perplexity(), trimmed.score(&text).unwrap().perplexity());
+    eprintln!("trimmed vocabulary ({} of {} tokens): perplexity {f:.4} → {t:.4}", kept.len(), full.model().config().vocab_size);
+    assert!(t <= f * 1.000_01, "{t} vs {f}");
+    let outside = (0..full.model().config().vocab_size as u32)
+        .filter(|id| kept.binary_search(id).is_err())
+        .map(|id| format!("El presidente{}", full.codec().decode(&[id]).unwrap()))
+        .find(|text| full.codec().encode(text).unwrap().iter().any(|id| kept.binary_search(id).is_err()))
+        .expect("a text with a dropped token");
+    let err = trimmed.score(&outside).unwrap_err().to_string();
+    assert!(err.contains("outside the trimmed vocabulary"), "{err}");
 }

@@ -16,8 +16,8 @@ use crate::engine::Quantization;
 /// What to measure.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Precisions to measure, comma-separated: none (f32), q8_0, q4k.
-    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "q8_0".to_string(), "q4k".to_string()])]
+    /// Precisions to measure, comma-separated: none (f32), q8_0, q4_0, q4k.
+    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "q8_0".to_string(), "q4_0".to_string(), "q4k".to_string()])]
     pub precisions: Vec<String>,
     /// Prompt length.
     #[arg(long, default_value_t = 64)]
@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Matrix worker threads, 0 = all cores (engine.threads).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Rows of the language-model head, to measure a trimmed vocabulary (default: all 250880).
+    #[arg(long)]
+    pub head_rows: Option<usize>,
 }
 
 impl BenchArgs {
@@ -48,6 +51,7 @@ impl BenchArgs {
 struct Measurement {
     engine: &'static str,
     precision: String,
+    head_rows: usize,
     prompt_tokens: usize,
     new_tokens: usize,
     prefill_tok_s: f64,
@@ -76,8 +80,8 @@ pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Fai
         match format {
             Format::Json => super::print_json(&m)?,
             Format::Text => println!(
-                "{:<5} prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
-                m.precision, m.prefill_tok_s, m.decode_tok_s, m.rss_mb, m.peak_rss_mb, m.load_s
+                "{:<5} head {:>6}  prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
+                m.precision, m.head_rows, m.prefill_tok_s, m.decode_tok_s, m.rss_mb, m.peak_rss_mb, m.load_s
             ),
         }
     }
@@ -87,7 +91,9 @@ pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Fai
 fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> crate::engine::Result<Measurement> {
     let device = Device::Cpu;
     let started = Instant::now();
-    let model = Bloom::load(&Weights::random(&device), config, precision)?;
+    let head_rows = args.head_rows.unwrap_or(config.vocab_size).clamp(1, config.vocab_size);
+    let head_ids = (head_rows < config.vocab_size).then(|| (0..head_rows as u32).collect());
+    let model = Bloom::load(&Weights::random(&device), config, precision, head_ids)?;
     let load_s = started.elapsed().as_secs_f64();
     let rss_mb = memory_mb("VmRSS:");
     reset_peak_memory();
@@ -117,6 +123,7 @@ fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> c
     Ok(Measurement {
         engine: "mananera",
         precision: precision.to_string(),
+        head_rows,
         prompt_tokens: args.prompt_tokens,
         new_tokens: args.new_tokens,
         prefill_tok_s: median(prefill),
@@ -129,7 +136,8 @@ fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> c
 
 fn argmax_last(model: &Bloom, hidden: &Tensor) -> candle_core::Result<u32> {
     let last = hidden.i((0, hidden.dim(1)? - 1))?.unsqueeze(0)?;
-    model.logits(&last)?.to_dtype(DType::F32)?.squeeze(0)?.argmax(0)?.to_scalar::<u32>()
+    let column = model.logits(&last)?.to_dtype(DType::F32)?.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+    Ok(model.token_id(column))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod eval;
 pub mod generate;
+pub mod vocab;
 
 use crate::cli::{Failure, Format};
 use crate::config::Config;

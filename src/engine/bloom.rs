@@ -245,6 +245,8 @@ pub struct Bloom {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
+    /// With a trimmed vocabulary, the token id of each head row (sorted); `None` = every token.
+    head_ids: Option<Vec<u32>>,
     slopes: Vec<f32>,
     device: Device,
     config: BloomConfig,
@@ -252,15 +254,27 @@ pub struct Bloom {
 
 impl Bloom {
     /// Builds the model from checkpoint weights, quantizing the linear layers (the head
-    /// included) when `quantization` asks for it.
-    pub fn load(weights: &Weights, config: &BloomConfig, quantization: Quantization) -> super::Result<Self> {
+    /// included) when `quantization` asks for it. `head_ids` (sorted, distinct, in range)
+    /// trims the language-model head to those tokens: the logits then have one column per
+    /// kept token and the model can only produce those (see [`super::vocabulary`]).
+    pub fn load(
+        weights: &Weights,
+        config: &BloomConfig,
+        quantization: Quantization,
+        head_ids: Option<Vec<u32>>,
+    ) -> super::Result<Self> {
         let (v, h, eps) = (config.vocab_size, config.hidden_size, config.layer_norm_epsilon);
         let embeddings = weights.get("word_embeddings.weight", &[v, h])?;
-        let word_embeddings = Linear::from_weight(embeddings, None, quantization)?;
+        let word_embeddings = Linear::from_weight(embeddings.clone(), None, quantization)?;
         // Tied: the head shares the (possibly quantized) embedding matrix, stored once.
-        let lm_head = match weights.get_optional("lm_head.weight", &[v, h])? {
-            Some(head) => Linear::from_weight(head, None, quantization)?,
-            None => word_embeddings.clone(),
+        let lm_head = match (weights.get_optional("lm_head.weight", &[v, h])?, &head_ids) {
+            (None, None) => word_embeddings.clone(),
+            (Some(head), None) => Linear::from_weight(head, None, quantization)?,
+            (stored, Some(ids)) => {
+                let full = stored.unwrap_or(embeddings.clone());
+                let rows = full.index_select(&Tensor::new(ids.as_slice(), weights.device())?, 0)?;
+                Linear::from_weight(rows, None, quantization)?
+            }
         };
         let blocks = (0..config.n_layer)
             .map(|i| Block::load(weights, i, config, quantization))
@@ -271,6 +285,7 @@ impl Bloom {
             blocks,
             ln_f: LayerNorm::load(weights, "ln_f", h, eps)?,
             lm_head,
+            head_ids,
             slopes: alibi_slopes(config.n_head),
             device: weights.device().clone(),
             config: config.clone(),
@@ -321,14 +336,29 @@ impl Bloom {
         self.ln_f.forward(&x)
     }
 
-    /// Scores over the vocabulary for hidden states `[.., h]` → `[.., vocab]`.
+    /// Scores for hidden states `[.., h]` → `[.., columns]`: one column per token, or per
+    /// kept token with a trimmed vocabulary (map with [`Bloom::token_id`] / [`Bloom::column`]).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head.forward(hidden)
     }
 
+    /// The token a logit column stands for.
+    pub fn token_id(&self, column: u32) -> u32 {
+        self.head_ids.as_ref().map_or(column, |ids| ids[column as usize])
+    }
+
+    /// The logit column of a token, `None` when a trimmed vocabulary leaves it out.
+    pub fn column(&self, token_id: u32) -> Option<u32> {
+        match &self.head_ids {
+            None => (token_id < self.config.vocab_size as u32).then_some(token_id),
+            Some(ids) => ids.binary_search(&token_id).ok().map(|c| c as u32),
+        }
+    }
+
     /// Log-probability of each token given the tokens before it, for one sequence
     /// (`logprobs[i]` scores `token_ids[i + 1]`), computed in chunks of `chunk` positions
-    /// through the cache so long texts need no quadratic memory.
+    /// through the cache so long texts need no quadratic memory. Every scored token must have
+    /// a logit column ([`Bloom::column`]).
     pub fn score(&self, token_ids: &[u32], chunk: usize) -> candle_core::Result<Vec<f32>> {
         let device = self.device();
         let mut cache = self.new_cache();
@@ -340,7 +370,11 @@ impl Bloom {
             let mask = Tensor::ones((1, end), DType::U8, device)?;
             let hidden = self.forward(&ids, &mask, &mut cache)?.squeeze(0)?;
             let log_softmax = candle_nn::ops::log_softmax(&self.logits(&hidden)?, D::Minus1)?;
-            let targets = Tensor::new(&token_ids[start + 1..end + 1], device)?.unsqueeze(1)?;
+            let columns = token_ids[start + 1..end + 1]
+                .iter()
+                .map(|&id| self.column(id).ok_or_else(|| candle_core::Error::Msg(format!("token {id} has no logit column"))))
+                .collect::<candle_core::Result<Vec<u32>>>()?;
+            let targets = Tensor::new(columns.as_slice(), device)?.unsqueeze(1)?;
             logprobs.extend(log_softmax.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?);
             start = end;
         }

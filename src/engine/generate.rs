@@ -56,7 +56,8 @@ pub struct Generation {
 
 /// Per-sequence state while a batch decodes.
 struct Row {
-    context: Vec<u32>,
+    /// Logit columns of the prompt and output tokens, for the repetition penalty.
+    penalized: Vec<u32>,
     new_ids: Vec<u32>,
     decoder: StreamDecoder,
     sampler: Sampler,
@@ -100,7 +101,7 @@ impl Engine {
         let mut rows: Vec<Row> = encoded
             .iter()
             .map(|ids| Row {
-                context: ids.clone(),
+                penalized: ids.iter().filter_map(|&id| self.model.column(id)).collect(),
                 new_ids: Vec::new(),
                 decoder: StreamDecoder::default(),
                 sampler: params.sampler(seed),
@@ -130,8 +131,9 @@ impl Engine {
                 if row.stop.is_some() {
                     continue;
                 }
-                let next = row.sampler.next(&logits.get(r)?, &row.context)?;
-                row.context.push(next);
+                let column = row.sampler.next(&logits.get(r)?, &row.penalized)?;
+                row.penalized.push(column);
+                let next = self.model.token_id(column);
                 row.new_ids.push(next);
                 if next == eos {
                     row.stop = Some(StopReason::Eos);

@@ -25,19 +25,22 @@ pub enum Quantization {
     None,
     /// 8-bit blocks of 32 with one f16 scale (8.5 bits per weight).
     Q8_0,
+    /// 4-bit blocks of 32 with one f16 scale (4.5 bits per weight): the fastest, least exact.
+    Q4_0,
     /// 4-bit k-quant super-blocks of 256 (4.5 bits per weight).
     Q4k,
 }
 
 impl Quantization {
     /// Every accepted spelling, for help texts and error messages.
-    pub const NAMES: &'static str = "none, q8_0, q4k";
+    pub const NAMES: &'static str = "none, q8_0, q4_0, q4k";
 
     /// Formats to try for one weight, best first.
     fn candidates(self) -> &'static [GgmlDType] {
         match self {
             Self::None => &[],
             Self::Q8_0 => &[GgmlDType::Q8_0],
+            Self::Q4_0 => &[GgmlDType::Q4_0],
             Self::Q4k => &[GgmlDType::Q4K, GgmlDType::Q8_0],
         }
     }
@@ -49,6 +52,7 @@ impl FromStr for Quantization {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Self::None),
             "q8_0" => Ok(Self::Q8_0),
+            "q4_0" => Ok(Self::Q4_0),
             "q4k" => Ok(Self::Q4k),
             other => Err(format!("unknown quantization `{other}` (expected one of {})", Self::NAMES)),
         }
@@ -60,6 +64,7 @@ impl std::fmt::Display for Quantization {
         f.write_str(match self {
             Self::None => "none",
             Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
             Self::Q4k => "q4k",
         })
     }

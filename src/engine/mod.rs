@@ -8,6 +8,7 @@
 //! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
 
 mod attention;
+mod blocks;
 pub mod bloom;
 pub mod checkpoint;
 mod error;
@@ -16,10 +17,10 @@ mod gelu;
 mod gemv;
 pub mod linear;
 mod parallel;
-mod q8;
 mod quant;
 pub mod sampling;
 pub mod text;
+pub mod vocabulary;
 pub mod weights;
 pub mod word_limit;
 
@@ -44,6 +45,8 @@ pub struct EngineOptions {
     pub quantization: Quantization,
     /// Cap on prompt plus generated tokens (BLOOM was trained with 2048).
     pub max_context: usize,
+    /// A trimmed vocabulary file (see [`vocabulary`]); `None` serves every token.
+    pub vocabulary: Option<std::path::PathBuf>,
 }
 
 /// A loaded model and tokenizer.
@@ -77,13 +80,16 @@ impl Engine {
         let config = checkpoint::read_config(&files.config)?;
         let codec = TextCodec::load(&files.tokenizer)?;
         let weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
-        let model = Bloom::load(&weights, &config, options.quantization)?;
+        let head_ids = options.vocabulary.as_deref().map(|p| vocabulary::read(p, &config)).transpose()?;
+        let head_rows = head_ids.as_ref().map_or(config.vocab_size, Vec::len);
+        let model = Bloom::load(&weights, &config, options.quantization, head_ids)?;
         tracing::info!(
             model = %options.source.model,
             layers = config.n_layer,
             hidden = config.hidden_size,
             heads = config.n_head,
             vocab = config.vocab_size,
+            head_rows,
             quantization = %options.quantization,
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
@@ -116,6 +122,13 @@ impl Engine {
             return Err(Error::InvalidInput(format!(
                 "the text has {} token(s); scoring needs at least 2",
                 token_ids.len()
+            )));
+        }
+        if let Some((position, &id)) = token_ids.iter().enumerate().skip(1).find(|(_, id)| self.model.column(**id).is_none()) {
+            return Err(Error::InvalidInput(format!(
+                "token {id} ({:?}) at position {position} is outside the trimmed vocabulary (engine.vocabulary), \
+                 so it has no probability; score with the full vocabulary (engine.vocabulary = \"\")",
+                self.codec.decode(&[id]).unwrap_or_default()
             )));
         }
         let logprobs = self.model.score(&token_ids, self.max_context.min(512))?;

@@ -1,4 +1,4 @@
-//! Quantized weight matrices (Q8_0, Q4_K) and their matrix products.
+//! Quantized weight matrices (Q8_0, Q4_0, Q4_K) and their matrix products.
 //!
 //! The block formats and the SIMD dot products are candle's (`k_quants`, llama.cpp's
 //! layouts); the driver is ours: activations are quantized once per call to the format's
@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::parallel::for_each_chunk_mut;
 
-use super::q8::{Q8Matrix, Q8Row};
+use super::blocks::{ActivationRow, BLOCK, BlockMatrix, Format};
 
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
@@ -20,7 +20,8 @@ const ROWS_PER_TASK: usize = 32;
 /// A `[n, k]` weight matrix in a block-quantized format.
 #[derive(Debug)]
 pub enum QMatrix {
-    Q8_0(Q8Matrix),
+    /// Q8_0 or Q4_0, with mananera's own interleaved layout and kernel.
+    Blocks(BlockMatrix),
     Q4K(Packed<BlockQ4K>),
 }
 
@@ -38,7 +39,8 @@ impl QMatrix {
         let (n, k) = w.dims2()?;
         let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         match format {
-            GgmlDType::Q8_0 if k % super::q8::BLOCK == 0 => Ok(Self::Q8_0(Q8Matrix::quantize(&data, n, k))),
+            GgmlDType::Q8_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(Format::Q8_0, &data, n, k))),
+            GgmlDType::Q4_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(Format::Q4_0, &data, n, k))),
             GgmlDType::Q4K => Ok(Self::Q4K(Packed::quantize(&data, n, k)?)),
             other => bail!("no kernels for {other:?}"),
         }
@@ -52,7 +54,7 @@ impl QMatrix {
     /// Rows `ids` dequantized to f32 → `[ids.len(), k]`: the embedding lookup.
     pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
         let (data, k) = match self {
-            Self::Q8_0(q) => (q8_rows(q, ids)?, q.k),
+            Self::Blocks(q) => (block_rows(q, ids)?, q.k),
             Self::Q4K(p) => (p.rows(ids)?, p.k),
         };
         Tensor::from_vec(data, (ids.len(), k), device)
@@ -71,14 +73,14 @@ impl CustomOp1 for MatmulOp<'_> {
         let Some((start, end)) = layout.contiguous_offsets() else { bail!("quantized matmul needs contiguous activations") };
         let (m, k) = layout.shape().dims2()?;
         let (y, n) = match self.0 {
-            QMatrix::Q8_0(q) => (q8_matmul_t(q, &x[start..end], m, k)?, q.n),
+            QMatrix::Blocks(q) => (block_matmul_t(q, &x[start..end], m, k)?, q.n),
             QMatrix::Q4K(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
 
-fn q8_rows(q: &Q8Matrix, ids: &[u32]) -> Result<Vec<f32>> {
+fn block_rows(q: &BlockMatrix, ids: &[u32]) -> Result<Vec<f32>> {
     let mut out = vec![0f32; ids.len() * q.k];
     for (&id, dst) in ids.iter().zip(out.chunks_mut(q.k)) {
         if id as usize >= q.n {
@@ -89,11 +91,11 @@ fn q8_rows(q: &Q8Matrix, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn q8_matmul_t(q: &Q8Matrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+fn block_matmul_t(q: &BlockMatrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
     if k != q.k {
         bail!("quantized matmul: activations have {k} columns, weights {}", q.k);
     }
-    let rows: Vec<Q8Row> = x.chunks(k).map(Q8Row::quantize).collect();
+    let rows: Vec<ActivationRow> = x.chunks(k).map(ActivationRow::quantize).collect();
     let mut yt = vec![0f32; q.n * m];
     for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
         let first = task * ROWS_PER_TASK;

@@ -90,8 +90,9 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// `logits`: `[vocab]`; `context`: the prompt and the tokens generated so far, which the
-    /// repetition penalty applies to (as in transformers).
+    /// `logits`: one score per logit column; `context`: the columns of the prompt and of the
+    /// tokens generated so far, which the repetition penalty applies to (as in transformers).
+    /// Returns the chosen column.
     pub(crate) fn next(&mut self, logits: &Tensor, context: &[u32]) -> Result<u32> {
         let logits = if self.repetition_penalty == 1.0 {
             logits.clone()

@@ -79,6 +79,7 @@ pub fn options(name: &str, quantization: Quantization) -> EngineOptions {
         },
         quantization,
         max_context: 2048,
+        vocabulary: None,
     }
 }
 
