@@ -8,6 +8,7 @@
 //!
 //! Shapes: `b` sequences, `s` new positions, `t` positions in all, `nh` heads of `hd`.
 
+use super::gemv::dot;
 use super::parallel::for_each_chunk_mut;
 
 /// Keys and values of every position seen so far, `[b][nh][capacity][hd]` each.
@@ -119,8 +120,7 @@ pub fn attend(qkv: &[f32], d: Dims, cache: &mut KvCache, mask: &MaskInfo, slopes
             let mut max = f32::NEG_INFINITY;
             for (j, score) in scores.iter_mut().enumerate().take(query + 1) {
                 if visible[j] {
-                    let dot: f32 = q.iter().zip(&keys[j * hd..][..hd]).map(|(a, b)| a * b).sum();
-                    *score = dot * scale + slopes[h] * positions[j];
+                    *score = dot(q, &keys[j * hd..][..hd]) * scale + slopes[h] * positions[j];
                     max = max.max(*score);
                 }
             }

@@ -83,18 +83,26 @@ fn round(v: f32) -> f32 {
 pub struct ActivationRow {
     values: Vec<u8>,
     scales: Vec<f32>,
+    /// Per block, 8·scale·Σvalues: Q4_0 kernels multiply the stored (unsigned, +8) nibbles and
+    /// subtract this once per block instead of re-centring every value.
+    offsets: Vec<f32>,
 }
 
 impl ActivationRow {
     /// Quantizes one activation row (a multiple of 32 long).
     pub fn quantize(x: &[f32]) -> Self {
         let mut values = vec![0u8; x.len()];
-        let scales = x
+        let scales: Vec<f32> = x
             .chunks_exact(BLOCK)
             .zip(values.chunks_exact_mut(BLOCK))
             .map(|(src, dst)| Format::Q8_0.encode(src, dst))
             .collect();
-        Self { values, scales }
+        let offsets = values
+            .chunks_exact(BLOCK)
+            .zip(&scales)
+            .map(|(block, d)| 8.0 * d * block.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32)
+            .collect();
+        Self { values, scales, offsets }
     }
 }
 
@@ -231,6 +239,8 @@ unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &Acti
     unsafe {
         let (w, ws, xv, xs) = (values.as_ptr(), scales.as_ptr(), x.values.as_ptr(), x.scales.as_ptr());
         let mut acc = [_mm256_setzero_ps(); GROUP];
+        // Q4_0: Σ_b d_w·offset_b, subtracted at the end (see `ActivationRow::offsets`).
+        let mut correction = [_mm256_setzero_ps(); GROUP];
         let mut b = 0;
         while b < full {
             // Scales of 8 blocks of each row times the activation's, read back by broadcast
@@ -238,36 +248,44 @@ unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &Acti
             let xd = _mm256_loadu_ps(xs.add(b));
             let mut combined = [[0f32; 8]; GROUP];
             for (i, c) in combined.iter_mut().enumerate() {
-                let half = _mm_loadu_si128(ws.add(b * GROUP + i * 8) as *const __m128i);
-                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtph_ps(half), xd));
+                let wd = _mm256_cvtph_ps(_mm_loadu_si128(ws.add(b * GROUP + i * 8) as *const __m128i));
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(wd, xd));
+                if Q4 {
+                    correction[i] = _mm256_fmadd_ps(wd, _mm256_loadu_ps(x.offsets.as_ptr().add(b)), correction[i]);
+                }
             }
             for j in 0..8 {
                 let vx = _mm256_loadu_si256(xv.add((b + j) * BLOCK) as *const __m256i);
                 for (i, c) in combined.iter().enumerate() {
                     let vw = load_block::<Q4>(w.add(((b + j) * GROUP + i) * bytes));
-                    acc[i] = _mm256_fmadd_ps(block_dot(vw, vx), _mm256_broadcast_ss(&c[j]), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(block_dot::<Q4>(vw, vx), _mm256_broadcast_ss(&c[j]), acc[i]);
                 }
             }
             b += 8;
         }
+        let mut tail_correction = [0f32; GROUP];
         while b < blocks {
             let vx = _mm256_loadu_si256(xv.add(b * BLOCK) as *const __m256i);
             for (i, a) in acc.iter_mut().enumerate() {
-                let scale = _mm256_set1_ps((*ws.add(full * GROUP + (b - full) * GROUP + i)).to_f32() * *xs.add(b));
+                let wd = (*ws.add(full * GROUP + (b - full) * GROUP + i)).to_f32();
                 let vw = load_block::<Q4>(w.add((b * GROUP + i) * bytes));
-                *a = _mm256_fmadd_ps(block_dot(vw, vx), scale, *a);
+                *a = _mm256_fmadd_ps(block_dot::<Q4>(vw, vx), _mm256_set1_ps(wd * *xs.add(b)), *a);
+                if Q4 {
+                    tail_correction[i] += wd * x.offsets[b];
+                }
             }
             b += 1;
         }
         let mut out = [0f32; GROUP];
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = hsum(a);
+        for i in 0..GROUP {
+            out[i] = hsum(acc[i]) - if Q4 { hsum(correction[i]) + tail_correction[i] } else { 0.0 };
         }
         out
     }
 }
 
-/// A block's 32 values as signed bytes.
+/// A block's 32 values as bytes: signed for Q8_0, the stored unsigned nibbles (value + 8)
+/// for Q4_0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -279,7 +297,7 @@ unsafe fn load_block<const Q4: bool>(p: *const u8) -> std::arch::x86_64::__m256i
             let packed = _mm_loadu_si128(p as *const __m128i);
             let low = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
             let high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
-            _mm256_sub_epi8(_mm256_set_m128i(high, low), _mm256_set1_epi8(8))
+            _mm256_set_m128i(high, low)
         } else {
             _mm256_loadu_si256(p as *const __m256i)
         }
@@ -287,13 +305,19 @@ unsafe fn load_block<const Q4: bool>(p: *const u8) -> std::arch::x86_64::__m256i
 }
 
 /// One block's integer dot product (32 weights × 32 activations) as 8 partial f32 sums.
+/// `maddubs` multiplies unsigned by signed bytes: Q4_0's nibbles are unsigned already (their
+/// +8 offset is corrected per block by the caller, and 15·127·2 cannot saturate); for Q8_0
+/// the weights' signs move onto the activations.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn block_dot(vw: std::arch::x86_64::__m256i, vx: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256 {
+fn block_dot<const Q4: bool>(vw: std::arch::x86_64::__m256i, vx: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
-    let products = _mm256_maddubs_epi16(_mm256_sign_epi8(vw, vw), _mm256_sign_epi8(vx, vw));
+    let products = if Q4 {
+        _mm256_maddubs_epi16(vw, vx)
+    } else {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(vw, vw), _mm256_sign_epi8(vx, vw))
+    };
     _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
 }
 

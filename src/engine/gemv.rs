@@ -1,45 +1,51 @@
-//! `y = x·Wᵀ` for a few rows of `x` (decoding), reading each f32 weight once.
+//! `y = x·Wᵀ` with f32 weights, on the engine's worker pool.
 //!
-//! With one or a handful of activation rows the product is bound by memory bandwidth, not
-//! arithmetic: the general matmul packs and tiles for reuse that isn't there. This kernel
-//! streams the weight rows once, splits them across the worker pool, and uses AVX2+FMA when
-//! the CPU has them (checked at run time, so the binary stays portable).
+//! - A few rows of `x` (decoding): bound by memory bandwidth, not arithmetic, so the weight
+//!   rows are streamed once with an AVX2+FMA dot product (checked at run time, so the binary
+//!   stays portable); the general matmul packs and tiles for reuse that isn't there.
+//! - Many rows (prefill): gemm's tiled kernel, one single-threaded call per slice of the
+//!   weight rows. Letting gemm parallelise on rayon would put its workers in competition with
+//!   the pool's spinning worker for the same cores.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use super::parallel::for_each_chunk_mut;
 
-/// Up to this many activation rows go through the streaming kernel; more use the tiled matmul.
-pub const MAX_ROWS: usize = 4;
+/// Up to this many activation rows go through the streaming kernel; more use the tiled one.
+const MAX_STREAMING_ROWS: usize = 4;
 
 /// Weight rows per parallel task: large enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
 
 /// `x`: `[m, k]`, `w`: `[n, k]` (both f32) → `[m, n]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &StreamingMatmul)
+    x.apply_op2_no_bwd(w, &MatmulWt)
 }
 
-struct StreamingMatmul;
+struct MatmulWt;
 
-impl CustomOp2 for StreamingMatmul {
+impl CustomOp2 for MatmulWt {
     fn name(&self) -> &'static str {
-        "streaming-matmul-wt"
+        "matmul-wt"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            bail!("streaming matmul needs f32 inputs");
+            bail!("matmul-wt needs f32 inputs");
         };
         let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            bail!("streaming matmul needs contiguous inputs");
+            bail!("matmul-wt needs contiguous inputs");
         };
         let ((m, k), (n, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
         if k != k2 {
-            bail!("streaming matmul: x is [{m}, {k}] but w is [{n}, {k2}]");
+            bail!("matmul-wt: x is [{m}, {k}] but w is [{n}, {k2}]");
         }
         let (x, w) = (&x[xs..xe], &w[ws..we]);
         // Computed as [n, m] so each task owns a contiguous block, then transposed.
         let mut yt = vec![0f32; n * m];
+        if m > MAX_STREAMING_ROWS {
+            tiled(x, w, m, k, &mut yt);
+            return Ok((CpuStorage::F32(transpose(yt, n, m)), Shape::from((m, n))));
+        }
         for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
             let first = task * ROWS_PER_TASK;
             for (r, out_row) in out.chunks_mut(m).enumerate() {
@@ -51,6 +57,43 @@ impl CustomOp2 for StreamingMatmul {
         });
         Ok((CpuStorage::F32(transpose(yt, n, m)), Shape::from((m, n))))
     }
+}
+
+/// `yt = W·xᵀ` (`[n, m]`) by slices of W's rows, each a single-threaded gemm call.
+fn tiled(x: &[f32], w: &[f32], m: usize, k: usize, yt: &mut [f32]) {
+    let n = yt.len() / m;
+    // Two slices per thread or so: big enough for gemm's blocking, enough to balance.
+    let rows = n.div_ceil(8).next_multiple_of(16).max(64);
+    for_each_chunk_mut(yt, rows * m, |task, out| {
+        let first = task * rows;
+        let count = out.len() / m;
+        // SAFETY: `out` is `count × m` row-major; the lhs slice is rows first..first+count of
+        // w (`count × k`, row-major) and the rhs is xᵀ (`k × m`, read through x's strides);
+        // all three ranges lie inside their slices.
+        unsafe {
+            gemm::gemm(
+                count,
+                m,
+                k,
+                out.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                w[first * k..].as_ptr(),
+                1,
+                k as isize,
+                x.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
 
 /// `[n, m]` → `[m, n]`: the kernels compute per weight row, callers want per activation row.
@@ -69,7 +112,7 @@ pub(crate) fn transpose(yt: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
 
 /// Dot product, vectorised where the CPU allows.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features the function is compiled for were just detected.
@@ -125,7 +168,7 @@ mod tests {
     #[test]
     fn matches_the_general_matmul() {
         let dev = Device::Cpu;
-        for (m, k, n) in [(1, 64, 70), (3, 1000, 129), (4, 37, 5)] {
+        for (m, k, n) in [(1, 64, 70), (3, 1000, 129), (4, 37, 5), (5, 64, 300), (64, 96, 1030)] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();

@@ -126,10 +126,7 @@ impl Module for Linear {
         }
         let flat = || x.reshape((rows, k))?.contiguous();
         let y = match &self.weight {
-            Weight::F32(w) if rows <= gemv::MAX_ROWS => gemv::matmul_wt(&flat()?, w)?.reshape(dims)?,
-            // W·xᵀ then transposed: the tiled matmul runs about twice as fast with the large
-            // weight matrix on the left on x86 (measured with gemm 0.19 on AVX2).
-            Weight::F32(w) => w.matmul(&flat()?.t()?)?.t()?.contiguous()?.reshape(dims)?,
+            Weight::F32(w) => gemv::matmul_wt(&flat()?, w)?.reshape(dims)?,
             Weight::Quantized(q) => q.matmul_t(&flat()?)?.reshape(dims)?,
         };
         match &self.bias {
