@@ -53,9 +53,24 @@ pub struct ModelArgs {
 impl ModelArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
-        push(&mut out, "engine.quantization", "--quantization", self.quantization.as_ref().map(|q| format!("{q:?}")));
-        push(&mut out, "engine.threads", "--threads", self.threads.map(|t| t.to_string()));
+        push(
+            &mut out,
+            "model.id",
+            "--model",
+            self.model.as_ref().map(|m| format!("{m:?}")),
+        );
+        push(
+            &mut out,
+            "engine.quantization",
+            "--quantization",
+            self.quantization.as_ref().map(|q| format!("{q:?}")),
+        );
+        push(
+            &mut out,
+            "engine.threads",
+            "--threads",
+            self.threads.map(|t| t.to_string()),
+        );
         out
     }
 }
@@ -91,13 +106,21 @@ impl SamplingArgs {
             ("temperature", self.temperature.map(|v| format!("{v:?}"))),
             ("top_k", self.top_k.map(|v| v.to_string())),
             ("top_p", self.top_p.map(|v| format!("{v:?}"))),
-            ("repetition_penalty", self.repetition_penalty.map(|v| format!("{v:?}"))),
+            (
+                "repetition_penalty",
+                self.repetition_penalty.map(|v| format!("{v:?}")),
+            ),
             ("seed", self.seed.map(|v| v.to_string())),
             ("max_new_tokens", self.max_new_tokens.map(|v| v.to_string())),
             ("max_words", self.max_words.map(|v| v.to_string())),
         ];
         for (key, value) in fields {
-            push(&mut out, &format!("generation.{key}"), &format!("--{}", key.replace('_', "-")), value);
+            push(
+                &mut out,
+                &format!("generation.{key}"),
+                &format!("--{}", key.replace('_', "-")),
+                value,
+            );
         }
         out
     }
@@ -105,7 +128,11 @@ impl SamplingArgs {
 
 fn push(out: &mut Vec<Override>, key: &str, flag: &str, value: Option<String>) {
     if let Some(value) = value {
-        out.push(Override { key: key.into(), origin: format!("{flag} {value}"), value });
+        out.push(Override {
+            key: key.into(),
+            origin: format!("{flag} {value}"),
+            value,
+        });
     }
 }
 
@@ -155,7 +182,10 @@ pub struct Failure {
 impl Failure {
     /// Bad usage, settings or input (exit 2).
     pub fn usage(message: impl Into<String>) -> Self {
-        Self { code: 2, message: message.into() }
+        Self {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 
@@ -166,7 +196,10 @@ impl From<engine::Error> for Failure {
             engine::Error::Checkpoint { .. } | engine::Error::Download { .. } => 3,
             engine::Error::Candle(_) => 1,
         };
-        Self { code, message: e.to_string() }
+        Self {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -184,17 +217,27 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    let mut overrides = cli.set.iter().map(|s| Override::parse_set(s)).collect::<Result<Vec<_>, _>>().map_err(Failure::usage)?;
+    let mut overrides = cli
+        .set
+        .iter()
+        .map(|s| Override::parse_set(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
     match &cli.command {
-        Command::Generate { model, sampling, .. } => {
+        Command::Generate {
+            model, sampling, ..
+        } => {
             overrides.extend(model.overrides());
             overrides.extend(sampling.overrides());
         }
         Command::Eval { model, .. } => overrides.extend(model.overrides()),
         Command::Bench(args) => overrides.extend(args.model_overrides()),
-        Command::Vocab { model, .. } => {
-            push(&mut overrides, "model.id", "--model", model.as_ref().map(|m| format!("{m:?}")))
-        }
+        Command::Vocab { model, .. } => push(
+            &mut overrides,
+            "model.id",
+            "--model",
+            model.as_ref().map(|m| format!("{m:?}")),
+        ),
         Command::Config => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
@@ -203,7 +246,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate { topic, .. } => commands::generate::run(&config, &topic, cli.format),
         Command::Eval { file, .. } => commands::eval::run(&config, &file, cli.format),
         Command::Bench(args) => commands::bench::run(&config, &args, cli.format),
-        Command::Vocab { corpus, output, .. } => commands::vocab::run(&config, &corpus, &output, cli.format),
+        Command::Vocab { corpus, output, .. } => {
+            commands::vocab::run(&config, &corpus, &output, cli.format)
+        }
         Command::Config => commands::show_config(&config, cli.format),
     }
 }
@@ -214,8 +259,13 @@ fn init_logging() {
     let filter = std::env::var("MANANERA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Sizes the worker pool the matrix code runs on (candle and mananera's kernels share
@@ -225,7 +275,10 @@ fn configure_threads(threads: usize) {
         // candle's own kernels read RAYON_NUM_THREADS when sizing their work split.
         // SAFETY: called before any other thread exists (start of `run`, single-threaded).
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
             tracing::warn!(error = %e, "could not size the thread pool");
         }
     }

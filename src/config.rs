@@ -83,10 +83,14 @@ pub struct Override {
 impl Override {
     /// Parses `section.key=value` as given to `--set`.
     pub fn parse_set(arg: &str) -> Result<Self, String> {
-        let (key, value) = arg
-            .split_once('=')
-            .ok_or_else(|| format!("--set {arg}: expected section.key=value, e.g. --set engine.threads=2"))?;
-        Ok(Self { key: key.trim().to_string(), value: value.to_string(), origin: format!("--set {arg}") })
+        let (key, value) = arg.split_once('=').ok_or_else(|| {
+            format!("--set {arg}: expected section.key=value, e.g. --set engine.threads=2")
+        })?;
+        Ok(Self {
+            key: key.trim().to_string(),
+            value: value.to_string(),
+            origin: format!("--set {arg}"),
+        })
     }
 }
 
@@ -99,10 +103,14 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<Self, String> {
         let (mut table, file_name) = match path {
             Some(path) => (read_table(path)?, path.display().to_string()),
-            None if Path::new("config.toml").is_file() => (read_table(Path::new("config.toml"))?, "config.toml".into()),
+            None if Path::new("config.toml").is_file() => {
+                (read_table(Path::new("config.toml"))?, "config.toml".into())
+            }
             None => (toml::Table::new(), "built-in defaults".into()),
         };
-        let check = |table: &toml::Table| Self::from_table(table.clone()).and_then(|c| c.validate().map(|()| c));
+        let check = |table: &toml::Table| {
+            Self::from_table(table.clone()).and_then(|c| c.validate().map(|()| c))
+        };
         let mut all = env_overrides();
         all.extend_from_slice(overrides);
         let mut valid_so_far = check(&table).is_ok();
@@ -129,17 +137,26 @@ impl Config {
             ));
         }
         if self.engine.max_context < 2 {
-            return Err(format!("engine.max_context = {}: must be at least 2", self.engine.max_context));
+            return Err(format!(
+                "engine.max_context = {}: must be at least 2",
+                self.engine.max_context
+            ));
         }
         if self.model.id.trim().is_empty() {
-            return Err("model.id is empty: set a Hub repository id or a checkpoint directory".into());
+            return Err(
+                "model.id is empty: set a Hub repository id or a checkpoint directory".into(),
+            );
         }
-        self.generation.validate().map_err(|e| format!("[generation] {e}"))
+        self.generation
+            .validate()
+            .map_err(|e| format!("[generation] {e}"))
     }
 
     /// The cache directory with defaults and `~` resolved.
     pub fn cache_dir(&self) -> PathBuf {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         match self.model.cache_dir.as_str() {
             "" => std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
@@ -154,7 +171,8 @@ impl Config {
 
     /// What the engine needs from these settings.
     pub fn engine_options(&self) -> EngineOptions {
-        let offline_env = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let offline_env = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         EngineOptions {
             source: ModelSource {
                 model: self.model.id.clone(),
@@ -164,15 +182,21 @@ impl Config {
             },
             quantization: self.engine.quantization,
             max_context: self.engine.max_context,
-            vocabulary: (!self.engine.vocabulary.is_empty()).then(|| PathBuf::from(&self.engine.vocabulary)),
+            vocabulary: (!self.engine.vocabulary.is_empty())
+                .then(|| PathBuf::from(&self.engine.vocabulary)),
         }
     }
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the config file ({e}); pass --config with an existing file", path.display()))?;
-    text.parse::<toml::Table>().map_err(|e| format!("{}: not valid TOML: {e}", path.display()))
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{}: cannot read the config file ({e}); pass --config with an existing file",
+            path.display()
+        )
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| format!("{}: not valid TOML: {e}", path.display()))
 }
 
 /// `MANANERA_<SECTION>_<KEY>` for every section of the config, e.g.
@@ -186,7 +210,9 @@ fn env_overrides() -> Vec<Override> {
         .filter_map(|(name, value)| {
             let rest = name.strip_prefix(ENV_PREFIX)?;
             sections.iter().find_map(|section| {
-                let key = rest.strip_prefix(&section.to_ascii_uppercase())?.strip_prefix('_')?;
+                let key = rest
+                    .strip_prefix(&section.to_ascii_uppercase())?
+                    .strip_prefix('_')?;
                 Some(Override {
                     key: format!("{section}.{}", key.to_ascii_lowercase()),
                     value: value.clone(),
@@ -202,16 +228,20 @@ fn env_overrides() -> Vec<Override> {
 /// Sets `section.key` in `table`, reading the value as a TOML literal (number, bool, quoted
 /// string) and otherwise as a bare string.
 fn apply(table: &mut toml::Table, o: &Override) -> Result<(), String> {
-    let (section, key) = o
-        .key
-        .split_once('.')
-        .ok_or_else(|| format!("{}: `{}` is not section.key (e.g. generation.temperature)", o.origin, o.key))?;
+    let (section, key) = o.key.split_once('.').ok_or_else(|| {
+        format!(
+            "{}: `{}` is not section.key (e.g. generation.temperature)",
+            o.origin, o.key
+        )
+    })?;
     let value = format!("v = {}", o.value)
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(o.value.clone()));
-    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let toml::Value::Table(section_table) = entry else {
         return Err(format!("{}: `{section}` is not a section", o.origin));
     };
@@ -224,7 +254,11 @@ mod tests {
     use super::*;
 
     fn set(key: &str, value: &str) -> Override {
-        Override { key: key.into(), value: value.into(), origin: format!("test {key}") }
+        Override {
+            key: key.into(),
+            value: value.into(),
+            origin: format!("test {key}"),
+        }
     }
 
     #[test]
@@ -236,12 +270,19 @@ mod tests {
 
     #[test]
     fn overrides_are_typed_and_blamed_on_their_origin() {
-        let config = Config::load(None, &[set("generation.temperature", "0"), set("model.id", "a/b")]).unwrap();
+        let config = Config::load(
+            None,
+            &[set("generation.temperature", "0"), set("model.id", "a/b")],
+        )
+        .unwrap();
         assert_eq!(config.generation.temperature, 0.0);
         assert_eq!(config.model.id, "a/b");
 
         let err = Config::load(None, &[set("generation.temperature", "hot")]).unwrap_err();
-        assert!(err.contains("test generation.temperature") && err.contains("temperature"), "{err}");
+        assert!(
+            err.contains("test generation.temperature") && err.contains("temperature"),
+            "{err}"
+        );
         let err = Config::load(None, &[set("generation.tempreature", "1")]).unwrap_err();
         assert!(err.contains("tempreature"), "{err}");
         let err = Config::load(None, &[set("generation.top_p", "2")]).unwrap_err();

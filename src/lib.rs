@@ -5,7 +5,7 @@
 //! - [`engine`]: BLOOM in candle, checkpoint loading, tokenizer, generation, scoring.
 //! - [`config`]: `config.toml` with environment and command-line overrides.
 //! - [`cli`]: the `mananera` command line and its exit codes.
-//! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `config`).
+//! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `config`).
 
 pub mod cli;
 pub mod commands;

@@ -40,12 +40,26 @@ fn copy_model(name: &str, to: &Path) {
     }
 }
 
-const GREEDY: &[&str] = &["--temperature", "0", "--max-new-tokens", "12", "--max-words", "0"];
+const GREEDY: &[&str] = &[
+    "--temperature",
+    "0",
+    "--max-new-tokens",
+    "12",
+    "--max-words",
+    "0",
+];
 
 #[test]
 fn generate_json_reports_new_tokens_text_and_timings() {
     let model = model_dir("tiny-bloom-4h");
-    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--format", "json", "El presidente"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "json",
+        "El presidente",
+    ];
     args.extend_from_slice(GREEDY);
     let out = mananera(&args);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -55,10 +69,20 @@ fn generate_json_reports_new_tokens_text_and_timings() {
     assert!(json["timings"]["decode_tokens_per_s"].is_number());
 
     // Text mode streams the same greedy text.
-    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "El presidente"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "El presidente",
+    ];
     args.extend_from_slice(GREEDY);
     let text = mananera(&args);
-    assert_eq!(String::from_utf8(text.stdout).unwrap().trim_end_matches('\n'), json["text"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(text.stdout)
+            .unwrap()
+            .trim_end_matches('\n'),
+        json["text"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -67,7 +91,14 @@ fn eval_json_gives_the_reference_logprobs() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &reference.eval.text).unwrap();
     let model = model_dir(&name);
-    let out = mananera(&["eval", "--model", model.to_str().unwrap(), "--format", "json", file.path().to_str().unwrap()]);
+    let out = mananera(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "json",
+        file.path().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let logprobs: Vec<f32> = serde_json::from_value(json["logprobs"].clone()).unwrap();
@@ -76,14 +107,27 @@ fn eval_json_gives_the_reference_logprobs() {
     for (a, b) in logprobs.iter().zip(&reference.eval.logprobs) {
         assert!((a - b).abs() < 1e-4);
     }
-    let text = mananera(&["eval", "--model", model.to_str().unwrap(), file.path().to_str().unwrap()]);
-    assert!(String::from_utf8(text.stdout).unwrap().starts_with("perplexity "));
+    let text = mananera(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        file.path().to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8(text.stdout)
+            .unwrap()
+            .starts_with("perplexity ")
+    );
 }
 
 #[test]
 fn a_missing_model_directory_is_named() {
     let out = mananera(&["generate", "--model", "/nonexistent/bloom", "hola"]);
-    assert_fails(&out, 3, &["/nonexistent/bloom", "does not exist", "how to fix"]);
+    assert_fails(
+        &out,
+        3,
+        &["/nonexistent/bloom", "does not exist", "how to fix"],
+    );
 }
 
 #[test]
@@ -92,7 +136,12 @@ fn a_truncated_safetensors_file_is_named() {
     copy_model("tiny-bloom-4h", dir.path());
     let weights = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&weights).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let out = mananera(&["generate", "--model", dir.path().to_str().unwrap(), "hola"]);
     assert_fails(&out, 3, &["model.safetensors", "truncated or corrupt"]);
 }
@@ -102,7 +151,8 @@ fn a_config_that_does_not_match_the_weights_is_named() {
     let dir = tempfile::tempdir().unwrap();
     copy_model("tiny-bloom-4h", dir.path());
     let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config["hidden_size"] = serde_json::json!(128);
     std::fs::write(&config_path, config.to_string()).unwrap();
     let out = mananera(&["generate", "--model", dir.path().to_str().unwrap(), "hola"]);
@@ -143,7 +193,14 @@ fn an_empty_prompt_is_rejected() {
 fn a_prompt_longer_than_the_context_cap_is_rejected() {
     let model = model_dir("tiny-bloom-4h");
     let long = "la mañanera ".repeat(100);
-    let out = mananera(&["generate", "--model", model.to_str().unwrap(), "--set", "engine.max_context=32", &long]);
+    let out = mananera(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--set",
+        "engine.max_context=32",
+        &long,
+    ]);
     assert_fails(&out, 2, &["max_context", "32"]);
 }
 
@@ -152,7 +209,14 @@ fn nonsense_sampling_values_are_rejected() {
     let model = model_dir("tiny-bloom-4h");
     let m = model.to_str().unwrap();
     let out = mananera(&["generate", "--model", m, "--temperature=-1", "hola"]);
-    assert_fails(&out, 2, &["--temperature", "temperature must be 0 (greedy) or positive"]);
+    assert_fails(
+        &out,
+        2,
+        &[
+            "--temperature",
+            "temperature must be 0 (greedy) or positive",
+        ],
+    );
     let out = mananera(&["generate", "--model", m, "--top-p", "1.5", "hola"]);
     assert_fails(&out, 2, &["--top-p", "top_p must be in (0, 1]"]);
     let out = mananera(&["generate", "--model", m, "--quantization", "q3", "hola"]);
@@ -170,7 +234,12 @@ fn a_missing_config_file_or_eval_file_is_named() {
     let out = mananera(&["--config", "/nonexistent/config.toml", "config"]);
     assert_fails(&out, 2, &["/nonexistent/config.toml", "cannot read"]);
     let model = model_dir("tiny-bloom-4h");
-    let out = mananera(&["eval", "--model", model.to_str().unwrap(), "/nonexistent/speech.txt"]);
+    let out = mananera(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "/nonexistent/speech.txt",
+    ]);
     assert_fails(&out, 2, &["/nonexistent/speech.txt"]);
 }
 
@@ -189,20 +258,58 @@ fn vocab_writes_a_trimmed_vocabulary_that_generate_uses() {
     let vocab = dir.path().join("vocab.txt");
     let model = model_dir("tiny-bloom-4h");
     let corpus = fixtures().join("corpus_es.txt");
-    let out = mananera(&["vocab", "--model", model.to_str().unwrap(), "--output", vocab.to_str().unwrap(), "--format", "json", corpus.to_str().unwrap()]);
+    let out = mananera(&[
+        "vocab",
+        "--model",
+        model.to_str().unwrap(),
+        "--output",
+        vocab.to_str().unwrap(),
+        "--format",
+        "json",
+        corpus.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let kept = json["kept"].as_u64().unwrap();
     assert!(kept > 3 && kept < json["vocab_size"].as_u64().unwrap());
-    assert_eq!(std::fs::read_to_string(&vocab).unwrap().lines().filter(|l| !l.starts_with('#')).count() as u64, kept);
+    assert_eq!(
+        std::fs::read_to_string(&vocab)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count() as u64,
+        kept
+    );
 
     let setting = format!("engine.vocabulary={:?}", vocab.to_str().unwrap());
-    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--set", &setting, "El presidente"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--set",
+        &setting,
+        "El presidente",
+    ];
     args.extend_from_slice(GREEDY);
     let out = mananera(&args);
     assert!(out.status.success(), "{}", stderr(&out));
 
     std::fs::write(&vocab, "5\n999999\n").unwrap();
-    let out = mananera(&["generate", "--model", model.to_str().unwrap(), "--set", &setting, "El presidente"]);
-    assert_fails(&out, 2, &["999999", "outside this model's vocabulary", "mananera vocab"]);
+    let out = mananera(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--set",
+        &setting,
+        "El presidente",
+    ]);
+    assert_fails(
+        &out,
+        2,
+        &[
+            "999999",
+            "outside this model's vocabulary",
+            "mananera vocab",
+        ],
+    );
 }

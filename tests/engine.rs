@@ -24,7 +24,11 @@ fn sampled(seed: u64) -> SamplingParams {
     }
 }
 
-fn collect(engine: &Engine, prompt: &str, params: &SamplingParams) -> (Vec<String>, mananera::engine::Generation) {
+fn collect(
+    engine: &Engine,
+    prompt: &str,
+    params: &SamplingParams,
+) -> (Vec<String>, mananera::engine::Generation) {
     let mut deltas = Vec::new();
     let out = engine
         .generate(prompt, params, |d| {
@@ -46,19 +50,33 @@ fn cached_decoding_equals_full_recompute() {
             let mut cache = model.new_cache();
             let t = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
             let mask = Tensor::ones((1, ids.len()), DType::U8, device).unwrap();
-            model.logits(&model.forward(&t, &mask, &mut cache).unwrap()).unwrap().squeeze(0).unwrap()
+            model
+                .logits(&model.forward(&t, &mask, &mut cache).unwrap())
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
         };
         // Prompt of 16 in one call, then one token at a time.
         let mut cache = model.new_cache();
         let mut rows = Vec::new();
         for (start, end) in std::iter::once((0, 16)).chain((16..ids.len()).map(|i| (i, i + 1))) {
-            let t = Tensor::new(&ids[start..end], device).unwrap().unsqueeze(0).unwrap();
+            let t = Tensor::new(&ids[start..end], device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let mask = Tensor::ones((1, end), DType::U8, device).unwrap();
             let hidden = model.forward(&t, &mask, &mut cache).unwrap();
             rows.push(model.logits(&hidden).unwrap().squeeze(0).unwrap());
         }
         let incremental = Tensor::cat(&rows, 0).unwrap();
-        let diff = (full - incremental).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (full - incremental)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-4, "{name}: max |Δ logit| = {diff}");
         assert_eq!(cache.len(), ids.len());
     }
@@ -66,11 +84,17 @@ fn cached_decoding_equals_full_recompute() {
 
 #[test]
 fn batched_sampling_equals_one_by_one() {
-    let prompts = ["El presidente", "¿Qué opina usted de la reforma eléctrica y del", "Buenos días"];
+    let prompts = [
+        "El presidente",
+        "¿Qué opina usted de la reforma eléctrica y del",
+        "Buenos días",
+    ];
     for (name, _) in reference_models() {
         let engine = engine(&name);
         let params = sampled(7);
-        let batch = engine.generate_batch(&prompts, &params, |_, _| ControlFlow::Continue(())).unwrap();
+        let batch = engine
+            .generate_batch(&prompts, &params, |_, _| ControlFlow::Continue(()))
+            .unwrap();
         for (prompt, got) in prompts.iter().zip(&batch) {
             let (_, alone) = collect(&engine, prompt, &params);
             assert_eq!(got.token_ids, alone.token_ids, "{name}: {prompt:?}");
@@ -86,7 +110,10 @@ fn streamed_deltas_are_whole_characters_and_concatenate_to_the_text() {
         for seed in 0..4 {
             let (deltas, out) = collect(&engine, "La niña dijo: ¿café o atún?", &sampled(seed));
             for d in &deltas {
-                assert!(!d.is_empty() && !d.contains(char::REPLACEMENT_CHARACTER), "{name}: delta {d:?}");
+                assert!(
+                    !d.is_empty() && !d.contains(char::REPLACEMENT_CHARACTER),
+                    "{name}: delta {d:?}"
+                );
             }
             assert_eq!(deltas.concat(), out.text, "{name}");
         }
@@ -97,19 +124,30 @@ fn streamed_deltas_are_whole_characters_and_concatenate_to_the_text() {
 fn the_stream_decoder_holds_back_split_characters() {
     // Byte-level BPE has a token for every byte: feed "ñ🇲" one byte-token at a time.
     let engine = engine("tiny-bloom-4h");
-    let tokenizer = tokenizers::Tokenizer::from_file(common::model_dir("tiny-bloom-4h").join("tokenizer.json")).unwrap();
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(common::model_dir("tiny-bloom-4h").join("tokenizer.json"))
+            .unwrap();
     let byte_char = |b: u8| -> String {
         // GPT-2's byte-to-unicode table, used by the ByteLevel pre-tokenizer.
-        let printable = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect::<Vec<u8>>();
+        let printable = (b'!'..=b'~')
+            .chain(0xA1..=0xAC)
+            .chain(0xAE..=0xFF)
+            .collect::<Vec<u8>>();
         if printable.contains(&b) {
             char::from_u32(b as u32).unwrap().to_string()
         } else {
-            let n = (0..=255u8).filter(|x| !printable.contains(x)).position(|x| x == b).unwrap();
+            let n = (0..=255u8)
+                .filter(|x| !printable.contains(x))
+                .position(|x| x == b)
+                .unwrap();
             char::from_u32(256 + n as u32).unwrap().to_string()
         }
     };
     let text = "ñ🇲x";
-    let ids: Vec<u32> = text.bytes().map(|b| tokenizer.token_to_id(&byte_char(b)).expect("byte token")).collect();
+    let ids: Vec<u32> = text
+        .bytes()
+        .map(|b| tokenizer.token_to_id(&byte_char(b)).expect("byte token"))
+        .collect();
     let mut decoder = StreamDecoder::default();
     let mut released = Vec::new();
     for id in ids {
@@ -127,18 +165,28 @@ fn the_same_seed_gives_the_same_text_and_another_seed_another() {
     let (_, a) = collect(&engine, "La economía", &sampled(11));
     let (_, b) = collect(&engine, "La economía", &sampled(11));
     assert_eq!(a.token_ids, b.token_ids);
-    let others: Vec<Vec<u32>> = (12..16).map(|s| collect(&engine, "La economía", &sampled(s)).1.token_ids).collect();
-    assert!(others.iter().any(|o| *o != a.token_ids), "sampling ignores the seed");
+    let others: Vec<Vec<u32>> = (12..16)
+        .map(|s| collect(&engine, "La economía", &sampled(s)).1.token_ids)
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a.token_ids),
+        "sampling ignores the seed"
+    );
 }
 
 #[test]
 fn the_word_limit_stops_generation() {
     let engine = engine("tiny-bloom-4h");
-    let params = SamplingParams { max_words: 8, max_new_tokens: 200, ..sampled(3) };
+    let params = SamplingParams {
+        max_words: 8,
+        max_new_tokens: 200,
+        ..sampled(3)
+    };
     let (_, out) = collect(&engine, "El presidente", &params);
     let words = out.text.split_whitespace().count();
     assert!(
-        out.stop_reason == StopReason::Eos || (out.stop_reason == StopReason::WordLimit && (8..=18).contains(&words)),
+        out.stop_reason == StopReason::Eos
+            || (out.stop_reason == StopReason::WordLimit && (8..=18).contains(&words)),
         "{:?} after {words} words: {:?}",
         out.stop_reason,
         out.text
@@ -165,23 +213,47 @@ fn the_context_cap_is_enforced() {
     opts.max_context = 12;
     let engine = Engine::load(&opts).unwrap();
     let long = "el presidente dijo que la economía de México va muy bien y que ".repeat(3);
-    let err = engine.generate(&long, &sampled(1), |_| ControlFlow::Continue(())).unwrap_err();
+    let err = engine
+        .generate(&long, &sampled(1), |_| ControlFlow::Continue(()))
+        .unwrap_err();
     assert!(err.to_string().contains("max_context"), "{err}");
-    let out = engine.generate("El", &SamplingParams { max_new_tokens: 100, ..sampled(1) }, |_| ControlFlow::Continue(())).unwrap();
+    let out = engine
+        .generate(
+            "El",
+            &SamplingParams {
+                max_new_tokens: 100,
+                ..sampled(1)
+            },
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
     assert!(out.token_ids.len() <= 11);
-    assert!(matches!(out.stop_reason, StopReason::ContextFull | StopReason::Eos), "{:?}", out.stop_reason);
+    assert!(
+        matches!(out.stop_reason, StopReason::ContextFull | StopReason::Eos),
+        "{:?}",
+        out.stop_reason
+    );
 }
 
 #[test]
 fn quantized_models_stay_close_to_f32() {
     for (name, reference) in reference_models() {
-        let f32_ppl = engine(&name).score(&reference.eval.text).unwrap().perplexity();
+        let f32_ppl = engine(&name)
+            .score(&reference.eval.text)
+            .unwrap()
+            .perplexity();
         for q in [Quantization::Q8_0, Quantization::Q4_0, Quantization::Q4k] {
             let quantized = Engine::load(&options(&name, q)).unwrap();
             let ppl = quantized.score(&reference.eval.text).unwrap().perplexity();
             let change = (ppl - f32_ppl) / f32_ppl;
-            eprintln!("{name}: perplexity f32 {f32_ppl:.4}, {q} {ppl:.4} ({:+.2}%)", change * 100.0);
-            assert!(change.abs() < 0.05, "{name} {q}: perplexity {ppl} vs f32 {f32_ppl}");
+            eprintln!(
+                "{name}: perplexity f32 {f32_ppl:.4}, {q} {ppl:.4} ({:+.2}%)",
+                change * 100.0
+            );
+            assert!(
+                change.abs() < 0.05,
+                "{name} {q}: perplexity {ppl} vs f32 {f32_ppl}"
+            );
         }
     }
 }
@@ -194,12 +266,30 @@ fn logits_of_one_position_are_a_slice_of_all_positions() {
     let ids = engine.codec().encode("Buenos días, presidente").unwrap();
     let device = model.device();
     let mut cache = model.new_cache();
-    let t = Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0).unwrap();
+    let t = Tensor::new(ids.as_slice(), device)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = Tensor::ones((1, ids.len()), DType::U8, device).unwrap();
     let hidden = model.forward(&t, &mask, &mut cache).unwrap();
     let all = model.logits(&hidden).unwrap();
-    let last = model.logits(&hidden.i((.., ids.len() - 1..)).unwrap().contiguous().unwrap()).unwrap();
-    let diff = (all.i((.., ids.len() - 1..)).unwrap() - last).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let last = model
+        .logits(
+            &hidden
+                .i((.., ids.len() - 1..))
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        )
+        .unwrap();
+    let diff = (all.i((.., ids.len() - 1..)).unwrap() - last)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -219,33 +309,74 @@ fn a_trimmed_vocabulary_keeps_the_scores_of_its_tokens() {
     // The kept columns carry exactly the full head's scores for those tokens.
     let device = full.model().device();
     let ids = full.codec().encode("Buenos días, presidente").unwrap();
-    let t = Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0).unwrap();
+    let t = Tensor::new(ids.as_slice(), device)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = Tensor::ones((1, ids.len()), DType::U8, device).unwrap();
-    let hidden = full.model().forward(&t, &mask, &mut full.model().new_cache()).unwrap();
-    let want = full.model().logits(&hidden).unwrap().squeeze(0).unwrap().index_select(&Tensor::new(kept.as_slice(), device).unwrap(), 1).unwrap();
+    let hidden = full
+        .model()
+        .forward(&t, &mask, &mut full.model().new_cache())
+        .unwrap();
+    let want = full
+        .model()
+        .logits(&hidden)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .index_select(&Tensor::new(kept.as_slice(), device).unwrap(), 1)
+        .unwrap();
     let got = trimmed.model().logits(&hidden).unwrap().squeeze(0).unwrap();
-    let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
 
     // Generation only produces kept tokens, and greedy agrees with the full model while the
     // full model's choices are kept tokens.
-    let greedy = SamplingParams { temperature: 0.0, repetition_penalty: 1.3, ..sampled(0) };
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        repetition_penalty: 1.3,
+        ..sampled(0)
+    };
     let (_, a) = collect(&full, "El presidente", &greedy);
     let (_, b) = collect(&trimmed, "El presidente", &greedy);
     assert!(b.token_ids.iter().all(|id| kept.binary_search(id).is_ok()));
-    let agree = a.token_ids.iter().take_while(|id| kept.binary_search(id).is_ok()).count();
+    let agree = a
+        .token_ids
+        .iter()
+        .take_while(|id| kept.binary_search(id).is_ok())
+        .count();
     assert_eq!(a.token_ids[..agree], b.token_ids[..agree]);
 
     // A text made of kept tokens scores at least as well (the dropped tokens' mass is
     // redistributed); one with a dropped token is refused with an explanation.
     let text: String = corpus.lines().take(3).collect::<Vec<_>>().join("\n");
-    let (f, t) = (full.score(&text).unwrap().perplexity(), trimmed.score(&text).unwrap().perplexity());
-    eprintln!("trimmed vocabulary ({} of {} tokens): perplexity {f:.4} → {t:.4}", kept.len(), full.model().config().vocab_size);
+    let (f, t) = (
+        full.score(&text).unwrap().perplexity(),
+        trimmed.score(&text).unwrap().perplexity(),
+    );
+    eprintln!(
+        "trimmed vocabulary ({} of {} tokens): perplexity {f:.4} → {t:.4}",
+        kept.len(),
+        full.model().config().vocab_size
+    );
     assert!(t <= f * 1.000_01, "{t} vs {f}");
     let outside = (0..full.model().config().vocab_size as u32)
         .filter(|id| kept.binary_search(id).is_err())
         .map(|id| format!("El presidente{}", full.codec().decode(&[id]).unwrap()))
-        .find(|text| full.codec().encode(text).unwrap().iter().any(|id| kept.binary_search(id).is_err()))
+        .find(|text| {
+            full.codec()
+                .encode(text)
+                .unwrap()
+                .iter()
+                .any(|id| kept.binary_search(id).is_err())
+        })
         .expect("a text with a dropped token");
     let err = trimmed.score(&outside).unwrap_err().to_string();
     assert!(err.contains("outside the trimmed vocabulary"), "{err}");

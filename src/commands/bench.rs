@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use crate::cli::{Failure, Format};
 use crate::config::{Config, Override};
+use crate::engine::Quantization;
 use crate::engine::bloom::{Bloom, BloomConfig};
 use crate::engine::weights::Weights;
-use crate::engine::Quantization;
 
 /// What to measure.
 #[derive(Debug, clap::Args)]
@@ -40,7 +40,11 @@ impl BenchArgs {
     /// The settings these flags override.
     pub fn model_overrides(&self) -> Vec<Override> {
         self.threads
-            .map(|t| Override { key: "engine.threads".into(), value: t.to_string(), origin: format!("--threads {t}") })
+            .map(|t| Override {
+                key: "engine.threads".into(),
+                value: t.to_string(),
+                origin: format!("--threads {t}"),
+            })
             .into_iter()
             .collect()
     }
@@ -66,39 +70,62 @@ struct Measurement {
 /// Runs the benchmark for every requested precision.
 pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Failure> {
     if args.prompt_tokens == 0 || args.new_tokens == 0 || args.runs == 0 {
-        return Err(Failure::usage("--prompt-tokens, --new-tokens and --runs must be at least 1"));
+        return Err(Failure::usage(
+            "--prompt-tokens, --new-tokens and --runs must be at least 1",
+        ));
     }
     let precisions = args
         .precisions
         .iter()
-        .map(|p| p.parse::<Quantization>().map_err(|e| Failure::usage(format!("--precisions: {e}"))))
+        .map(|p| {
+            p.parse::<Quantization>()
+                .map_err(|e| Failure::usage(format!("--precisions: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let config = BloomConfig::bloom_560m();
     for precision in precisions {
         tracing::info!(%precision, "building a random model of bloom-560m's shape");
-        let m = measure(&config, precision, args).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+        let m = measure(&config, precision, args).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?;
         match format {
             Format::Json => super::print_json(&m)?,
             Format::Text => println!(
                 "{:<5} head {:>6}  prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
-                m.precision, m.head_rows, m.prefill_tok_s, m.decode_tok_s, m.rss_mb, m.peak_rss_mb, m.load_s
+                m.precision,
+                m.head_rows,
+                m.prefill_tok_s,
+                m.decode_tok_s,
+                m.rss_mb,
+                m.peak_rss_mb,
+                m.load_s
             ),
         }
     }
     Ok(())
 }
 
-fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> crate::engine::Result<Measurement> {
+fn measure(
+    config: &BloomConfig,
+    precision: Quantization,
+    args: &BenchArgs,
+) -> crate::engine::Result<Measurement> {
     let device = Device::Cpu;
     let started = Instant::now();
-    let head_rows = args.head_rows.unwrap_or(config.vocab_size).clamp(1, config.vocab_size);
+    let head_rows = args
+        .head_rows
+        .unwrap_or(config.vocab_size)
+        .clamp(1, config.vocab_size);
     let head_ids = (head_rows < config.vocab_size).then(|| (0..head_rows as u32).collect());
     let model = Bloom::load(&Weights::random(&device), config, precision, head_ids)?;
     let load_s = started.elapsed().as_secs_f64();
     let rss_mb = memory_mb("VmRSS:");
     reset_peak_memory();
 
-    let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 5 + (i * 7919) % 250_000).collect();
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| 5 + (i * 7919) % 250_000)
+        .collect();
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..args.runs {
@@ -106,13 +133,21 @@ fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> c
         let t0 = Instant::now();
         let ids = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
         let mut mask: Vec<u8> = vec![1; prompt.len()];
-        let hidden = model.forward(&ids, &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?, &mut cache)?;
+        let hidden = model.forward(
+            &ids,
+            &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?,
+            &mut cache,
+        )?;
         let mut next = argmax_last(&model, &hidden)?;
         let t1 = Instant::now();
         for _ in 0..args.new_tokens {
             mask.push(1);
             let ids = Tensor::new(&[[next]], &device)?;
-            let hidden = model.forward(&ids, &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?, &mut cache)?;
+            let hidden = model.forward(
+                &ids,
+                &Tensor::new(mask.as_slice(), &device)?.unsqueeze(0)?,
+                &mut cache,
+            )?;
             next = argmax_last(&model, &hidden)?;
         }
         let t2 = Instant::now();
@@ -136,7 +171,12 @@ fn measure(config: &BloomConfig, precision: Quantization, args: &BenchArgs) -> c
 
 fn argmax_last(model: &Bloom, hidden: &Tensor) -> candle_core::Result<u32> {
     let last = hidden.i((0, hidden.dim(1)? - 1))?.unsqueeze(0)?;
-    let column = model.logits(&last)?.to_dtype(DType::F32)?.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+    let column = model
+        .logits(&last)?
+        .to_dtype(DType::F32)?
+        .squeeze(0)?
+        .argmax(0)?
+        .to_scalar::<u32>()?;
     Ok(model.token_id(column))
 }
 
@@ -150,7 +190,11 @@ fn memory_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 

@@ -18,17 +18,33 @@ struct Report<'a> {
 
 /// Scores the UTF-8 text in `file`.
 pub fn run(config: &Config, file: &Path, format: Format) -> Result<(), Failure> {
-    let bytes = std::fs::read(file)
-        .map_err(|e| Failure::usage(format!("{}: cannot read the file to score ({e})", file.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| Failure::usage(format!("{}: not UTF-8 text ({e}); convert it with iconv", file.display())))?;
+    let bytes = std::fs::read(file).map_err(|e| {
+        Failure::usage(format!(
+            "{}: cannot read the file to score ({e})",
+            file.display()
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Failure::usage(format!(
+            "{}: not UTF-8 text ({e}); convert it with iconv",
+            file.display()
+        ))
+    })?;
     let engine = Engine::load(&config.engine_options())?;
     let scored = engine.score(&text)?;
     let perplexity = scored.perplexity();
     match format {
-        Format::Json => super::print_json(&Report { token_ids: &scored.token_ids, logprobs: &scored.logprobs, perplexity }),
+        Format::Json => super::print_json(&Report {
+            token_ids: &scored.token_ids,
+            logprobs: &scored.logprobs,
+            perplexity,
+        }),
         Format::Text => {
-            println!("perplexity {perplexity:.4} over {} predicted tokens ({})", scored.logprobs.len(), file.display());
+            println!(
+                "perplexity {perplexity:.4} over {} predicted tokens ({})",
+                scored.logprobs.len(),
+                file.display()
+            );
             Ok(())
         }
     }

@@ -14,7 +14,11 @@ pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> 
     let generation = engine.generate(topic, &config.generation, |delta| {
         if format == Format::Text {
             // A closed pipe (e.g. `| head`) cancels instead of failing.
-            if stdout.write_all(delta.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            if stdout
+                .write_all(delta.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
                 return ControlFlow::Break(());
             }
         }

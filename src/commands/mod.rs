@@ -12,8 +12,14 @@ use crate::config::Config;
 /// `mananera config`: the effective settings, as TOML or JSON.
 pub fn show_config(config: &Config, format: Format) -> Result<(), Failure> {
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(config).map_err(|e| Failure { code: 1, message: e.to_string() })?,
-        Format::Text => toml::to_string_pretty(config).map_err(|e| Failure { code: 1, message: e.to_string() })?,
+        Format::Json => serde_json::to_string_pretty(config).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?,
+        Format::Text => toml::to_string_pretty(config).map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })?,
     };
     println!("{text}");
     Ok(())
@@ -21,7 +27,10 @@ pub fn show_config(config: &Config, format: Format) -> Result<(), Failure> {
 
 /// Prints `value` as one JSON document on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string(value).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let text = serde_json::to_string(value).map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })?;
     println!("{text}");
     Ok(())
 }

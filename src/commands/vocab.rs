@@ -17,24 +17,41 @@ struct Report<'a> {
 }
 
 /// Tokenizes `corpus` with the configured model's tokenizer and writes the vocabulary file.
-pub fn run(config: &Config, corpus: &[PathBuf], output: &Path, format: Format) -> Result<(), Failure> {
+pub fn run(
+    config: &Config,
+    corpus: &[PathBuf],
+    output: &Path,
+    format: Format,
+) -> Result<(), Failure> {
     if corpus.is_empty() {
         return Err(Failure::usage("give at least one corpus text file"));
     }
     let texts = corpus
         .iter()
         .map(|p| {
-            std::fs::read_to_string(p)
-                .map_err(|e| Failure::usage(format!("{}: cannot read the corpus file as UTF-8 text ({e})", p.display())))
+            std::fs::read_to_string(p).map_err(|e| {
+                Failure::usage(format!(
+                    "{}: cannot read the corpus file as UTF-8 text ({e})",
+                    p.display()
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let files = config.engine_options().source.resolve()?;
     let model_config = checkpoint::read_config(&files.config)?;
     let codec = TextCodec::load(&files.tokenizer)?;
     let ids = vocabulary::build(&codec, &model_config, texts.iter().map(String::as_str))?;
-    vocabulary::write(output, &ids, model_config.vocab_size)
-        .map_err(|e| Failure::usage(format!("{}: cannot write the vocabulary ({e})", output.display())))?;
-    let report = Report { output, kept: ids.len(), vocab_size: model_config.vocab_size };
+    vocabulary::write(output, &ids, model_config.vocab_size).map_err(|e| {
+        Failure::usage(format!(
+            "{}: cannot write the vocabulary ({e})",
+            output.display()
+        ))
+    })?;
+    let report = Report {
+        output,
+        kept: ids.len(),
+        vocab_size: model_config.vocab_size,
+    };
     match format {
         Format::Json => super::print_json(&report),
         Format::Text => {

@@ -68,7 +68,11 @@ impl MaskInfo {
                 positions.push(if m > 0 { seen - 1.0 } else { 0.0 });
             }
         }
-        Self { t, positions, visible: mask.iter().map(|&m| m > 0).collect() }
+        Self {
+            t,
+            positions,
+            visible: mask.iter().map(|&m| m > 0).collect(),
+        }
     }
 }
 
@@ -84,7 +88,13 @@ pub struct Dims {
 /// Attention of the new positions. `qkv` is the fused projection, `[b, s, nh, 3, hd]`
 /// (transformers' per-head `[q | k | v]` layout); the new keys and values are appended to
 /// `cache`. Returns the merged heads, `[b, s, nh·hd]`.
-pub fn attend(qkv: &[f32], d: Dims, cache: &mut KvCache, mask: &MaskInfo, slopes: &[f32]) -> Vec<f32> {
+pub fn attend(
+    qkv: &[f32],
+    d: Dims,
+    cache: &mut KvCache,
+    mask: &MaskInfo,
+    slopes: &[f32],
+) -> Vec<f32> {
     let Dims { b, s, nh, hd } = d;
     let past = cache.len;
     let t = past + s;
@@ -131,7 +141,11 @@ pub fn attend(qkv: &[f32], d: Dims, cache: &mut KvCache, mask: &MaskInfo, slopes
             }
             let mut total = 0f32;
             for (j, score) in scores.iter_mut().enumerate().take(query + 1) {
-                *score = if visible[j] { (*score - max).exp() } else { 0.0 };
+                *score = if visible[j] {
+                    (*score - max).exp()
+                } else {
+                    0.0
+                };
                 total += *score;
             }
             out.fill(0.0);

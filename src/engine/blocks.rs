@@ -51,7 +51,9 @@ impl Format {
                 d
             }
             Self::Q4_0 => {
-                let max = src.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let max = src
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                 let d = max / -8.0;
                 let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
                 let nibble = |v: f32| (round(v * inv) + 8.0).clamp(0.0, 15.0) as u8;
@@ -102,7 +104,11 @@ impl ActivationRow {
             .zip(&scales)
             .map(|(block, d)| 8.0 * d * block.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32)
             .collect();
-        Self { values, scales, offsets }
+        Self {
+            values,
+            scales,
+            offsets,
+        }
     }
 }
 
@@ -125,7 +131,10 @@ impl BlockMatrix {
         let group_bytes = GROUP * blocks * format.bytes();
         let mut values = vec![0u8; groups * group_bytes];
         let mut scales = vec![f16::ZERO; groups * GROUP * blocks];
-        let layout = Layout { blocks, bytes: format.bytes() };
+        let layout = Layout {
+            blocks,
+            bytes: format.bytes(),
+        };
         values
             .par_chunks_mut(group_bytes)
             .zip(scales.par_chunks_mut(GROUP * blocks))
@@ -139,17 +148,29 @@ impl BlockMatrix {
                     }
                 }
             });
-        Self { format, values, scales, n, k }
+        Self {
+            format,
+            values,
+            scales,
+            n,
+            k,
+        }
     }
 
     fn layout(&self) -> Layout {
-        Layout { blocks: self.k / BLOCK, bytes: self.format.bytes() }
+        Layout {
+            blocks: self.k / BLOCK,
+            bytes: self.format.bytes(),
+        }
     }
 
     fn group(&self, g: usize) -> (&[u8], &[f16]) {
         let blocks = self.k / BLOCK;
         let bytes = GROUP * blocks * self.format.bytes();
-        (&self.values[g * bytes..][..bytes], &self.scales[g * GROUP * blocks..][..GROUP * blocks])
+        (
+            &self.values[g * bytes..][..bytes],
+            &self.scales[g * GROUP * blocks..][..GROUP * blocks],
+        )
     }
 
     /// Row `r` dequantized into `out` (`k` long).
@@ -198,7 +219,9 @@ impl BlockMatrix {
             let mut sum = 0f32;
             for (b, xv) in x.values.chunks_exact(BLOCK).enumerate() {
                 let block = &values[layout.value(b, i)..][..self.format.bytes()];
-                let dot: i32 = (0..BLOCK).map(|j| self.format.value(block, j) as i32 * xv[j] as i8 as i32).sum();
+                let dot: i32 = (0..BLOCK)
+                    .map(|j| self.format.value(block, j) as i32 * xv[j] as i8 as i32)
+                    .sum();
                 sum += dot as f32 * scales[layout.scale(b, i)].to_f32() * x.scales[b];
             }
             sum
@@ -222,14 +245,22 @@ impl Layout {
     /// Scale of block `b` of row `i`.
     fn scale(self, b: usize, i: usize) -> usize {
         let full = self.blocks / 8 * 8;
-        if b < full { (b / 8) * 8 * GROUP + i * 8 + b % 8 } else { full * GROUP + (b - full) * GROUP + i }
+        if b < full {
+            (b / 8) * 8 * GROUP + i * 8 + b % 8
+        } else {
+            full * GROUP + (b - full) * GROUP + i
+        }
     }
 }
 
 /// The four dot products of one group against `x`; `Q4` selects the nibble format.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &ActivationRow) -> [f32; GROUP] {
+unsafe fn dot_group_avx2<const Q4: bool>(
+    values: &[u8],
+    scales: &[f16],
+    x: &ActivationRow,
+) -> [f32; GROUP] {
     use std::arch::x86_64::*;
     let blocks = x.scales.len();
     let full = blocks / 8 * 8;
@@ -237,7 +268,12 @@ unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &Acti
     // SAFETY (whole body): `values` holds GROUP·blocks blocks and `scales` GROUP·blocks scales
     // in the layout above; x holds `blocks` blocks; every offset below stays inside.
     unsafe {
-        let (w, ws, xv, xs) = (values.as_ptr(), scales.as_ptr(), x.values.as_ptr(), x.scales.as_ptr());
+        let (w, ws, xv, xs) = (
+            values.as_ptr(),
+            scales.as_ptr(),
+            x.values.as_ptr(),
+            x.scales.as_ptr(),
+        );
         let mut acc = [_mm256_setzero_ps(); GROUP];
         // Q4_0: Σ_b d_w·offset_b, subtracted at the end (see `ActivationRow::offsets`).
         let mut correction = [_mm256_setzero_ps(); GROUP];
@@ -248,17 +284,26 @@ unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &Acti
             let xd = _mm256_loadu_ps(xs.add(b));
             let mut combined = [[0f32; 8]; GROUP];
             for (i, c) in combined.iter_mut().enumerate() {
-                let wd = _mm256_cvtph_ps(_mm_loadu_si128(ws.add(b * GROUP + i * 8) as *const __m128i));
+                let wd =
+                    _mm256_cvtph_ps(_mm_loadu_si128(ws.add(b * GROUP + i * 8) as *const __m128i));
                 _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(wd, xd));
                 if Q4 {
-                    correction[i] = _mm256_fmadd_ps(wd, _mm256_loadu_ps(x.offsets.as_ptr().add(b)), correction[i]);
+                    correction[i] = _mm256_fmadd_ps(
+                        wd,
+                        _mm256_loadu_ps(x.offsets.as_ptr().add(b)),
+                        correction[i],
+                    );
                 }
             }
             for j in 0..8 {
                 let vx = _mm256_loadu_si256(xv.add((b + j) * BLOCK) as *const __m256i);
                 for (i, c) in combined.iter().enumerate() {
                     let vw = load_block::<Q4>(w.add(((b + j) * GROUP + i) * bytes));
-                    acc[i] = _mm256_fmadd_ps(block_dot::<Q4>(vw, vx), _mm256_broadcast_ss(&c[j]), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(
+                        block_dot::<Q4>(vw, vx),
+                        _mm256_broadcast_ss(&c[j]),
+                        acc[i],
+                    );
                 }
             }
             b += 8;
@@ -278,7 +323,12 @@ unsafe fn dot_group_avx2<const Q4: bool>(values: &[u8], scales: &[f16], x: &Acti
         }
         let mut out = [0f32; GROUP];
         for i in 0..GROUP {
-            out[i] = hsum(acc[i]) - if Q4 { hsum(correction[i]) + tail_correction[i] } else { 0.0 };
+            out[i] = hsum(acc[i])
+                - if Q4 {
+                    hsum(correction[i]) + tail_correction[i]
+                } else {
+                    0.0
+                };
         }
         out
     }
@@ -311,7 +361,10 @@ unsafe fn load_block<const Q4: bool>(p: *const u8) -> std::arch::x86_64::__m256i
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn block_dot<const Q4: bool>(vw: std::arch::x86_64::__m256i, vx: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256 {
+fn block_dot<const Q4: bool>(
+    vw: std::arch::x86_64::__m256i,
+    vx: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let products = if Q4 {
         _mm256_maddubs_epi16(vw, vx)
@@ -339,27 +392,48 @@ mod tests {
     #[test]
     fn simd_and_portable_dots_agree_and_track_f32() {
         let (n, k) = (9, 32 * 11); // 11 blocks: one chunk of 8 plus 3; 9 rows: a padded group
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
-        let x: Vec<f32> = (0..k).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let xq = ActivationRow::quantize(&x);
         for (format, tolerance) in [(Format::Q8_0, 0.01), (Format::Q4_0, 0.1)] {
             let m = BlockMatrix::quantize(format, &w, n, k);
             let mut fast = vec![0f32; n];
             m.dot_rows(0, &xq, &mut fast);
-            let portable: Vec<f32> = (0..n.div_ceil(GROUP)).flat_map(|g| {
-                let (values, scales) = m.group(g);
-                m.dot_group_portable(values, scales, &xq)
-            }).collect();
+            let portable: Vec<f32> = (0..n.div_ceil(GROUP))
+                .flat_map(|g| {
+                    let (values, scales) = m.group(g);
+                    m.dot_group_portable(values, scales, &xq)
+                })
+                .collect();
             for r in 0..n {
                 let wr = &w[r * k..(r + 1) * k];
                 let exact: f32 = wr.iter().zip(&x).map(|(a, b)| a * b).sum();
                 // Quantization error is relative to the vectors' sizes, not to the (small) result.
-                let scale = (wr.iter().map(|v| v * v).sum::<f32>() * x.iter().map(|v| v * v).sum::<f32>()).sqrt();
-                assert!((fast[r] - portable[r]).abs() < 1e-5 * scale, "{format:?} row {r}: simd {} vs portable {}", fast[r], portable[r]);
-                assert!((portable[r] - exact).abs() < tolerance * scale, "{format:?} row {r}: {} vs exact {exact}", portable[r]);
+                let scale = (wr.iter().map(|v| v * v).sum::<f32>()
+                    * x.iter().map(|v| v * v).sum::<f32>())
+                .sqrt();
+                assert!(
+                    (fast[r] - portable[r]).abs() < 1e-5 * scale,
+                    "{format:?} row {r}: simd {} vs portable {}",
+                    fast[r],
+                    portable[r]
+                );
+                assert!(
+                    (portable[r] - exact).abs() < tolerance * scale,
+                    "{format:?} row {r}: {} vs exact {exact}",
+                    portable[r]
+                );
                 let mut row = vec![0f32; k];
                 m.dequantize_row(r, &mut row);
-                let err = row.iter().zip(wr).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let err = row
+                    .iter()
+                    .zip(wr)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
                 // Half a step for Q8_0; Q4_0's −8..7 grid can miss the far end by a whole step;
                 // plus the f16 rounding of the scale (2⁻¹¹ relative, times up to 127 or 8 steps).
                 let amax = wr.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -368,7 +442,10 @@ mod tests {
                         Format::Q8_0 => amax / 127.0 * 0.5,
                         Format::Q4_0 => amax / 8.0,
                     };
-                assert!(err <= bound, "{format:?} row {r}: dequantization error {err} > {bound}");
+                assert!(
+                    err <= bound,
+                    "{format:?} row {r}: dequantization error {err} > {bound}"
+                );
             }
         }
     }

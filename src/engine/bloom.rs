@@ -78,7 +78,7 @@ impl BloomConfig {
         if self.n_head == 0 || self.hidden_size == 0 || self.n_layer == 0 || self.vocab_size == 0 {
             return Err("vocab_size, hidden_size, n_layer and n_head must all be positive".into());
         }
-        if self.hidden_size % self.n_head != 0 {
+        if !self.hidden_size.is_multiple_of(self.n_head) {
             return Err(format!(
                 "hidden_size {} is not divisible by n_head {}",
                 self.hidden_size, self.n_head
@@ -166,12 +166,28 @@ impl Attention {
     }
 
     /// `x`: `[b, s, h]` → the attention output before the residual, `[b, s, h]`.
-    fn forward(&self, x: &Tensor, mask: &MaskInfo, slopes: &[f32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &MaskInfo,
+        slopes: &[f32],
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
-        let qkv = self.query_key_value.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
-        let dims = Dims { b, s, nh: self.n_head, hd: self.head_dim };
+        let qkv = self
+            .query_key_value
+            .forward(x)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let dims = Dims {
+            b,
+            s,
+            nh: self.n_head,
+            hd: self.head_dim,
+        };
         let context = attend(&qkv, dims, cache, mask, slopes);
-        self.dense.forward(&Tensor::from_vec(context, (b, s, h), x.device())?)
+        self.dense
+            .forward(&Tensor::from_vec(context, (b, s, h), x.device())?)
     }
 }
 
@@ -193,7 +209,8 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // BloomGelu is the tanh approximation.
-        self.dense_4h_to_h.forward(&super::gelu::gelu(&self.dense_h_to_4h.forward(x)?)?)
+        self.dense_4h_to_h
+            .forward(&super::gelu::gelu(&self.dense_h_to_4h.forward(x)?)?)
     }
 }
 
@@ -226,12 +243,22 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &MaskInfo, slopes: &[f32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &MaskInfo,
+        slopes: &[f32],
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
         let ln = self.input_layernorm.forward(x)?;
         let residual = if self.post_layernorm_residual { &ln } else { x };
         let x = (self.self_attention.forward(&ln, mask, slopes, cache)? + residual)?;
         let ln = self.post_attention_layernorm.forward(&x)?;
-        let residual = if self.post_layernorm_residual { &ln } else { &x };
+        let residual = if self.post_layernorm_residual {
+            &ln
+        } else {
+            &x
+        };
         self.mlp.forward(&ln)? + residual
     }
 }
@@ -263,7 +290,11 @@ impl Bloom {
         quantization: Quantization,
         head_ids: Option<Vec<u32>>,
     ) -> super::Result<Self> {
-        let (v, h, eps) = (config.vocab_size, config.hidden_size, config.layer_norm_epsilon);
+        let (v, h, eps) = (
+            config.vocab_size,
+            config.hidden_size,
+            config.layer_norm_epsilon,
+        );
         let embeddings = weights.get("word_embeddings.weight", &[v, h])?;
         let word_embeddings = Linear::from_weight(embeddings.clone(), None, quantization)?;
         // Tied: the head shares the (possibly quantized) embedding matrix, stored once.
@@ -281,7 +312,12 @@ impl Bloom {
             .collect::<super::Result<Vec<_>>>()?;
         Ok(Self {
             word_embeddings,
-            word_embeddings_layernorm: LayerNorm::load(weights, "word_embeddings_layernorm", h, eps)?,
+            word_embeddings_layernorm: LayerNorm::load(
+                weights,
+                "word_embeddings_layernorm",
+                h,
+                eps,
+            )?,
             blocks,
             ln_f: LayerNorm::load(weights, "ln_f", h, eps)?,
             lm_head,
@@ -304,7 +340,9 @@ impl Bloom {
 
     /// A fresh, empty cache for a new batch of sequences.
     pub fn new_cache(&self) -> Cache {
-        Cache { layers: vec![KvCache::default(); self.blocks.len()] }
+        Cache {
+            layers: vec![KvCache::default(); self.blocks.len()],
+        }
     }
 
     /// Runs the new positions `input_ids` (`[b, s]`, u32) through the model, appending their
@@ -327,8 +365,18 @@ impl Bloom {
                 past + s
             );
         }
-        let mask = MaskInfo::new(&attention_mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?, b, t);
-        let mut x = self.word_embeddings.embedding(&input_ids.flatten_all()?)?.reshape((b, s, ()))?;
+        let mask = MaskInfo::new(
+            &attention_mask
+                .to_dtype(DType::U8)?
+                .flatten_all()?
+                .to_vec1::<u8>()?,
+            b,
+            t,
+        );
+        let mut x = self
+            .word_embeddings
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, s, ()))?;
         x = self.word_embeddings_layernorm.forward(&x)?;
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, &mask, &self.slopes, layer_cache)?;
@@ -344,7 +392,9 @@ impl Bloom {
 
     /// The token a logit column stands for.
     pub fn token_id(&self, column: u32) -> u32 {
-        self.head_ids.as_ref().map_or(column, |ids| ids[column as usize])
+        self.head_ids
+            .as_ref()
+            .map_or(column, |ids| ids[column as usize])
     }
 
     /// The logit column of a token, `None` when a trimmed vocabulary leaves it out.
@@ -372,10 +422,19 @@ impl Bloom {
             let log_softmax = candle_nn::ops::log_softmax(&self.logits(&hidden)?, D::Minus1)?;
             let columns = token_ids[start + 1..end + 1]
                 .iter()
-                .map(|&id| self.column(id).ok_or_else(|| candle_core::Error::Msg(format!("token {id} has no logit column"))))
+                .map(|&id| {
+                    self.column(id).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("token {id} has no logit column"))
+                    })
+                })
                 .collect::<candle_core::Result<Vec<u32>>>()?;
             let targets = Tensor::new(columns.as_slice(), device)?.unsqueeze(1)?;
-            logprobs.extend(log_softmax.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?);
+            logprobs.extend(
+                log_softmax
+                    .gather(&targets, 1)?
+                    .squeeze(1)?
+                    .to_vec1::<f32>()?,
+            );
             start = end;
         }
         Ok(logprobs)
@@ -398,7 +457,10 @@ mod tests {
         // 12 heads: the 8-head series, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5 (base of 16 heads, odd powers).
         let slopes = alibi_slopes(12);
         assert_eq!(slopes.len(), 12);
-        let extra: Vec<f32> = [0.5f32, 1.5, 2.5, 3.5].iter().map(|e| 2f32.powf(-e)).collect();
+        let extra: Vec<f32> = [0.5f32, 1.5, 2.5, 3.5]
+            .iter()
+            .map(|e| 2f32.powf(-e))
+            .collect();
         for (got, want) in slopes[8..].iter().zip(extra) {
             assert!((got - want).abs() < 1e-7, "{got} vs {want}");
         }

@@ -47,7 +47,7 @@ impl ModelSource {
             return local_checkpoint(path);
         }
         if looks_like_repo_id(&self.model) {
-            return self.from_hub();
+            return self.download();
         }
         Err(Error::checkpoint(
             path,
@@ -57,10 +57,13 @@ impl ModelSource {
         ))
     }
 
-    fn from_hub(&self) -> Result<CheckpointFiles> {
+    fn download(&self) -> Result<CheckpointFiles> {
         let repo = Repo::with_revision(self.model.clone(), RepoType::Model, self.revision.clone());
         let fetch = |file: &str| -> Result<PathBuf> {
-            if let Some(path) = Cache::new(self.cache_dir.clone()).repo(repo.clone()).get(file) {
+            if let Some(path) = Cache::new(self.cache_dir.clone())
+                .repo(repo.clone())
+                .get(file)
+            {
                 return Ok(path);
             }
             if self.offline {
@@ -71,7 +74,9 @@ impl ModelSource {
                 .with_cache_dir(self.cache_dir.clone())
                 .with_progress(true)
                 .build()
-                .map_err(|e| self.download_error(file, &e.to_string(), "check HF_ENDPOINT/HF_HOME"))?;
+                .map_err(|e| {
+                    self.download_error(file, &e.to_string(), "check HF_ENDPOINT/HF_HOME")
+                })?;
             api.repo(repo.clone()).get(file).map_err(|e| {
                 self.download_error(
                     file,
@@ -88,12 +93,19 @@ impl ModelSource {
             Err(single_error) => match fetch(INDEX) {
                 Ok(index) => {
                     let shards = shard_names(&index)?;
-                    shards.iter().map(|s| fetch(s)).collect::<Result<Vec<_>>>()?
+                    shards
+                        .iter()
+                        .map(|s| fetch(s))
+                        .collect::<Result<Vec<_>>>()?
                 }
                 Err(_) => return Err(single_error),
             },
         };
-        Ok(CheckpointFiles { config, tokenizer, weights })
+        Ok(CheckpointFiles {
+            config,
+            tokenizer,
+            weights,
+        })
     }
 
     fn download_error(&self, file: &str, reason: &str, fix: &str) -> Error {
@@ -111,30 +123,52 @@ impl ModelSource {
 fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
 fn local_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
     if !dir.is_dir() {
-        return Err(Error::checkpoint(dir, "is a file, not a checkpoint directory", "pass the directory that holds config.json"));
+        return Err(Error::checkpoint(
+            dir,
+            "is a file, not a checkpoint directory",
+            "pass the directory that holds config.json",
+        ));
     }
     let require = |name: &str, what: &str| -> Result<PathBuf> {
         let path = dir.join(name);
         if path.is_file() {
             Ok(path)
         } else {
-            Err(Error::checkpoint(&path, format!("missing {what}"), format!("copy {name} from the original checkpoint into {}", dir.display())))
+            Err(Error::checkpoint(
+                &path,
+                format!("missing {what}"),
+                format!(
+                    "copy {name} from the original checkpoint into {}",
+                    dir.display()
+                ),
+            ))
         }
     };
     let config = require(CONFIG, "the model configuration")?;
-    let tokenizer = require(TOKENIZER, "the tokenizer (mananera needs the fast-tokenizer file, tokenizer.json)")?;
+    let tokenizer = require(
+        TOKENIZER,
+        "the tokenizer (mananera needs the fast-tokenizer file, tokenizer.json)",
+    )?;
     let weights = if dir.join(SINGLE).is_file() {
         vec![dir.join(SINGLE)]
     } else if dir.join(INDEX).is_file() {
         let shards = shard_names(&dir.join(INDEX))?;
-        shards.iter().map(|s| require(s, "a weight shard listed in model.safetensors.index.json")).collect::<Result<Vec<_>>>()?
+        shards
+            .iter()
+            .map(|s| require(s, "a weight shard listed in model.safetensors.index.json"))
+            .collect::<Result<Vec<_>>>()?
     } else {
         let fix = if dir.join("pytorch_model.bin").exists() {
             "only PyTorch .bin weights are present: re-save the model with \
@@ -142,9 +176,17 @@ fn local_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
         } else {
             "copy model.safetensors (or the shards and model.safetensors.index.json) into the directory"
         };
-        return Err(Error::checkpoint(dir.join(SINGLE), "no safetensors weights (neither model.safetensors nor model.safetensors.index.json)", fix));
+        return Err(Error::checkpoint(
+            dir.join(SINGLE),
+            "no safetensors weights (neither model.safetensors nor model.safetensors.index.json)",
+            fix,
+        ));
     };
-    Ok(CheckpointFiles { config, tokenizer, weights })
+    Ok(CheckpointFiles {
+        config,
+        tokenizer,
+        weights,
+    })
 }
 
 /// The distinct shard file names of a sharded checkpoint's index, in order.
@@ -153,26 +195,57 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
     struct Index {
         weight_map: std::collections::HashMap<String, String>,
     }
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::checkpoint(index, format!("cannot be read ({e})"), "check the file's permissions"))?;
+    let text = std::fs::read_to_string(index).map_err(|e| {
+        Error::checkpoint(
+            index,
+            format!("cannot be read ({e})"),
+            "check the file's permissions",
+        )
+    })?;
     let parsed: Index = serde_json::from_str(&text).map_err(|e| {
-        Error::checkpoint(index, format!("is not a valid safetensors index ({e})"), "download or export the checkpoint again")
+        Error::checkpoint(
+            index,
+            format!("is not a valid safetensors index ({e})"),
+            "download or export the checkpoint again",
+        )
     })?;
     let shards: BTreeSet<String> = parsed.weight_map.into_values().collect();
-    if let Some(bad) = shards.iter().find(|s| s.contains('/') || s.contains('\\') || s.starts_with('.')) {
-        return Err(Error::checkpoint(index, format!("names shard `{bad}` outside the checkpoint directory"), "use an index whose shards are plain file names"));
+    if let Some(bad) = shards
+        .iter()
+        .find(|s| s.contains('/') || s.contains('\\') || s.starts_with('.'))
+    {
+        return Err(Error::checkpoint(
+            index,
+            format!("names shard `{bad}` outside the checkpoint directory"),
+            "use an index whose shards are plain file names",
+        ));
     }
     Ok(shards.into_iter().collect())
 }
 
 /// Reads and checks `config.json`.
 pub fn read_config(path: &Path) -> Result<BloomConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::checkpoint(path, format!("cannot be read ({e})"), "check the file's permissions"))?;
-    let config: BloomConfig = serde_json::from_str(&text).map_err(|e| {
-        Error::checkpoint(path, format!("is not a BLOOM config.json ({e})"), "use the config.json saved with the checkpoint (model_type \"bloom\")")
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!("cannot be read ({e})"),
+            "check the file's permissions",
+        )
     })?;
-    config.validate().map_err(|problem| Error::checkpoint(path, problem, "use the config.json saved with the checkpoint"))?;
+    let config: BloomConfig = serde_json::from_str(&text).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!("is not a BLOOM config.json ({e})"),
+            "use the config.json saved with the checkpoint (model_type \"bloom\")",
+        )
+    })?;
+    config.validate().map_err(|problem| {
+        Error::checkpoint(
+            path,
+            problem,
+            "use the config.json saved with the checkpoint",
+        )
+    })?;
     Ok(config)
 }
 

@@ -8,10 +8,22 @@ use std::path::PathBuf;
 pub enum Error {
     /// A checkpoint file is missing, unreadable, corrupt or disagrees with `config.json`.
     #[error("{path}: {problem}\n  how to fix: {fix}")]
-    Checkpoint { path: PathBuf, problem: String, fix: String },
+    Checkpoint {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
     /// The model could not be fetched from the Hugging Face Hub.
-    #[error("could not download {file} of {repo} (revision {revision}): {reason}\n  how to fix: {fix}")]
-    Download { repo: String, revision: String, file: String, reason: String, fix: String },
+    #[error(
+        "could not download {file} of {repo} (revision {revision}): {reason}\n  how to fix: {fix}"
+    )]
+    Download {
+        repo: String,
+        revision: String,
+        file: String,
+        reason: String,
+        fix: String,
+    },
     /// A request (prompt, sampling settings, file to score) is unusable as given.
     #[error("{0}")]
     InvalidInput(String),
@@ -22,8 +34,16 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for [`Error::Checkpoint`].
-    pub fn checkpoint(path: impl Into<PathBuf>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self::Checkpoint { path: path.into(), problem: problem.into(), fix: fix.into() }
+    pub fn checkpoint(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::Checkpoint {
+            path: path.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! exponential is a branch-free polynomial the compiler can vectorise (libm's `tanhf`, which
 //! candle's `gelu` calls per element, cannot be), accurate to a few ulp.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use super::parallel::for_each_chunk_mut;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
@@ -23,11 +23,17 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { bail!("gelu needs f32") };
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("gelu needs a contiguous input") };
+        let CpuStorage::F32(x) = storage else {
+            bail!("gelu needs f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("gelu needs a contiguous input")
+        };
         let x = &x[start..end];
         let mut y = vec![0f32; x.len()];
-        for_each_chunk_mut(&mut y, CHUNK, |i, y| gelu_slice(&x[i * CHUNK..][..y.len()], y));
+        for_each_chunk_mut(&mut y, CHUNK, |i, y| {
+            gelu_slice(&x[i * CHUNK..][..y.len()], y)
+        });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -72,7 +78,10 @@ fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -83,13 +92,20 @@ mod tests {
 
     #[test]
     fn matches_the_reference_formula() {
-        let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 / 200.0).chain([-100.0, 100.0, 0.0]).collect();
+        let xs: Vec<f32> = (-4000..4000)
+            .map(|i| i as f32 / 200.0)
+            .chain([-100.0, 100.0, 0.0])
+            .collect();
         let t = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
         let got = gelu(&t).unwrap().to_vec1::<f32>().unwrap();
         for (x, g) in xs.iter().zip(got) {
             let x = *x as f64;
-            let want = 0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044715 * x * x * x)).tanh());
-            assert!((g as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "gelu({x}) = {g}, want {want}");
+            let want =
+                0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044715 * x * x * x)).tanh());
+            assert!(
+                (g as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "gelu({x}) = {g}, want {want}"
+            );
         }
     }
 

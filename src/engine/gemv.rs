@@ -7,8 +7,8 @@
 //!   weight rows. Letting gemm parallelise on rayon would put its workers in competition with
 //!   the pool's spinning worker for the same cores.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use super::parallel::for_each_chunk_mut;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 /// Up to this many activation rows go through the streaming kernel; more use the tiled one.
 const MAX_STREAMING_ROWS: usize = 4;
@@ -28,11 +28,18 @@ impl CustomOp2 for MatmulWt {
         "matmul-wt"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
             bail!("matmul-wt needs f32 inputs");
         };
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             bail!("matmul-wt needs contiguous inputs");
         };
         let ((m, k), (n, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
@@ -125,7 +132,12 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];
@@ -148,7 +160,11 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             let base = c * 32;
             for (j, acc) in acc.iter_mut().enumerate() {
                 let off = base + 8 * j;
-                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(off)), _mm256_loadu_ps(pb.add(off)), *acc);
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(off)),
+                    _mm256_loadu_ps(pb.add(off)),
+                    *acc,
+                );
             }
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -168,12 +184,25 @@ mod tests {
     #[test]
     fn matches_the_general_matmul() {
         let dev = Device::Cpu;
-        for (m, k, n) in [(1, 64, 70), (3, 1000, 129), (4, 37, 5), (5, 64, 300), (64, 96, 1030)] {
+        for (m, k, n) in [
+            (1, 64, 70),
+            (3, 1000, 129),
+            (4, 37, 5),
+            (5, 64, 300),
+            (64, 96, 1030),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let got = matmul_wt(&x, &w).unwrap();
-            let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (want - got)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-3, "({m},{k},{n}): {diff}");
         }
     }

@@ -90,7 +90,10 @@ impl Engine {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let encoded = prompts.iter().map(|p| self.encode_prompt(p)).collect::<Result<Vec<_>>>()?;
+        let encoded = prompts
+            .iter()
+            .map(|p| self.encode_prompt(p))
+            .collect::<Result<Vec<_>>>()?;
         let seed = params.seed.unwrap_or_else(rand::random);
         let word_limit = WordLimit::new(params.max_words);
         let config = self.model.config();
@@ -140,7 +143,8 @@ impl Engine {
                     continue;
                 }
                 let pending = row.decoder.push(&self.codec, next)?;
-                let (delta, stop) = match word_limit.map(|l| l.judge(row.decoder.text(), &pending)) {
+                let (delta, stop) = match word_limit.map(|l| l.judge(row.decoder.text(), &pending))
+                {
                     Some(Verdict::StopAfter) => (pending.as_str(), Some(StopReason::WordLimit)),
                     Some(Verdict::StopWithin(n)) => (&pending[..n], Some(StopReason::WordLimit)),
                     _ => (pending.as_str(), None),
@@ -160,7 +164,11 @@ impl Engine {
             // Next step: each row feeds its newest token; finished rows feed padding, masked out.
             for ((row, ids), m) in rows.iter().zip(step_ids.iter_mut()).zip(mask.iter_mut()) {
                 let live = row.stop.is_none();
-                *ids = vec![if live { *row.new_ids.last().unwrap_or(&pad) } else { pad }];
+                *ids = vec![if live {
+                    *row.new_ids.last().unwrap_or(&pad)
+                } else {
+                    pad
+                }];
                 m.push(u8::from(live));
             }
         }
@@ -185,7 +193,13 @@ impl Engine {
                     prefill_tokens_per_s: per_second(prompt.len(), prefill_ms),
                     decode_tokens_per_s: per_second(new_tokens.saturating_sub(1), decode_ms),
                 };
-                Generation { token_ids: row.new_ids, text: row.decoder.into_text(), stop_reason, seed, timings }
+                Generation {
+                    token_ids: row.new_ids,
+                    text: row.decoder.into_text(),
+                    stop_reason,
+                    seed,
+                    timings,
+                }
             })
             .collect())
     }
@@ -193,11 +207,15 @@ impl Engine {
     /// Tokenizes a prompt, rejecting an empty one or one that leaves no room to generate.
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         if prompt.trim().is_empty() {
-            return Err(Error::InvalidInput("the prompt is empty: give a topic to speak about".into()));
+            return Err(Error::InvalidInput(
+                "the prompt is empty: give a topic to speak about".into(),
+            ));
         }
         let ids = self.codec.encode(prompt)?;
         if ids.is_empty() {
-            return Err(Error::InvalidInput("the prompt has no tokens: give a topic to speak about".into()));
+            return Err(Error::InvalidInput(
+                "the prompt has no tokens: give a topic to speak about".into(),
+            ));
         }
         if ids.len() >= self.max_context {
             return Err(Error::InvalidInput(format!(
@@ -211,5 +229,9 @@ impl Engine {
 }
 
 fn per_second(count: usize, ms: f64) -> f64 {
-    if ms > 0.0 { count as f64 * 1e3 / ms } else { 0.0 }
+    if ms > 0.0 {
+        count as f64 * 1e3 / ms
+    } else {
+        0.0
+    }
 }

@@ -1,8 +1,9 @@
-//! Linear layers whose weights are f32 or quantized in-process (Q8_0, Q4_K) at load time.
+//! Linear layers whose weights are f32 or quantized in-process (Q8_0, Q4_0, Q4_K) at load time.
 //!
 //! Quantization happens from the checkpoint's tensors when the model is built, so there is
 //! no separate conversion step. A weight whose input size is not a multiple of the format's
-//! block (32 for Q8_0, 256 for Q4_K) falls back to the next format that fits, then to f32.
+//! block (32 for Q8_0/Q4_0, 256 for Q4_K) falls back to the next format that fits (Q4_K →
+//! Q8_0), then to f32.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,10 +12,10 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::Result;
 use super::gemv;
 use super::quant::QMatrix;
 use super::weights::Weights;
-use super::Result;
 
 /// How the linear layers (and the tied embedding/head) store their weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -54,7 +55,10 @@ impl FromStr for Quantization {
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
             "q4k" => Ok(Self::Q4k),
-            other => Err(format!("unknown quantization `{other}` (expected one of {})", Self::NAMES)),
+            other => Err(format!(
+                "unknown quantization `{other}` (expected one of {})",
+                Self::NAMES
+            )),
         }
     }
 }
@@ -98,12 +102,20 @@ impl Linear {
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>, q: Quantization) -> Result<Self> {
         let shape = weight.dims2()?;
         let inp = shape.1;
-        let format = q.candidates().iter().copied().find(|f| inp % f.block_size() == 0);
+        let format = q
+            .candidates()
+            .iter()
+            .copied()
+            .find(|f| inp % f.block_size() == 0);
         let weight = match format {
             Some(format) => Weight::Quantized(Arc::new(QMatrix::quantize(&weight, format)?)),
             None => Weight::F32(weight),
         };
-        Ok(Self { weight, bias, shape })
+        Ok(Self {
+            weight,
+            bias,
+            shape,
+        })
     }
 
     /// Rows `ids` of the weight matrix, the embedding lookup of a tied embedding/head.

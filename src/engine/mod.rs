@@ -1,20 +1,23 @@
 //! The engine: a BLOOM checkpoint loaded into memory with its tokenizer, ready to generate
 //! text and to score it.
 //!
-//! - [`bloom`]: the model itself, a port of transformers' `BloomForCausalLM`.
-//! - [`linear`]: f32 or in-process-quantized linear layers.
+//! - [`bloom`]: the model itself, a port of transformers' `BloomForCausalLM`, with
+//!   `attention` (fused ALiBi attention and KV cache) and `gelu`.
+//! - [`linear`]: f32 or in-process-quantized linear layers; their kernels are `gemv` (f32),
+//!   `blocks` (Q8_0/Q4_0), `quant` (dispatch, Q4_K), all on `parallel`'s worker pool.
 //! - [`checkpoint`] / [`weights`]: finding and reading checkpoint files (local or Hub).
 //! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
 //! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
+//! - [`vocabulary`]: the opt-in trimmed vocabulary.
 
 mod attention;
 mod blocks;
 pub mod bloom;
 pub mod checkpoint;
 mod error;
-pub mod generate;
 mod gelu;
 mod gemv;
+pub mod generate;
 pub mod linear;
 mod parallel;
 mod quant;
@@ -80,7 +83,11 @@ impl Engine {
         let config = checkpoint::read_config(&files.config)?;
         let codec = TextCodec::load(&files.tokenizer)?;
         let weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
-        let head_ids = options.vocabulary.as_deref().map(|p| vocabulary::read(p, &config)).transpose()?;
+        let head_ids = options
+            .vocabulary
+            .as_deref()
+            .map(|p| vocabulary::read(p, &config))
+            .transpose()?;
         let head_rows = head_ids.as_ref().map_or(config.vocab_size, Vec::len);
         let model = Bloom::load(&weights, &config, options.quantization, head_ids)?;
         tracing::info!(
@@ -100,9 +107,15 @@ impl Engine {
     /// Wraps an already built model (tests, benchmarks).
     pub fn from_parts(model: Bloom, codec: TextCodec, max_context: usize) -> Result<Self> {
         if max_context < 2 {
-            return Err(Error::InvalidInput(format!("engine.max_context must be at least 2, got {max_context}")));
+            return Err(Error::InvalidInput(format!(
+                "engine.max_context must be at least 2, got {max_context}"
+            )));
         }
-        Ok(Self { model, codec, max_context })
+        Ok(Self {
+            model,
+            codec,
+            max_context,
+        })
     }
 
     /// The model, for callers that drive it directly.
@@ -124,7 +137,12 @@ impl Engine {
                 token_ids.len()
             )));
         }
-        if let Some((position, &id)) = token_ids.iter().enumerate().skip(1).find(|(_, id)| self.model.column(**id).is_none()) {
+        if let Some((position, &id)) = token_ids
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, id)| self.model.column(**id).is_none())
+        {
             return Err(Error::InvalidInput(format!(
                 "token {id} ({:?}) at position {position} is outside the trimmed vocabulary (engine.vocabulary), \
                  so it has no probability; score with the full vocabulary (engine.vocabulary = \"\")",
@@ -132,6 +150,9 @@ impl Engine {
             )));
         }
         let logprobs = self.model.score(&token_ids, self.max_context.min(512))?;
-        Ok(Scored { token_ids, logprobs })
+        Ok(Scored {
+            token_ids,
+            logprobs,
+        })
     }
 }

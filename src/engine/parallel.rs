@@ -7,7 +7,11 @@
 
 /// Calls `f(index, chunk)` for every `chunk_len`-sized chunk of `out` (the last may be
 /// shorter), spread over the pool's threads and the caller's.
-pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     let len = out.len();
     let chunk_len = chunk_len.max(1);
     let chunks = len.div_ceil(chunk_len);
@@ -26,7 +30,8 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk_len: usize, f: impl Fn(u
             let end = len.min(start + chunk_len);
             // SAFETY: `start..end` lies inside `out`, which outlives this call (the pool joins
             // before returning), and distinct indices give disjoint ranges.
-            let chunk = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(start), end - start) };
+            let chunk =
+                unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(start), end - start) };
             f(index, chunk);
         }
     });

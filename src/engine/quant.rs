@@ -1,18 +1,18 @@
 //! Quantized weight matrices (Q8_0, Q4_0, Q4_K) and their matrix products.
 //!
-//! The block formats and the SIMD dot products are candle's (`k_quants`, llama.cpp's
-//! layouts); the driver is ours: activations are quantized once per call to the format's
-//! dot-product partner (Q8_0 / Q8_K), then weight rows are streamed in parallel chunks, four
-//! rows per dot call so the activation blocks are loaded once for four outputs.
+//! Q8_0 and Q4_0 use mananera's interleaved layout and kernel ([`super::blocks`]). Q4_K uses
+//! candle's block format and SIMD dot product (`k_quants`, llama.cpp's layout) with our
+//! driver: activations are quantized once per call to Q8_K, then weight rows are streamed in
+//! parallel chunks, four rows per dot call so each activation block is loaded once for four
+//! outputs.
 
-use candle_core::quantized::k_quants::{BlockQ4K, GgmlType};
 use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{BlockQ4K, GgmlType};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::parallel::for_each_chunk_mut;
-
 use super::blocks::{ActivationRow, BLOCK, BlockMatrix, Format};
+use super::parallel::for_each_chunk_mut;
 
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
@@ -22,6 +22,7 @@ const ROWS_PER_TASK: usize = 32;
 pub enum QMatrix {
     /// Q8_0 or Q4_0, with mananera's own interleaved layout and kernel.
     Blocks(BlockMatrix),
+    /// Q4_K super-blocks of 256 values.
     Q4K(Packed<BlockQ4K>),
 }
 
@@ -39,10 +40,20 @@ impl QMatrix {
         let (n, k) = w.dims2()?;
         let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         match format {
-            GgmlDType::Q8_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(Format::Q8_0, &data, n, k))),
-            GgmlDType::Q4_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(Format::Q4_0, &data, n, k))),
+            GgmlDType::Q8_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(
+                Format::Q8_0,
+                &data,
+                n,
+                k,
+            ))),
+            GgmlDType::Q4_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(
+                Format::Q4_0,
+                &data,
+                n,
+                k,
+            ))),
             GgmlDType::Q4K => Ok(Self::Q4K(Packed::quantize(&data, n, k)?)),
-            other => bail!("no kernels for {other:?}"),
+            other => bail!("no kernel for {other:?} with rows of {k} values"),
         }
     }
 
@@ -69,8 +80,12 @@ impl CustomOp1 for MatmulOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { bail!("quantized matmul needs f32 activations") };
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("quantized matmul needs contiguous activations") };
+        let CpuStorage::F32(x) = storage else {
+            bail!("quantized matmul needs f32 activations")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("quantized matmul needs contiguous activations")
+        };
         let (m, k) = layout.shape().dims2()?;
         let (y, n) = match self.0 {
             QMatrix::Blocks(q) => (block_matmul_t(q, &x[start..end], m, k)?, q.n),
@@ -93,7 +108,10 @@ fn block_rows(q: &BlockMatrix, ids: &[u32]) -> Result<Vec<f32>> {
 
 fn block_matmul_t(q: &BlockMatrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
     if k != q.k {
-        bail!("quantized matmul: activations have {k} columns, weights {}", q.k);
+        bail!(
+            "quantized matmul: activations have {k} columns, weights {}",
+            q.k
+        );
     }
     let rows: Vec<ActivationRow> = x.chunks(k).map(ActivationRow::quantize).collect();
     let mut yt = vec![0f32; q.n * m];
@@ -121,8 +139,12 @@ where
     }
 
     fn quantize(data: &[f32], n: usize, k: usize) -> Result<Self> {
-        if k % T::BLCK_SIZE != 0 {
-            bail!("rows of {k} values do not split into {:?} blocks of {}", T::DTYPE, T::BLCK_SIZE);
+        if !k.is_multiple_of(T::BLCK_SIZE) {
+            bail!(
+                "rows of {k} values do not split into {:?} blocks of {}",
+                T::DTYPE,
+                T::BLCK_SIZE
+            );
         }
         let per_row = k / T::BLCK_SIZE;
         let mut blocks: Vec<T> = (0..n * per_row).map(|_| T::zeros()).collect();
@@ -148,7 +170,10 @@ where
 
     fn matmul_t(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
         if k != self.k {
-            bail!("quantized matmul: activations have {k} columns, weights {}", self.k);
+            bail!(
+                "quantized matmul: activations have {k} columns, weights {}",
+                self.k
+            );
         }
         let per_row = self.blocks_per_row();
         let mut xq: Vec<T::VecDotType> = (0..m * per_row).map(|_| T::VecDotType::zeros()).collect();
@@ -187,14 +212,31 @@ mod tests {
     #[test]
     fn quantized_products_track_the_f32_product() {
         let dev = Device::Cpu;
-        for (format, m, tolerance) in [(GgmlDType::Q8_0, 1, 0.02), (GgmlDType::Q8_0, 5, 0.02), (GgmlDType::Q4K, 3, 0.1)] {
+        for (format, m, tolerance) in [
+            (GgmlDType::Q8_0, 1, 0.02),
+            (GgmlDType::Q8_0, 5, 0.02),
+            (GgmlDType::Q4K, 3, 0.1),
+        ] {
             let (n, k) = (70, 512);
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let got = QMatrix::quantize(&w, format).unwrap().matmul_t(&x).unwrap();
-            let rel = ((&want - &got).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
-                / want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            let rel = ((&want - &got)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / want
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap())
             .sqrt();
             assert!(rel < tolerance, "{format:?} m={m}: relative error {rel}");
         }
@@ -206,8 +248,22 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (10, 64), &dev).unwrap();
         let q = QMatrix::quantize(&w, GgmlDType::Q8_0).unwrap();
         let rows = q.rows(&[7, 2], &dev).unwrap();
-        let want = Tensor::cat(&[w.get(7).unwrap().unsqueeze(0).unwrap(), w.get(2).unwrap().unsqueeze(0).unwrap()], 0).unwrap();
-        let diff = (rows - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let want = Tensor::cat(
+            &[
+                w.get(7).unwrap().unsqueeze(0).unwrap(),
+                w.get(2).unwrap().unsqueeze(0).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let diff = (rows - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 0.05, "{diff}");
         assert!(q.rows(&[10], &dev).is_err());
     }

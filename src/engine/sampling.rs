@@ -47,10 +47,16 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidInput(what));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(format!("temperature must be 0 (greedy) or positive, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be 0 (greedy) or positive, got {}",
+                self.temperature
+            ));
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
-            return bad(format!("top_p must be in (0, 1] (1 turns it off), got {}", self.top_p));
+            return bad(format!(
+                "top_p must be in (0, 1] (1 turns it off), got {}",
+                self.top_p
+            ));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
             return bad(format!(
@@ -97,7 +103,11 @@ impl Sampler {
         let logits = if self.repetition_penalty == 1.0 {
             logits.clone()
         } else {
-            candle_transformers::utils::apply_repeat_penalty(logits, self.repetition_penalty, context)?
+            candle_transformers::utils::apply_repeat_penalty(
+                logits,
+                self.repetition_penalty,
+                context,
+            )?
         };
         Ok(self.processor.sample(&logits)?)
     }
@@ -110,18 +120,45 @@ mod tests {
     #[test]
     fn nonsense_values_are_rejected_with_the_setting_named() {
         let cases = [
-            SamplingParams { temperature: -0.5, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
-            SamplingParams { max_new_tokens: 0, ..Default::default() },
-            SamplingParams { temperature: f64::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -0.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                max_new_tokens: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f64::NAN,
+                ..Default::default()
+            },
         ];
-        let names = ["temperature", "top_p", "top_p", "repetition_penalty", "max_new_tokens", "temperature"];
+        let names = [
+            "temperature",
+            "top_p",
+            "top_p",
+            "repetition_penalty",
+            "max_new_tokens",
+            "temperature",
+        ];
         for (params, name) in cases.iter().zip(names) {
             let err = params.validate().expect_err("must be rejected").to_string();
             assert!(err.contains(name), "{err}");
         }
-        SamplingParams::default().validate().expect("defaults are valid");
+        SamplingParams::default()
+            .validate()
+            .expect("defaults are valid");
     }
 }

@@ -64,7 +64,10 @@ impl StreamDecoder {
         let complete = decoded.trim_end_matches(char::REPLACEMENT_CHARACTER);
         // A decoder that rewrites earlier text (not byte-level BPE) cannot be streamed
         // exactly; wait until it settles rather than emit text that contradicts the past.
-        Ok(complete.strip_prefix(self.text.as_str()).unwrap_or_default().to_string())
+        Ok(complete
+            .strip_prefix(self.text.as_str())
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// Records `delta` (a prefix of what [`StreamDecoder::push`] returned) as emitted.

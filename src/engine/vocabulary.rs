@@ -18,15 +18,23 @@ use super::{Error, Result};
 
 /// The special tokens every vocabulary keeps, so generation can end and pad.
 fn specials(config: &BloomConfig) -> [u32; 3] {
-    [config.bos_token_id, config.eos_token_id, config.pad_token_id]
+    [
+        config.bos_token_id,
+        config.eos_token_id,
+        config.pad_token_id,
+    ]
 }
 
 /// Reads a vocabulary file: sorted, distinct ids, all inside the model's vocabulary, with the
 /// special tokens added.
 pub fn read(path: &Path, config: &BloomConfig) -> Result<Vec<u32>> {
     let fix = "write it again with `mananera vocab --output FILE CORPUS...` for this model, or set engine.vocabulary = \"\" for the full vocabulary";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidInput(format!("{}: cannot read the vocabulary file ({e}); {fix}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: cannot read the vocabulary file ({e}); {fix}",
+            path.display()
+        ))
+    })?;
     let mut ids: BTreeSet<u32> = specials(config).into_iter().collect();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -34,7 +42,11 @@ pub fn read(path: &Path, config: &BloomConfig) -> Result<Vec<u32>> {
             continue;
         }
         let id: u32 = line.parse().map_err(|_| {
-            Error::InvalidInput(format!("{}:{}: `{line}` is not a token id; {fix}", path.display(), n + 1))
+            Error::InvalidInput(format!(
+                "{}:{}: `{line}` is not a token id; {fix}",
+                path.display(),
+                n + 1
+            ))
         })?;
         if id as usize >= config.vocab_size {
             return Err(Error::InvalidInput(format!(
@@ -50,7 +62,11 @@ pub fn read(path: &Path, config: &BloomConfig) -> Result<Vec<u32>> {
 }
 
 /// The ids `texts` tokenize to, plus the special tokens, sorted.
-pub fn build<'a>(codec: &TextCodec, config: &BloomConfig, texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<u32>> {
+pub fn build<'a>(
+    codec: &TextCodec,
+    config: &BloomConfig,
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<u32>> {
     let mut ids: BTreeSet<u32> = specials(config).into_iter().collect();
     for text in texts {
         ids.extend(codec.encode(text)?);
@@ -61,9 +77,16 @@ pub fn build<'a>(codec: &TextCodec, config: &BloomConfig, texts: impl IntoIterat
 /// Writes `ids` to `path` atomically (temporary file, fsync, rename), so a crash never leaves
 /// a half-written vocabulary behind.
 pub fn write(path: &Path, ids: &[u32], vocab_size: usize) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    writeln!(tmp, "# mananera vocabulary: {} of {vocab_size} tokens", ids.len())?;
+    writeln!(
+        tmp,
+        "# mananera vocabulary: {} of {vocab_size} tokens",
+        ids.len()
+    )?;
     for id in ids {
         writeln!(tmp, "{id}")?;
     }

@@ -45,13 +45,25 @@ impl Weights {
         } else {
             ""
         };
-        Ok(Self { files: opened, location, prefix, random: false, device: device.clone() })
+        Ok(Self {
+            files: opened,
+            location,
+            prefix,
+            random: false,
+            device: device.clone(),
+        })
     }
 
     /// Weights drawn on demand: matrices from N(0, 0.02²) like transformers' initialisation,
     /// LayerNorm gains 1 and biases 0. Only the tensors every BLOOM has exist.
     pub fn random(device: &Device) -> Self {
-        Self { files: Vec::new(), location: HashMap::new(), prefix: "", random: true, device: device.clone() }
+        Self {
+            files: Vec::new(),
+            location: HashMap::new(),
+            prefix: "",
+            random: true,
+            device: device.clone(),
+        }
     }
 
     /// The device tensors are loaded onto.
@@ -62,10 +74,19 @@ impl Weights {
     /// The tensor `name` (without prefix) as f32, which must have shape `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.get_optional(name, shape)?.ok_or_else(|| {
-            let files: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            let files: Vec<String> = self
+                .files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect();
             Error::checkpoint(
-                self.files.first().map_or(Path::new(""), |(p, _)| p.as_path()),
-                format!("tensor `{name}` is missing (looked in {})", files.join(", ")),
+                self.files
+                    .first()
+                    .map_or(Path::new(""), |(p, _)| p.as_path()),
+                format!(
+                    "tensor `{name}` is missing (looked in {})",
+                    files.join(", ")
+                ),
                 "the checkpoint is incomplete or not a BLOOM model: download it again, or point \
                  `model.id` at a BloomForCausalLM checkpoint",
             )
@@ -76,7 +97,9 @@ impl Weights {
     /// (e.g. an untied `lm_head.weight`, which is optional).
     pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.random {
-            return Ok((name != "lm_head.weight").then(|| random_tensor(name, shape, &self.device)).transpose()?);
+            return Ok((name != "lm_head.weight")
+                .then(|| random_tensor(name, shape, &self.device))
+                .transpose()?);
         }
         let key = [format!("{}{name}", self.prefix), name.to_string()]
             .into_iter()
@@ -101,7 +124,9 @@ impl Weights {
             DType::F16 | DType::BF16 => Ok(Some(tensor.to_dtype(DType::F32)?)),
             other => Err(Error::checkpoint(
                 path,
-                format!("tensor `{key}` is stored as {other:?}; only f32, f16 and bf16 are supported"),
+                format!(
+                    "tensor `{key}` is stored as {other:?}; only f32, f16 and bf16 are supported"
+                ),
                 "export the checkpoint in float32, float16 or bfloat16",
             )),
         }

@@ -23,13 +23,19 @@ pub enum Verdict {
 impl WordLimit {
     /// A limit of `max_words` (0 = none). The grace allows a fifth more words, at least 10.
     pub fn new(max_words: usize) -> Option<Self> {
-        (max_words > 0).then(|| Self { soft: max_words, hard: max_words + (max_words / 5).max(10) })
+        (max_words > 0).then(|| Self {
+            soft: max_words,
+            hard: max_words + (max_words / 5).max(10),
+        })
     }
 
     /// Judges `delta` appended to the text released so far.
     pub fn judge(&self, so_far: &str, delta: &str) -> Verdict {
         let mut words = count_words(so_far);
-        let mut in_word = so_far.chars().next_back().is_some_and(|c| !c.is_whitespace());
+        let mut in_word = so_far
+            .chars()
+            .next_back()
+            .is_some_and(|c| !c.is_whitespace());
         // Where the whitespace before the current position began, so a cut drops it too.
         let mut gap_start = 0;
         for (at, c) in delta.char_indices() {
@@ -60,7 +66,9 @@ fn count_words(text: &str) -> usize {
 
 /// True when `text` ends with sentence punctuation, possibly followed by closing quotes or brackets.
 fn ends_sentence(text: &str) -> bool {
-    let trimmed = text.trim_end().trim_end_matches(['"', '\'', '»', '”', '’', ')', ']']);
+    let trimmed = text
+        .trim_end()
+        .trim_end_matches(['"', '\'', '»', '”', '’', ')', ']']);
     trimmed.ends_with(['.', '!', '?', '…'])
 }
 
@@ -77,16 +85,29 @@ mod tests {
     #[test]
     fn past_the_limit_it_stops_at_the_sentence_end() {
         let limit = WordLimit::new(3).unwrap();
-        assert_eq!(limit.judge("uno dos tres cuatro", " cinco"), Verdict::Continue);
-        assert_eq!(limit.judge("uno dos tres cuatro cinco", "."), Verdict::StopAfter);
+        assert_eq!(
+            limit.judge("uno dos tres cuatro", " cinco"),
+            Verdict::Continue
+        );
+        assert_eq!(
+            limit.judge("uno dos tres cuatro cinco", "."),
+            Verdict::StopAfter
+        );
         assert_eq!(limit.judge("uno dos tres", "?»"), Verdict::StopAfter);
     }
 
     #[test]
     fn without_a_sentence_end_it_stops_before_the_first_word_past_the_grace() {
         let limit = WordLimit::new(2).unwrap(); // grace 10 → hard 12
-        let so_far = (1..=12).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
-        assert_eq!(limit.judge(&so_far, "x"), Verdict::Continue, "x continues word 12");
+        let so_far = (1..=12)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(
+            limit.judge(&so_far, "x"),
+            Verdict::Continue,
+            "x continues word 12"
+        );
         assert_eq!(limit.judge(&so_far, " trece"), Verdict::StopWithin(0));
         assert_eq!(limit.judge(&so_far, "x, y"), Verdict::StopWithin(2));
     }

@@ -61,11 +61,18 @@ pub fn reference_models() -> Vec<(String, Reference)> {
             let path = entry.unwrap().path();
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&path).unwrap();
-            (name, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            (
+                name,
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            )
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 3, "expected the fixture models, found {}", out.len());
+    assert!(
+        out.len() >= 3,
+        "expected the fixture models, found {}",
+        out.len()
+    );
     out
 }
 
