@@ -10,7 +10,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use common::{engine, options, reference_models};
 use mananera::engine::text::StreamDecoder;
 use mananera::engine::vocabulary;
-use mananera::engine::{Engine, Quantization, SamplingParams, StopReason};
+use mananera::engine::{Engine, Quantization, SamplingParams, StopReason, max_abs_diff};
 
 fn sampled(seed: u64) -> SamplingParams {
     SamplingParams {
@@ -69,14 +69,7 @@ fn cached_decoding_equals_full_recompute() {
             rows.push(model.logits(&hidden).unwrap().squeeze(0).unwrap());
         }
         let incremental = Tensor::cat(&rows, 0).unwrap();
-        let diff = (full - incremental)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&full, &incremental);
         assert!(diff < 1e-4, "{name}: max |Δ logit| = {diff}");
         assert_eq!(cache.len(), ids.len());
     }
@@ -282,14 +275,7 @@ fn logits_of_one_position_are_a_slice_of_all_positions() {
                 .unwrap(),
         )
         .unwrap();
-    let diff = (all.i((.., ids.len() - 1..)).unwrap() - last)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&all.i((.., ids.len() - 1..)).unwrap(), &last);
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -327,14 +313,7 @@ fn a_trimmed_vocabulary_keeps_the_scores_of_its_tokens() {
         .index_select(&Tensor::new(kept.as_slice(), device).unwrap(), 1)
         .unwrap();
     let got = trimmed.model().logits(&hidden).unwrap().squeeze(0).unwrap();
-    let diff = (want - got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&want, &got);
     assert!(diff < 1e-5, "{diff}");
 
     // Generation only produces kept tokens, and greedy agrees with the full model while the

@@ -156,3 +156,13 @@ impl Engine {
         })
     }
 }
+
+/// Largest elementwise |a − b| of two same-shaped f32 tensors, for checks against a
+/// reference; NaN when they cannot be compared, so such a check fails.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let diff = (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0));
+    diff.and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::NAN)
+}

@@ -256,14 +256,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let diff = (rows - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::engine::max_abs_diff(&rows, &want);
         assert!(diff < 0.05, "{diff}");
         assert!(q.rows(&[10], &dev).is_err());
     }
