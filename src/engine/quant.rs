@@ -39,19 +39,10 @@ impl QMatrix {
     pub fn quantize(w: &Tensor, format: GgmlDType) -> Result<Self> {
         let (n, k) = w.dims2()?;
         let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let blocks = |format| Ok(Self::Blocks(BlockMatrix::quantize(format, &data, n, k)));
         match format {
-            GgmlDType::Q8_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(
-                Format::Q8_0,
-                &data,
-                n,
-                k,
-            ))),
-            GgmlDType::Q4_0 if k % BLOCK == 0 => Ok(Self::Blocks(BlockMatrix::quantize(
-                Format::Q4_0,
-                &data,
-                n,
-                k,
-            ))),
+            GgmlDType::Q8_0 if k % BLOCK == 0 => blocks(Format::Q8_0),
+            GgmlDType::Q4_0 if k % BLOCK == 0 => blocks(Format::Q4_0),
             GgmlDType::Q4K => Ok(Self::Q4K(Packed::quantize(&data, n, k)?)),
             other => bail!("no kernel for {other:?} with rows of {k} values"),
         }
@@ -62,13 +53,29 @@ impl QMatrix {
         x.apply_op1_no_bwd(&MatmulOp(self))
     }
 
+    /// `(n, k)`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Blocks(q) => (q.n, q.k),
+            Self::Q4K(p) => (p.n, p.k),
+        }
+    }
+
     /// Rows `ids` dequantized to f32 → `[ids.len(), k]`: the embedding lookup.
     pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
-        let (data, k) = match self {
-            Self::Blocks(q) => (block_rows(q, ids)?, q.k),
-            Self::Q4K(p) => (p.rows(ids)?, p.k),
-        };
-        Tensor::from_vec(data, (ids.len(), k), device)
+        let (n, k) = self.dims();
+        let mut out = vec![0f32; ids.len() * k];
+        for (&id, dst) in ids.iter().zip(out.chunks_mut(k)) {
+            let id = id as usize;
+            if id >= n {
+                bail!("token id {id} is outside the vocabulary of {n}");
+            }
+            match self {
+                Self::Blocks(q) => q.dequantize_row(id, dst),
+                Self::Q4K(p) => p.dequantize_row(id, dst),
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), k), device)
     }
 }
 
@@ -87,46 +94,43 @@ impl CustomOp1 for MatmulOp<'_> {
             bail!("quantized matmul needs contiguous activations")
         };
         let (m, k) = layout.shape().dims2()?;
-        let (y, n) = match self.0 {
-            QMatrix::Blocks(q) => (block_matmul_t(q, &x[start..end], m, k)?, q.n),
-            QMatrix::Q4K(p) => (p.matmul_t(&x[start..end], m, k)?, p.n),
+        let (n, weight_k) = self.0.dims();
+        if k != weight_k {
+            bail!("quantized matmul: activations have {k} columns, weights {weight_k}");
+        }
+        let x = &x[start..end];
+        let y = match self.0 {
+            QMatrix::Blocks(q) => {
+                let rows: Vec<ActivationRow> = x.chunks(k).map(ActivationRow::quantize).collect();
+                matmul_by_rows(n, m, |first, i, col| q.dot_rows(first, &rows[i], col))
+            }
+            QMatrix::Q4K(p) => {
+                let xq = p.quantize_activations(x, m);
+                let per_row = p.blocks_per_row();
+                matmul_by_rows(n, m, |first, i, col| {
+                    p.dot_rows(first, &xq[i * per_row..][..per_row], col)
+                })
+            }
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
 
-fn block_rows(q: &BlockMatrix, ids: &[u32]) -> Result<Vec<f32>> {
-    let mut out = vec![0f32; ids.len() * q.k];
-    for (&id, dst) in ids.iter().zip(out.chunks_mut(q.k)) {
-        if id as usize >= q.n {
-            bail!("token id {id} is outside the vocabulary of {}", q.n);
-        }
-        q.dequantize_row(id as usize, dst);
-    }
-    Ok(out)
-}
-
-fn block_matmul_t(q: &BlockMatrix, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
-    if k != q.k {
-        bail!(
-            "quantized matmul: activations have {k} columns, weights {}",
-            q.k
-        );
-    }
-    let rows: Vec<ActivationRow> = x.chunks(k).map(ActivationRow::quantize).collect();
-    let mut yt = vec![0f32; q.n * m];
+/// The parallel driver both formats share: `dots(first, i, col)` fills `col` with the dot
+/// products of weight rows `first..first + col.len()` and activation row `i`. Computed as
+/// `[n, m]` so each task owns a contiguous block, then transposed to `[m, n]`.
+fn matmul_by_rows(n: usize, m: usize, dots: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut yt = vec![0f32; n * m];
     for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
-        let first = task * ROWS_PER_TASK;
-        let count = out.len() / m;
-        let mut col = vec![0f32; count];
-        for (i, xi) in rows.iter().enumerate() {
-            q.dot_rows(first, xi, &mut col);
+        let mut col = vec![0f32; out.len() / m];
+        for i in 0..m {
+            dots(task * ROWS_PER_TASK, i, &mut col);
             for (r, v) in col.iter().enumerate() {
                 out[r * m + i] = *v;
             }
         }
     });
-    Ok(super::gemv::transpose(yt, q.n, m))
+    super::gemv::transpose(yt, n, m)
 }
 
 impl<T> Packed<T>
@@ -155,52 +159,39 @@ where
         Ok(Self { blocks, n, k })
     }
 
-    fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+    fn row(&self, r: usize) -> &[T] {
         let per_row = self.blocks_per_row();
-        let mut out = vec![0f32; ids.len() * self.k];
-        for (&id, dst) in ids.iter().zip(out.chunks_mut(self.k)) {
-            let id = id as usize;
-            if id >= self.n {
-                bail!("token id {id} is outside the vocabulary of {}", self.n);
-            }
-            T::to_float(&self.blocks[id * per_row..(id + 1) * per_row], dst);
-        }
-        Ok(out)
+        &self.blocks[r * per_row..(r + 1) * per_row]
     }
 
-    fn matmul_t(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
-        if k != self.k {
-            bail!(
-                "quantized matmul: activations have {k} columns, weights {}",
-                self.k
-            );
-        }
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        T::to_float(self.row(r), out);
+    }
+
+    /// `m` activation rows in the format's dot-product partner (Q8_K for Q4_K), row-major.
+    fn quantize_activations(&self, x: &[f32], m: usize) -> Vec<T::VecDotType> {
         let per_row = self.blocks_per_row();
         let mut xq: Vec<T::VecDotType> = (0..m * per_row).map(|_| T::VecDotType::zeros()).collect();
-        for (src, dst) in x.chunks(k).zip(xq.chunks_mut(per_row)) {
+        for (src, dst) in x.chunks(self.k).zip(xq.chunks_mut(per_row)) {
             T::VecDotType::from_float(src, dst);
         }
-        // Computed as [n, m] so each task owns a contiguous block, then transposed.
-        let mut yt = vec![0f32; self.n * m];
-        for_each_chunk_mut(&mut yt, ROWS_PER_TASK * m, |task, out| {
-            let first = task * ROWS_PER_TASK;
-            let rows = out.len() / m;
-            let w = |r: usize| &self.blocks[(first + r) * per_row..(first + r + 1) * per_row];
-            for (i, xi) in xq.chunks(per_row).enumerate() {
-                let mut r = 0;
-                while r + 4 <= rows {
-                    let (a, b, c, d) = T::vec_dot_4(k, w(r), w(r + 1), w(r + 2), w(r + 3), xi);
-                    for (j, v) in [a, b, c, d].into_iter().enumerate() {
-                        out[(r + j) * m + i] = v;
-                    }
-                    r += 4;
-                }
-                for r in r..rows {
-                    out[r * m + i] = T::vec_dot(k, w(r), xi);
-                }
-            }
-        });
-        Ok(super::gemv::transpose(yt, self.n, m))
+        xq
+    }
+
+    /// Rows `first..first + out.len()` against one quantized activation row, four rows per
+    /// dot call so each activation block is loaded once for four outputs.
+    fn dot_rows(&self, first: usize, x: &[T::VecDotType], out: &mut [f32]) {
+        let k = self.k;
+        let w = |r: usize| self.row(first + r);
+        let mut r = 0;
+        while r + 4 <= out.len() {
+            let (a, b, c, d) = T::vec_dot_4(k, w(r), w(r + 1), w(r + 2), w(r + 3), x);
+            out[r..r + 4].copy_from_slice(&[a, b, c, d]);
+            r += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(r) {
+            *o = T::vec_dot(k, w(j), x);
+        }
     }
 }
 
