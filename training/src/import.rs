@@ -1,0 +1,331 @@
+//! Archives people already have, through the same speaker rules as scraping: saved HTML
+//! pages of any configured source, and the public "mananeras" plain-text dataset
+//! (`articulos/YYYY/<mes>/DD--slug.txt`: title, publisher, Spanish date, then `---`-separated
+//! blocks of a speaker line and its paragraphs). Re-importing changes nothing.
+
+use std::path::{Path, PathBuf};
+
+use jiff::civil::Date;
+use serde::Serialize;
+
+use crate::date::{find_date, month_number};
+use crate::page::Page;
+use crate::scrape::{Failure, Observer};
+use crate::source::Source;
+use crate::store::{Added, Corpus};
+use crate::transcript::Transcript;
+use crate::turns::{Paragraph, looks_like_label};
+use crate::{Cleaning, CorpusError};
+
+/// Source name of transcripts imported from the plain-text dataset.
+pub const DATASET_SOURCE: &str = "mananeras";
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ImportReport {
+    pub files: usize,
+    pub bytes: u64,
+    pub new: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub duplicates: usize,
+    /// Files with no words of a kept speaker, with the reason.
+    pub skipped: Vec<Failure>,
+    /// Files that could not be read as a transcript, with the reason.
+    pub failed: Vec<Failure>,
+}
+
+/// Every importable file under `path` (or `path` itself), in a stable order.
+pub fn find_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        CorpusError::Input(format!(
+            "{}: {e}; give a file or directory to import",
+            path.display()
+        ))
+    })?;
+    let mut out = Vec::new();
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+    } else {
+        walk(path, &mut out)?;
+        out.sort();
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
+    let read = std::fs::read_dir(dir)
+        .map_err(|e| CorpusError::Input(format!("{}: {e}", dir.display())))?;
+    for item in read {
+        let path = item
+            .map_err(|e| CorpusError::Input(format!("{}: {e}", dir.display())))?
+            .path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("txt" | "html" | "htm")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Imports `files` into `corpus`.
+pub fn import(
+    corpus: &mut Corpus,
+    files: &[PathBuf],
+    sources: &[Source],
+    challenge: &[String],
+    cleaning: &Cleaning,
+    observer: &dyn Observer,
+) -> Result<ImportReport, CorpusError> {
+    let mut report = ImportReport::default();
+    observer.queued("import", files.len());
+    for (n, file) in files.iter().enumerate() {
+        let outcome = match std::fs::read(file) {
+            Ok(bytes) => {
+                report.files += 1;
+                report.bytes += bytes.len() as u64;
+                let text = String::from_utf8_lossy(&bytes);
+                let is_html = matches!(
+                    file.extension().and_then(|e| e.to_str()),
+                    Some("html" | "htm")
+                );
+                if is_html {
+                    read_html(file, &text, sources, challenge)
+                } else {
+                    read_dataset_file(file, &text)
+                }
+            }
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
+        let name = file.display().to_string();
+        let result =
+            outcome.and_then(
+                |(mut t, paragraphs)| match cleaning.clean(t.date, paragraphs) {
+                    Ok(cleaned) => {
+                        t.speaker = cleaned.speaker;
+                        t.text = cleaned.text;
+                        Ok(Some(t))
+                    }
+                    Err(reason) => {
+                        report.skipped.push(Failure {
+                            url: name.clone(),
+                            reason,
+                        });
+                        Ok(None)
+                    }
+                },
+            );
+        let word = match result {
+            Ok(Some(t)) => match corpus.add(t)? {
+                Added::New(_) => {
+                    report.new += 1;
+                    "new"
+                }
+                Added::Updated(_) => {
+                    report.updated += 1;
+                    "updated"
+                }
+                Added::Unchanged(_) => {
+                    report.unchanged += 1;
+                    "unchanged"
+                }
+                Added::Duplicate(_) => {
+                    report.duplicates += 1;
+                    "duplicate"
+                }
+            },
+            Ok(None) => "skipped",
+            Err(reason) => {
+                report.failed.push(Failure {
+                    url: name.clone(),
+                    reason,
+                });
+                "failed"
+            }
+        };
+        observer.done("import", &name, word);
+        // The manifest is a cache; writing it now and then bounds the work a crash leaves.
+        if n % 500 == 499 {
+            corpus.flush()?;
+        }
+    }
+    corpus.flush()?;
+    Ok(report)
+}
+
+/// A saved page of one of `sources`: the source whose hosts hold the page's canonical
+/// address, else the first whose body selector matches.
+fn read_html(
+    file: &Path,
+    html: &str,
+    sources: &[Source],
+    challenge: &[String],
+) -> Result<(Transcript, Vec<Paragraph>), String> {
+    let page = Page::parse(html);
+    page.check_challenge(challenge).map_err(|e| e.to_string())?;
+    let mut last_error = None;
+    for source in sources {
+        match page.article(source, html) {
+            Ok(article) => {
+                let url = article
+                    .canonical
+                    .as_ref()
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| {
+                        format!(
+                            "import:{}",
+                            file.file_name().unwrap_or_default().to_string_lossy()
+                        )
+                    });
+                let canonical_owner = article.canonical.as_ref().is_some_and(|u| source.owns(u));
+                if article.canonical.is_some() && !canonical_owner {
+                    continue;
+                }
+                let t = transcript(article.date, source.name(), url, article.title);
+                return Ok((t, article.paragraphs));
+            }
+            Err(e) => last_error = Some(e.to_string()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| "no configured source matches this page".into()))
+}
+
+fn transcript(date: Date, source: &str, url: String, title: String) -> Transcript {
+    Transcript {
+        date,
+        source: source.to_string(),
+        url,
+        aliases: Vec::new(),
+        title,
+        speaker: String::new(),
+        etag: None,
+        last_modified: None,
+        text: String::new(),
+    }
+}
+
+/// One file of the plain-text dataset.
+fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Paragraph>), String> {
+    let content = content.strip_prefix('\u{feff}').unwrap_or(content);
+    let lines: Vec<&str> = content.lines().collect();
+    let mut parts = lines.split(|line| line.trim() == "---");
+    let header: Vec<&str> = parts
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .copied()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let title = header
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let date = header
+        .iter()
+        .skip(1)
+        .find_map(|l| find_date(l))
+        .or_else(|| date_from_path(file))
+        .ok_or("no date: neither the header lines nor the path (articulos/YYYY/<mes>/DD--slug.txt) give one")?;
+    let mut paragraphs = Vec::new();
+    let mut any_block = false;
+    for block in parts {
+        any_block = true;
+        let mut lines = block.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
+        let Some(first) = lines.next() else { continue };
+        let label = first.trim_end_matches(':').trim();
+        if looks_like_label(label) {
+            let text = lines.next().unwrap_or_default().to_string();
+            paragraphs.push(Paragraph {
+                label: Some(label.to_string()),
+                text,
+                all_bold: false,
+            });
+        } else {
+            paragraphs.push(Paragraph {
+                label: None,
+                text: first.to_string(),
+                all_bold: false,
+            });
+        }
+        paragraphs.extend(lines.map(|l| Paragraph {
+            label: None,
+            text: l.to_string(),
+            all_bold: false,
+        }));
+    }
+    if !any_block {
+        return Err("not in the mananeras dataset format (no `---` line after the title, publisher and date)".into());
+    }
+    Ok((
+        transcript(date, DATASET_SOURCE, dataset_url(file), title),
+        paragraphs,
+    ))
+}
+
+/// `import:mananeras/articulos/…`: the file's place in the dataset, whatever folder it was
+/// imported from, so re-imports and partial imports recognise it.
+fn dataset_url(file: &Path) -> String {
+    let parts: Vec<String> = file
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let from = parts
+        .iter()
+        .rposition(|p| p == "articulos")
+        .unwrap_or(parts.len().saturating_sub(1));
+    format!("import:{DATASET_SOURCE}/{}", parts[from..].join("/"))
+}
+
+/// `…/YYYY/<mes>/DD--slug.txt`.
+fn date_from_path(file: &Path) -> Option<Date> {
+    let mut parts = file.iter().rev().map(|p| p.to_string_lossy());
+    let name = parts.next()?;
+    let month = month_number(&parts.next()?)?;
+    let year: i16 = parts.next()?.parse().ok()?;
+    let day: i8 = name.split("--").next()?.parse().ok()?;
+    Date::new(year, month, day).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_files_parse_into_labelled_paragraphs() {
+        let file = Path::new("/data/mananeras/articulos/2019/agosto/02--conferencia.txt");
+        let content = "Versión estenográfica de la conferencia\nPresidencia de la República\n02 de agosto de 2019\n---\nMODERADOR\nPreside este evento.\n---\nPRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR\nAsí es.\nMuchas gracias.\n";
+        let (t, paragraphs) = read_dataset_file(file, content).unwrap();
+        assert_eq!(t.date, jiff::civil::date(2019, 8, 2));
+        assert_eq!(
+            t.url,
+            "import:mananeras/articulos/2019/agosto/02--conferencia.txt"
+        );
+        assert_eq!(paragraphs.len(), 3);
+        assert_eq!(
+            paragraphs[1].label.as_deref(),
+            Some("PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR")
+        );
+        assert_eq!(paragraphs[2].text, "Muchas gracias.");
+    }
+
+    #[test]
+    fn the_date_falls_back_to_the_path() {
+        let file = Path::new("articulos/2020/septiembre/07--x.txt");
+        assert_eq!(date_from_path(file), Some(jiff::civil::date(2020, 9, 7)));
+        let (t, _) = read_dataset_file(file, "Título\nPresidencia\n\n---\nX\nY\n").unwrap();
+        assert_eq!(t.date, jiff::civil::date(2020, 9, 7));
+    }
+
+    #[test]
+    fn other_text_files_are_refused() {
+        let err = read_dataset_file(Path::new("notes.txt"), "hola\nmundo 12 de mayo de 2020\n")
+            .unwrap_err();
+        assert!(err.contains("dataset format"), "{err}");
+    }
+}

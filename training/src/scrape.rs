@@ -1,0 +1,604 @@
+//! Discovery and fetching of new transcripts, source by source: pending links first, then
+//! the archive listing (newest first, down to where the last finished walk began), then the
+//! recent-links box of article pages. State is saved after every step, so a run killed at
+//! any point resumes without losing or duplicating a transcript.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::fetch::{Fetched, Fetcher};
+use crate::page::{Link, Page, PageError};
+use crate::source::Source;
+use crate::store::{Added, Corpus, Cursor, SourceState, StoreError, Validators, url_key};
+use crate::transcript::Transcript;
+use crate::{Cleaning, CorpusError};
+
+/// `[scrape]`: the sites and what an anti-bot page looks like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeConfig {
+    /// Page titles that mean "anti-bot challenge, not content".
+    pub challenge_titles: Vec<String>,
+    /// The transcript sites.
+    pub sources: Vec<crate::source::SourceConfig>,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        Self {
+            challenge_titles: vec![
+                "Challenge Validation".into(),
+                "Just a moment...".into(),
+                "Attention Required!".into(),
+            ],
+            sources: crate::source::default_sources(),
+        }
+    }
+}
+
+/// What `mananera scrape` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeOptions {
+    /// Only this source.
+    pub only: Option<String>,
+    /// Ignore transcripts older than this.
+    pub since: Option<Date>,
+    /// Re-walk everything and re-fetch known pages (conditionally).
+    pub full: bool,
+}
+
+/// One failed page and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub url: String,
+    pub reason: String,
+}
+
+/// What a run did for one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceReport {
+    pub source: String,
+    /// Transcripts stored for the first time.
+    pub new: usize,
+    /// Known transcripts whose text changed.
+    pub updated: usize,
+    /// Known pages fetched again with the same text (or `304 Not Modified`).
+    pub unchanged: usize,
+    /// Pages whose text was already stored under another address.
+    pub duplicates: usize,
+    /// Pages with no words of a kept speaker.
+    pub skipped: usize,
+    /// Pages that failed, with the reason; transient failures are retried next run.
+    pub failed: Vec<Failure>,
+    /// Discovery problems (listing unreachable, anti-bot page, layout change).
+    pub errors: Vec<String>,
+}
+
+impl SourceReport {
+    /// Whether anything went wrong for this source.
+    pub fn failed(&self) -> bool {
+        !self.failed.is_empty() || !self.errors.is_empty()
+    }
+}
+
+/// Receives progress, e.g. to draw a progress bar.
+pub trait Observer: Send + Sync {
+    /// `count` more pages are queued for `source`.
+    fn queued(&self, source: &str, count: usize);
+    /// One queued page of `source` is done.
+    fn done(&self, source: &str, url: &str, outcome: &str);
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn queued(&self, _: &str, _: usize) {}
+    fn done(&self, _: &str, _: &str, _: &str) {}
+}
+
+/// Runs every selected source concurrently (one request at a time per host) and stores what
+/// is new in `corpus`.
+pub async fn scrape(
+    corpus: &Mutex<Corpus>,
+    config: &ScrapeConfig,
+    fetcher: &Fetcher,
+    cleaning: &Cleaning,
+    options: &ScrapeOptions,
+    observer: &dyn Observer,
+) -> Result<Vec<SourceReport>, CorpusError> {
+    let mut sources = Vec::new();
+    for c in &config.sources {
+        if options.only.as_ref().is_none_or(|only| *only == c.name) {
+            sources.push(Source::new(c).map_err(|e| CorpusError::Config(e.to_string()))?);
+        }
+    }
+    if let Some(only) = &options.only
+        && sources.is_empty()
+    {
+        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(CorpusError::Config(format!(
+            "--source {only}: no such source; configured: {}",
+            names.join(", ")
+        )));
+    }
+    let runs = sources.iter().map(|source| {
+        let run = Run {
+            source,
+            corpus,
+            fetcher,
+            cleaning,
+            challenge: &config.challenge_titles,
+            options,
+            observer,
+        };
+        run.go()
+    });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// One source's run.
+struct Run<'a> {
+    source: &'a Source,
+    corpus: &'a Mutex<Corpus>,
+    fetcher: &'a Fetcher,
+    cleaning: &'a Cleaning,
+    challenge: &'a [String],
+    options: &'a ScrapeOptions,
+    observer: &'a dyn Observer,
+}
+
+/// What visiting one page gave.
+enum Visit {
+    /// The page, parsed, for its links.
+    Page(Page),
+    /// Nothing to read further (unchanged, failed or skipped).
+    Nothing,
+}
+
+impl Run<'_> {
+    fn name(&self) -> &str {
+        self.source.name()
+    }
+
+    fn corpus(&self) -> std::sync::MutexGuard<'_, Corpus> {
+        self.corpus.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn go(self) -> Result<SourceReport, CorpusError> {
+        let mut state = self.corpus().state(self.name())?;
+        let mut report = SourceReport {
+            source: self.name().to_string(),
+            ..Default::default()
+        };
+        let _span = tracing::info_span!("scrape", source = self.name()).entered();
+        if self.options.full {
+            state.skipped.clear();
+        }
+        // Links left over by an interrupted or failed run come first.
+        let pending: Vec<String> = state.pending.clone();
+        self.observer.queued(self.name(), pending.len());
+        for link in pending {
+            match Url::parse(&link) {
+                Ok(url) => {
+                    self.article(&url, &mut state, &mut report).await?;
+                }
+                Err(_) => state.pending.retain(|p| *p != link),
+            }
+        }
+        if self.source.listing.is_some() {
+            self.walk_listing(&mut state, &mut report).await?;
+        }
+        if self.source.recent.is_some() || !self.source.seeds.is_empty() {
+            self.crawl_recent(&mut state, &mut report).await?;
+        }
+        self.corpus().flush()?;
+        Ok(report)
+    }
+
+    fn save(&self, state: &SourceState) -> Result<(), StoreError> {
+        self.corpus().save_state(self.name(), state)
+    }
+
+    /// Whether `url` needs no fetching: stored, or known to hold nothing to keep.
+    fn known(&self, url: &Url, state: &SourceState) -> bool {
+        self.corpus().find_url(url.as_str()).is_some()
+            || state.skipped.contains_key(&url_key(url.as_str()))
+    }
+
+    /// Walks the archive listing newest first and fetches every transcript not yet stored.
+    async fn walk_listing(
+        &self,
+        state: &mut SourceState,
+        report: &mut SourceReport,
+    ) -> Result<(), CorpusError> {
+        let Some((start, links, next)) = &self.source.listing else {
+            return Ok(());
+        };
+        let cursor = if self.options.full {
+            None
+        } else {
+            state.cursor.clone()
+        };
+        let mut page_url = start.clone();
+        let mut seen_pages = HashSet::new();
+        let mut newest: Option<Cursor> = None;
+        let mut first_validators = None;
+        loop {
+            if !seen_pages.insert(url_key(page_url.as_str())) {
+                report.errors.push(format!(
+                    "{page_url}: the listing's next link loops back to a page already walked"
+                ));
+                return Ok(());
+            }
+            let first = seen_pages.len() == 1;
+            let validators = (first && cursor.is_some())
+                .then(|| state.validators.get(&url_key(start.as_str())).cloned())
+                .flatten();
+            let (body, validators) = match self
+                .fetcher
+                .get(&page_url, &self.source.config.hosts, validators.as_ref())
+                .await
+            {
+                Ok(Fetched::NotModified) => {
+                    tracing::info!(url = %page_url, "listing unchanged since the last walk");
+                    return Ok(());
+                }
+                Ok(Fetched::Page {
+                    body, validators, ..
+                }) => (body, validators),
+                Err(e) => {
+                    report.errors.push(format!("listing: {e}"));
+                    return Ok(());
+                }
+            };
+            if first {
+                first_validators = Some(validators);
+            }
+            let page = Page::parse(&body);
+            if let Err(e) = page.check_challenge(self.challenge) {
+                report.errors.push(format!("listing {page_url}: {e}"));
+                return Ok(());
+            }
+            let entries: Vec<Link> = page
+                .links(links, &page_url)
+                .into_iter()
+                .filter(|l| self.source.is_article(&l.url))
+                .collect();
+            if entries.is_empty() && first {
+                report.errors.push(format!(
+                    "listing {page_url}: no transcript links (listing.item / listing.link matched nothing that fits article_pattern); the layout may have changed"
+                ));
+                return Ok(());
+            }
+            let next_page = page.next_link(next, &page_url);
+            drop(page);
+            let mut stop = Stop::No;
+            let fresh: Vec<&Link> = entries
+                .iter()
+                .take_while(|link| {
+                    if let (Some(since), Some(date)) = (self.options.since, link.date)
+                        && date < since
+                    {
+                        stop = Stop::Since;
+                        return false;
+                    }
+                    let key = url_key(link.url.as_str());
+                    newest.get_or_insert_with(|| Cursor {
+                        url: key.clone(),
+                        date: link.date,
+                    });
+                    if let Some(c) = &cursor
+                        && (c.url == key
+                            || matches!((c.date, link.date), (Some(cd), Some(ld)) if ld < cd))
+                    {
+                        stop = Stop::Cursor;
+                        return false;
+                    }
+                    true
+                })
+                .filter(|link| !self.known(&link.url, state))
+                .collect();
+            self.observer.queued(self.name(), fresh.len());
+            for link in fresh {
+                self.article(&link.url, state, report).await?;
+            }
+            let finished = match (stop, next_page) {
+                (Stop::Since, _) => return Ok(()),
+                (Stop::Cursor, _) | (Stop::No, None) => true,
+                (Stop::No, Some(next)) => {
+                    page_url = next;
+                    false
+                }
+            };
+            if finished {
+                // Only a finished walk moves the cursor: an interrupted one is walked again.
+                if let Some(newest) = newest {
+                    state.cursor = Some(newest);
+                }
+                if let Some(v) = first_validators {
+                    state.validators.insert(url_key(start.as_str()), v);
+                }
+                self.save(state)?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follows the recent-links boxes from the seeds and the newest stored transcript.
+    async fn crawl_recent(
+        &self,
+        state: &mut SourceState,
+        report: &mut SourceReport,
+    ) -> Result<(), CorpusError> {
+        let mut queue: VecDeque<(Url, bool)> = self
+            .source
+            .seeds
+            .iter()
+            .map(|u| (u.clone(), true))
+            .collect();
+        let newest = self
+            .corpus()
+            .entries()
+            .into_iter()
+            .rev()
+            .find(|e| e.source == self.name())
+            .and_then(|e| Url::parse(&e.url).ok());
+        if let Some(url) = newest {
+            queue.push_front((url, true));
+        }
+        self.observer.queued(self.name(), queue.len());
+        let mut visited = HashSet::new();
+        while let Some((url, discovery)) = queue.pop_front() {
+            if !visited.insert(url_key(url.as_str())) {
+                if discovery {
+                    self.observer.done(self.name(), url.as_str(), "visited");
+                }
+                continue;
+            }
+            let visit = if discovery && self.known(&url, state) {
+                self.discovery_page(&url, state, report).await?
+            } else {
+                self.article(&url, state, report).await?
+            };
+            let Visit::Page(page) = visit else { continue };
+            let Some(recent) = &self.source.recent else {
+                continue;
+            };
+            let mut found = Vec::new();
+            for link in page.links(recent, &url) {
+                let key = url_key(link.url.as_str());
+                let too_old =
+                    matches!((self.options.since, link.date), (Some(s), Some(d)) if d < s);
+                if self.source.is_article(&link.url)
+                    && !too_old
+                    && !visited.contains(&key)
+                    && !self.known(&link.url, state)
+                {
+                    found.push(link.url);
+                }
+            }
+            found.dedup();
+            for url in &found {
+                if !state.pending.contains(&url.to_string()) {
+                    state.pending.push(url.to_string());
+                }
+            }
+            self.save(state)?;
+            self.observer.queued(self.name(), found.len());
+            queue.extend(found.into_iter().map(|u| (u, false)));
+        }
+        Ok(())
+    }
+
+    /// Fetches a known page only for its links (conditionally: unchanged means no new links).
+    async fn discovery_page(
+        &self,
+        url: &Url,
+        state: &mut SourceState,
+        report: &mut SourceReport,
+    ) -> Result<Visit, CorpusError> {
+        let key = url_key(url.as_str());
+        let validators = if self.options.full {
+            None
+        } else {
+            state.validators.get(&key).cloned()
+        };
+        let outcome = match self
+            .fetcher
+            .get(url, &self.source.config.hosts, validators.as_ref())
+            .await
+        {
+            Ok(Fetched::NotModified) => Ok(None),
+            Ok(Fetched::Page {
+                body, validators, ..
+            }) => {
+                let page = Page::parse(&body);
+                match page.check_challenge(self.challenge) {
+                    Ok(()) => Ok(Some((page, validators))),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(Some((page, validators))) => {
+                state.validators.insert(key, validators);
+                self.observer.done(self.name(), url.as_str(), "links read");
+                Ok(Visit::Page(page))
+            }
+            Ok(None) => {
+                self.observer.done(self.name(), url.as_str(), "unchanged");
+                Ok(Visit::Nothing)
+            }
+            Err(reason) => {
+                report
+                    .errors
+                    .push(format!("discovery page {url}: {reason}"));
+                self.observer.done(self.name(), url.as_str(), "failed");
+                Ok(Visit::Nothing)
+            }
+        }
+    }
+
+    /// Fetches, cleans and stores one transcript page; records the outcome.
+    async fn article(
+        &self,
+        url: &Url,
+        state: &mut SourceState,
+        report: &mut SourceReport,
+    ) -> Result<Visit, CorpusError> {
+        let link = url.to_string();
+        if !state.pending.contains(&link) {
+            state.pending.push(link.clone());
+            self.save(state)?;
+        }
+        let stored = self.corpus().find_url(url.as_str()).cloned();
+        let validators = match (&stored, self.options.full) {
+            (Some(entry), true) => self.corpus().read(entry).ok().map(|t| Validators {
+                etag: t.etag,
+                last_modified: t.last_modified,
+            }),
+            _ => None,
+        };
+        let (outcome, visit, settled) = match self
+            .fetcher
+            .get(url, &self.source.config.hosts, validators.as_ref())
+            .await
+        {
+            Ok(Fetched::NotModified) => {
+                report.unchanged += 1;
+                ("unchanged".to_string(), Visit::Nothing, true)
+            }
+            Ok(Fetched::Page {
+                url: final_url,
+                body,
+                validators,
+            }) => {
+                let page = Page::parse(&body);
+                match self.store(url, &final_url, &page, &body, validators) {
+                    Ok(Stored::Added(added)) => {
+                        let word = match added {
+                            Added::New(_) => {
+                                report.new += 1;
+                                "new"
+                            }
+                            Added::Updated(_) => {
+                                report.updated += 1;
+                                "updated"
+                            }
+                            Added::Unchanged(_) => {
+                                report.unchanged += 1;
+                                "unchanged"
+                            }
+                            Added::Duplicate(_) => {
+                                report.duplicates += 1;
+                                "duplicate"
+                            }
+                        };
+                        (word.to_string(), Visit::Page(page), true)
+                    }
+                    Ok(Stored::Skipped(reason)) => {
+                        report.skipped += 1;
+                        state.skipped.insert(url_key(url.as_str()), reason.clone());
+                        (format!("skipped: {reason}"), Visit::Page(page), true)
+                    }
+                    Err(StoreFailure::Page(e)) => {
+                        report.failed.push(Failure {
+                            url: link.clone(),
+                            reason: e.to_string(),
+                        });
+                        (format!("failed: {e}"), Visit::Nothing, false)
+                    }
+                    Err(StoreFailure::Store(e)) => return Err(e.into()),
+                }
+            }
+            Err(e) => {
+                report.failed.push(Failure {
+                    url: link.clone(),
+                    reason: e.to_string(),
+                });
+                if e.is_permanent() {
+                    state.skipped.insert(url_key(url.as_str()), e.to_string());
+                }
+                (format!("failed: {e}"), Visit::Nothing, e.is_permanent())
+            }
+        };
+        if settled {
+            state.pending.retain(|p| *p != link);
+        }
+        self.save(state)?;
+        tracing::info!(url = %url, outcome = %outcome, "transcript");
+        self.observer.done(self.name(), url.as_str(), &outcome);
+        Ok(visit)
+    }
+
+    /// Cleans a fetched article and stores it.
+    fn store(
+        &self,
+        link: &Url,
+        final_url: &Url,
+        page: &Page,
+        body: &str,
+        validators: Validators,
+    ) -> Result<Stored, StoreFailure> {
+        page.check_challenge(self.challenge)
+            .map_err(StoreFailure::Page)?;
+        let article = page
+            .article(self.source, body)
+            .map_err(StoreFailure::Page)?;
+        let cleaned = match self.cleaning.clean(article.date, article.paragraphs) {
+            Ok(cleaned) => cleaned,
+            Err(reason) => return Ok(Stored::Skipped(reason)),
+        };
+        let mut aliases = Vec::new();
+        for other in [Some(link), article.canonical.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if url_key(other.as_str()) != url_key(final_url.as_str())
+                && !aliases.contains(&other.to_string())
+            {
+                aliases.push(other.to_string());
+            }
+        }
+        let transcript = Transcript {
+            date: article.date,
+            source: self.name().to_string(),
+            url: final_url.to_string(),
+            aliases,
+            title: article.title,
+            speaker: cleaned.speaker,
+            etag: validators.etag,
+            last_modified: validators.last_modified,
+            text: cleaned.text,
+        };
+        Ok(Stored::Added(
+            self.corpus().add(transcript).map_err(StoreFailure::Store)?,
+        ))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    No,
+    Since,
+    Cursor,
+}
+
+enum Stored {
+    Added(Added),
+    Skipped(String),
+}
+
+enum StoreFailure {
+    Page(PageError),
+    Store(StoreError),
+}

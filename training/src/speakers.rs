@@ -1,0 +1,290 @@
+//! Which speaker labels belong to the speakers we keep (by default the president of the day),
+//! tolerant of the typos real transcripts contain and strict about look-alikes.
+
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+
+use crate::text::compact_label;
+
+/// One speaker to keep, as configured in `[[corpus.speakers]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeakerRule {
+    /// Name recorded with every transcript kept for this speaker.
+    pub name: String,
+    /// First day (inclusive) on which this speaker's labels count.
+    #[serde(default)]
+    pub from: Option<Date>,
+    /// Last day (inclusive) on which this speaker's labels count.
+    #[serde(default)]
+    pub until: Option<Date>,
+    /// The label spellings of this speaker; spacing, accents and punctuation do not matter.
+    pub labels: Vec<String>,
+    /// Words that make a label someone else's even when it contains the name
+    /// (president-elect, ex-president, an AI-made voice...).
+    #[serde(default)]
+    pub reject: Vec<String>,
+    /// Letters that may be missing, extra or wrong in a label and still match.
+    #[serde(default = "default_max_typos")]
+    pub max_typos: usize,
+}
+
+fn default_max_typos() -> usize {
+    2
+}
+
+impl SpeakerRule {
+    fn active_on(&self, date: Date) -> bool {
+        self.from.is_none_or(|from| date >= from) && self.until.is_none_or(|until| date <= until)
+    }
+}
+
+/// The default speakers: the president of the day.
+pub fn default_speakers() -> Vec<SpeakerRule> {
+    let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+    vec![
+        SpeakerRule {
+            name: "Andrés Manuel López Obrador".into(),
+            from: None,
+            until: Some(jiff::civil::date(2024, 9, 30)),
+            labels: strings(&[
+                "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR",
+                "ANDRÉS MANUEL LÓPEZ OBRADOR",
+                "PRESIDENTE LÓPEZ OBRADOR",
+            ]),
+            reject: strings(&[
+                "EXPRESIDENTE",
+                "ELECTO",
+                "CANDIDATO",
+                "VOZ",
+                "MANIPULADA",
+                "INTELIGENCIA ARTIFICIAL",
+            ]),
+            max_typos: 2,
+        },
+        SpeakerRule {
+            name: "Claudia Sheinbaum Pardo".into(),
+            from: Some(jiff::civil::date(2024, 10, 1)),
+            until: None,
+            labels: strings(&[
+                "PRESIDENTA CLAUDIA SHEINBAUM PARDO",
+                "PRESIDENTA DE MÉXICO, CLAUDIA SHEINBAUM PARDO",
+                "CLAUDIA SHEINBAUM PARDO",
+            ]),
+            reject: strings(&[
+                "EXPRESIDENTA",
+                "ELECTA",
+                "CANDIDATA",
+                "JEFA DE GOBIERNO",
+                "VOZ",
+                "MANIPULADA",
+                "INTELIGENCIA ARTIFICIAL",
+            ]),
+            max_typos: 2,
+        },
+    ]
+}
+
+/// A rule prepared for matching: labels and rejected words in compact form.
+#[derive(Debug, Clone)]
+struct Compiled {
+    name: String,
+    rule: SpeakerRule,
+    labels: Vec<String>,
+    reject: Vec<String>,
+}
+
+/// The configured speakers, ready to classify labels.
+#[derive(Debug, Clone)]
+pub struct Speakers {
+    rules: Vec<Compiled>,
+}
+
+/// A configuration mistake in `[[corpus.speakers]]`.
+#[derive(Debug, thiserror::Error)]
+#[error("corpus.speakers: {0}")]
+pub struct SpeakerConfigError(String);
+
+impl Speakers {
+    /// Checks and prepares `rules`.
+    pub fn new(rules: &[SpeakerRule]) -> Result<Self, SpeakerConfigError> {
+        if rules.is_empty() {
+            return Err(SpeakerConfigError(
+                "no speaker configured: nothing would be kept; add a [[corpus.speakers]] entry"
+                    .into(),
+            ));
+        }
+        let mut compiled = Vec::new();
+        for rule in rules {
+            let labels: Vec<String> = rule.labels.iter().map(|l| compact_label(l)).collect();
+            if labels.is_empty() || labels.iter().any(|l| l.len() < 3) {
+                return Err(SpeakerConfigError(format!(
+                    "speaker {:?} needs at least one label of three or more letters",
+                    rule.name
+                )));
+            }
+            if let (Some(from), Some(until)) = (rule.from, rule.until)
+                && from > until
+            {
+                return Err(SpeakerConfigError(format!(
+                    "speaker {:?}: `from` ({from}) is after `until` ({until})",
+                    rule.name
+                )));
+            }
+            compiled.push(Compiled {
+                name: rule.name.clone(),
+                rule: rule.clone(),
+                labels,
+                reject: rule.reject.iter().map(|w| compact_label(w)).collect(),
+            });
+        }
+        Ok(Self { rules: compiled })
+    }
+
+    /// The speakers whose labels count on `date`.
+    pub fn on(&self, date: Date) -> DaySpeakers<'_> {
+        DaySpeakers {
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| r.rule.active_on(date))
+                .collect(),
+        }
+    }
+}
+
+/// The speakers kept on one day.
+#[derive(Debug)]
+pub struct DaySpeakers<'a> {
+    rules: Vec<&'a Compiled>,
+}
+
+impl<'a> DaySpeakers<'a> {
+    /// The kept speaker a label names, if any.
+    pub fn classify(&self, label: &str) -> Option<&'a str> {
+        let label = compact_label(label);
+        self.rules.iter().find_map(|r| {
+            if r.reject
+                .iter()
+                .any(|w| !w.is_empty() && label.contains(w.as_str()))
+            {
+                return None;
+            }
+            r.labels
+                .iter()
+                .any(|l| strsim::levenshtein(l, &label) <= r.rule.max_typos)
+                .then_some(r.name.as_str())
+        })
+    }
+
+    /// Whether no speaker is kept on this day.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+
+    fn speakers() -> Speakers {
+        Speakers::new(&default_speakers()).unwrap()
+    }
+
+    #[test]
+    fn every_amlo_variant_and_typo_from_the_research_matches() {
+        let s = speakers();
+        let day = s.on(date(2021, 6, 28));
+        for label in [
+            "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "RESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "PRSIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "PRESDIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "PRESIDENT E ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "PRESIDENTE ANDRÉSMANUEL LÓPEZ OBRADOR",
+            "PRESIDENTE ANDRÉS MANEL LÓPEZ OBRADOR",
+            "PRESIDENTE ANDRÉS MANUEL LÓ'PEZ OBRADOR",
+            "PRESIDENTE ANDRES MANUEL LOPEZ OBRADOR",
+        ] {
+            assert_eq!(
+                day.classify(label),
+                Some("Andrés Manuel López Obrador"),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_sheinbaum_variant_matches_from_october_2024() {
+        let s = speakers();
+        let day = s.on(date(2025, 7, 2));
+        for label in [
+            "PRESIDENTA CLAUDIA SHEINBAUM PARDO",
+            "PRESIDENTA DE MÉXICO, CLAUDIA SHEINBAUM PARDO",
+            "PRESIDENTA DE MÉXICO CLAUDIA SHEINBAUM PARDO",
+            "PRESIDENTA DE MÉXICO, CLAUDIA SHEINBAUM PARDO ",
+            "PRESIDENTA DE MÉXICO, CLAUDIA SHEIBAUM PARDO",
+        ] {
+            assert_eq!(
+                day.classify(label),
+                Some("Claudia Sheinbaum Pardo"),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn look_alikes_and_other_people_do_not_match() {
+        let s = speakers();
+        let sheinbaum_era = s.on(date(2025, 7, 2));
+        let amlo_era = s.on(date(2023, 3, 1));
+        for label in [
+            "CLAUDIA SHEINBAUM PARDO, JEFA DE GOBIERNO DE LA CIUDAD DE MÉXICO",
+            "CLAUDIA SHEINBAUM PARDO, PRESIDENTA ELECTA",
+            "PRESIDENTA ELECTA CLAUDIA SHEINBAUM PARDO",
+            "CANDIDATA CLAUDIA SHEINBAUM PARDO",
+            "EXPRESIDENTE DE MÉXICO, ANDRÉS MANUEL LÓPEZ OBRADOR",
+            "VOZ DEL PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR MANIPULADA CON INTELIGENCIA ARTIFICIAL",
+            "PREGUNTA",
+            "INTERLOCUTORA",
+            "MODERADOR",
+        ] {
+            assert_eq!(sheinbaum_era.classify(label), None, "{label}");
+            assert_eq!(amlo_era.classify(label), None, "{label}");
+        }
+        // Each president only on their own days.
+        assert_eq!(
+            amlo_era.classify("PRESIDENTA CLAUDIA SHEINBAUM PARDO"),
+            None
+        );
+        assert_eq!(
+            sheinbaum_era.classify("PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR"),
+            None
+        );
+        assert_eq!(
+            s.on(date(2024, 9, 30))
+                .classify("PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR"),
+            Some("Andrés Manuel López Obrador")
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_reason() {
+        assert!(
+            Speakers::new(&[])
+                .unwrap_err()
+                .to_string()
+                .contains("no speaker")
+        );
+        let mut rule = default_speakers().remove(0);
+        rule.labels = vec!["A".into()];
+        assert!(
+            Speakers::new(&[rule])
+                .unwrap_err()
+                .to_string()
+                .contains("three or more")
+        );
+    }
+}
