@@ -1,7 +1,8 @@
 //! The `mananera` command line: global options, subcommands, logging and exit codes.
 //!
 //! Exit codes: 0 success; 1 internal failure; 2 bad usage, settings or input;
-//! 3 the model could not be found, downloaded or read.
+//! 3 the model could not be found, downloaded or read; 4 some pages or sources failed
+//! (the rest was done); 5 the corpus is in use by another process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,62 @@ pub struct Cli {
 pub enum Format {
     Text,
     Json,
+    /// JSON Lines: one object per line (`corpus export`); other commands print one line of JSON.
+    Jsonl,
+}
+
+/// Where the corpus lives, for every `scrape`/`corpus` command.
+#[derive(Debug, clap::Args)]
+pub struct CorpusArgs {
+    /// Corpus directory (corpus.dir).
+    #[arg(long, value_name = "DIR")]
+    pub corpus_dir: Option<PathBuf>,
+}
+
+impl CorpusArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        push(
+            &mut out,
+            "corpus.dir",
+            "--corpus-dir",
+            self.corpus_dir
+                .as_ref()
+                .map(|d| format!("{:?}", d.display().to_string())),
+        );
+        out
+    }
+}
+
+/// `mananera corpus` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CorpusCommand {
+    /// Transcripts, characters, chunks and date range per source.
+    Stats {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Ingest saved HTML pages of a configured source and the plain-text "mananeras" dataset.
+    Import {
+        /// Files or directories (searched for *.html, *.htm and *.txt).
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Write the clean corpus to stdout, one chunk per line (--format text) or JSON Lines
+    /// with date, source, url and text (--format jsonl).
+    Export {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Cleaning throughput (MB/s of HTML on one core) over saved pages.
+    Bench {
+        /// HTML pages of a configured source.
+        files: Vec<PathBuf>,
+        /// Measure for at least this long.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 /// Options shared by the commands that load a model.
@@ -168,6 +225,23 @@ pub enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Fetch new transcripts from every configured site into the corpus.
+    Scrape {
+        /// Only this source (see scrape.sources).
+        #[arg(long)]
+        source: Option<String>,
+        /// Ignore transcripts older than this day (YYYY-MM-DD).
+        #[arg(long, value_name = "DATE")]
+        since: Option<jiff::civil::Date>,
+        /// Walk every listing to its end and re-fetch known pages (conditionally).
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Look at, feed and export the corpus.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
     /// Print the effective settings after every override.
     Config,
 }
@@ -238,7 +312,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             "--model",
             model.as_ref().map(|m| format!("{m:?}")),
         ),
-        Command::Config => {}
+        Command::Scrape { corpus, .. }
+        | Command::Corpus(
+            CorpusCommand::Stats { corpus }
+            | CorpusCommand::Import { corpus, .. }
+            | CorpusCommand::Export { corpus },
+        ) => overrides.extend(corpus.overrides()),
+        Command::Corpus(CorpusCommand::Bench { .. }) | Command::Config => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
     configure_threads(config.engine.threads);
@@ -249,6 +329,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Vocab { corpus, output, .. } => {
             commands::vocab::run(&config, &corpus, &output, cli.format)
         }
+        Command::Scrape {
+            source,
+            since,
+            full,
+            ..
+        } => {
+            let options = mananera_training::scrape::ScrapeOptions {
+                only: source,
+                since,
+                full,
+            };
+            commands::scrape::run(&config, &options, cli.format)
+        }
+        Command::Corpus(command) => match command {
+            CorpusCommand::Stats { .. } => commands::corpus::stats_command(&config, cli.format),
+            CorpusCommand::Import { paths, .. } => {
+                commands::corpus::import_command(&config, &paths, cli.format)
+            }
+            CorpusCommand::Export { .. } => commands::corpus::export_command(&config, cli.format),
+            CorpusCommand::Bench { files, seconds } => {
+                commands::corpus::bench_command(&config, &files, seconds, cli.format)
+            }
+        },
         Command::Config => commands::show_config(&config, cli.format),
     }
 }

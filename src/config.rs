@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use mananera_training::fetch::Politeness;
+use mananera_training::scrape::ScrapeConfig;
+use mananera_training::source::Source;
+use mananera_training::turns::CleaningRules;
+use mananera_training::{Cleaning, CorpusConfig};
+
 use crate::engine::checkpoint::ModelSource;
 use crate::engine::{EngineOptions, Quantization, SamplingParams};
 
@@ -17,6 +23,10 @@ pub struct Config {
     pub model: ModelConfig,
     pub engine: EngineConfig,
     pub generation: SamplingParams,
+    pub corpus: CorpusConfig,
+    pub cleaning: CleaningRules,
+    pub scrape: ScrapeConfig,
+    pub http: Politeness,
 }
 
 /// Which checkpoint to serve.
@@ -149,23 +159,60 @@ impl Config {
         }
         self.generation
             .validate()
-            .map_err(|e| format!("[generation] {e}"))
+            .map_err(|e| format!("[generation] {e}"))?;
+        if self.corpus.chunk_chars < 100 {
+            return Err(format!(
+                "corpus.chunk_chars = {}: too small to hold a sentence; use 100 or more (default 1000)",
+                self.corpus.chunk_chars
+            ));
+        }
+        self.cleaning()?;
+        self.sources()?;
+        Ok(())
+    }
+
+    /// The compiled speaker and cleaning rules.
+    pub fn cleaning(&self) -> Result<Cleaning, String> {
+        Cleaning::new(&self.corpus.speakers, &self.cleaning).map_err(|e| e.to_string())
+    }
+
+    /// The compiled transcript sources.
+    pub fn sources(&self) -> Result<Vec<Source>, String> {
+        let mut names = std::collections::HashSet::new();
+        self.scrape
+            .sources
+            .iter()
+            .map(|c| {
+                if !names.insert(c.name.as_str()) {
+                    return Err(format!(
+                        "scrape.sources: two sources are named {:?}",
+                        c.name
+                    ));
+                }
+                Source::new(c).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// The corpus directory with defaults and `~` resolved.
+    pub fn corpus_dir(&self) -> PathBuf {
+        match self.corpus.dir.as_str() {
+            "" => std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home().join(".local/share"))
+                .join("mananera/corpus"),
+            dir => expand_home(dir),
+        }
     }
 
     /// The cache directory with defaults and `~` resolved.
     pub fn cache_dir(&self) -> PathBuf {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
         match self.model.cache_dir.as_str() {
             "" => std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache"))
+                .unwrap_or_else(|| home().join(".cache"))
                 .join("mananera"),
-            dir => match dir.strip_prefix("~/") {
-                Some(rest) => home.join(rest),
-                None => PathBuf::from(dir),
-            },
+            dir => expand_home(dir),
         }
     }
 
@@ -185,6 +232,20 @@ impl Config {
             vocabulary: (!self.engine.vocabulary.is_empty())
                 .then(|| PathBuf::from(&self.engine.vocabulary)),
         }
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `~/x` as a path under the home directory.
+fn expand_home(dir: &str) -> PathBuf {
+    match dir.strip_prefix("~/") {
+        Some(rest) => home().join(rest),
+        None => PathBuf::from(dir),
     }
 }
 

@@ -90,7 +90,7 @@ pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Fai
             message: e.to_string(),
         })?;
         match format {
-            Format::Json => super::print_json(&m)?,
+            Format::Json | Format::Jsonl => super::print_json(&m)?,
             Format::Text => println!(
                 "{:<5} head {:>6}  prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
                 m.precision,

@@ -34,7 +34,7 @@ pub fn run(config: &Config, file: &Path, format: Format) -> Result<(), Failure> 
     let scored = engine.score(&text)?;
     let perplexity = scored.perplexity();
     match format {
-        Format::Json => super::print_json(&Report {
+        Format::Json | Format::Jsonl => super::print_json(&Report {
             token_ids: &scored.token_ids,
             logprobs: &scored.logprobs,
             perplexity,

@@ -39,6 +39,6 @@ pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> 
             let _ = writeln!(stdout);
             Ok(())
         }
-        Format::Json => super::print_json(&generation),
+        Format::Json | Format::Jsonl => super::print_json(&generation),
     }
 }

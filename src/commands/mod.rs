@@ -2,8 +2,11 @@
 //! as text or JSON.
 
 pub mod bench;
+pub mod corpus;
 pub mod eval;
 pub mod generate;
+mod progress;
+pub mod scrape;
 pub mod vocab;
 
 use crate::cli::{Failure, Format};
@@ -12,10 +15,12 @@ use crate::config::Config;
 /// `mananera config`: the effective settings, as TOML or JSON.
 pub fn show_config(config: &Config, format: Format) -> Result<(), Failure> {
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(config).map_err(|e| Failure {
-            code: 1,
-            message: e.to_string(),
-        })?,
+        Format::Json | Format::Jsonl => {
+            serde_json::to_string_pretty(config).map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?
+        }
         Format::Text => toml::to_string_pretty(config).map_err(|e| Failure {
             code: 1,
             message: e.to_string(),

@@ -53,7 +53,7 @@ pub fn run(
         vocab_size: model_config.vocab_size,
     };
     match format {
-        Format::Json => super::print_json(&report),
+        Format::Json | Format::Jsonl => super::print_json(&report),
         Format::Text => {
             println!(
                 "kept {} of {} tokens ({:.1}% of the head) in {}",

@@ -9,7 +9,6 @@
 //! File format: `#` comment lines, then one token id per line.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 
 use super::bloom::BloomConfig;
@@ -77,20 +76,13 @@ pub fn build<'a>(
 /// Writes `ids` to `path` atomically (temporary file, fsync, rename), so a crash never leaves
 /// a half-written vocabulary behind.
 pub fn write(path: &Path, ids: &[u32], vocab_size: usize) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    writeln!(
-        tmp,
-        "# mananera vocabulary: {} of {vocab_size} tokens",
+    let mut text = format!(
+        "# mananera vocabulary: {} of {vocab_size} tokens\n",
         ids.len()
-    )?;
+    );
     for id in ids {
-        writeln!(tmp, "{id}")?;
+        text.push_str(&id.to_string());
+        text.push('\n');
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    mananera_training::fsio::write_atomic(path, text.as_bytes())
 }

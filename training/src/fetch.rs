@@ -15,7 +15,7 @@ use crate::store::Validators;
 
 /// How politely to fetch (`[scrape]` in config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Politeness {
     /// Sent with every request; says who we are and where to complain.
     pub user_agent: String,

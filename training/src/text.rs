@@ -1,6 +1,6 @@
 //! Text normalisation shared by every input: NFC, one kind of space, no invisible marks.
 
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// Characters that carry no text but break label matching (zero-width marks, direction
 /// marks, soft hyphens, byte-order marks).
@@ -14,9 +14,19 @@ fn is_invisible(c: char) -> bool {
 /// NFC, every whitespace run (nbsp and friends included) as one space, invisible marks
 /// removed, trimmed.
 pub fn normalize(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
+    // Almost every paragraph is already NFC; skip the (slow) recomposition for those.
+    if is_nfc_quick(raw.chars()) == IsNormalized::Yes {
+        collapse(raw.chars(), raw.len())
+    } else {
+        collapse(raw.nfc(), raw.len())
+    }
+}
+
+/// Spaces collapsed, invisible marks dropped, trimmed.
+fn collapse(chars: impl Iterator<Item = char>, len: usize) -> String {
+    let mut out = String::with_capacity(len);
     let mut pending_space = false;
-    for c in raw.nfc() {
+    for c in chars {
         if is_invisible(c) {
             continue;
         }

@@ -194,6 +194,14 @@ static LABEL: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Splits a speaker label off the start of a normalised paragraph.
 pub fn split_label(text: &str) -> Option<(&str, &str)> {
+    // Most paragraphs have no colon near their start: no label, no regex.
+    let head = text
+        .char_indices()
+        .nth(210)
+        .map_or(text, |(i, _)| &text[..i]);
+    if !head.contains(':') {
+        return None;
+    }
     let captures = LABEL.captures(text)?;
     let label = captures.get(1)?.as_str();
     (looks_like_label(label) || label.starts_with('(') && looks_like_label(&label[1..]))

@@ -1,0 +1,250 @@
+//! `mananera corpus stats|import|export|bench`: look at, feed and hand out the corpus.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mananera_training::export::{ExportFormat, SourceStats, export, stats};
+use mananera_training::import::{find_files, import};
+use mananera_training::page::Page;
+use mananera_training::store::{Corpus, StoreError};
+use mananera_training::{Cleaning, CorpusError};
+use serde::Serialize;
+
+use super::progress::Bar;
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+
+/// Opens the configured corpus directory.
+pub fn open(config: &Config) -> Result<Corpus, Failure> {
+    Corpus::open(&config.corpus_dir(), config.corpus.chunk_chars)
+        .map_err(|e| corpus_failure(e.into()))
+}
+
+/// Exit codes: settings and inputs 2, a busy corpus 5, anything else 1.
+pub fn corpus_failure(e: CorpusError) -> Failure {
+    let code = match &e {
+        CorpusError::Config(_) | CorpusError::Input(_) => 2,
+        CorpusError::Store(StoreError::Locked { .. }) => 5,
+        CorpusError::Store(_) => 1,
+    };
+    Failure {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// `corpus stats`.
+pub fn stats_command(config: &Config, format: Format) -> Result<(), Failure> {
+    let corpus = open(config)?;
+    let table = stats(&corpus);
+    #[derive(Serialize)]
+    struct Out<'a> {
+        corpus_dir: String,
+        sources: &'a [SourceStats],
+    }
+    match format {
+        Format::Text => {
+            println!("corpus {}", corpus.dir().display());
+            println!(
+                "{:<14} {:>11} {:>14} {:>9}  {:<10}  {:<10}",
+                "source", "transcripts", "characters", "chunks", "first", "last"
+            );
+            for s in &table {
+                println!(
+                    "{:<14} {:>11} {:>14} {:>9}  {:<10}  {:<10}",
+                    s.source, s.transcripts, s.characters, s.chunks, s.first, s.last
+                );
+            }
+            if table.is_empty() {
+                println!("(empty: run `mananera scrape` or `mananera corpus import PATH`)");
+            }
+            Ok(())
+        }
+        _ => super::print_json(&Out {
+            corpus_dir: corpus.dir().display().to_string(),
+            sources: &table,
+        }),
+    }
+}
+
+/// `corpus import PATH...`.
+pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Result<(), Failure> {
+    if paths.is_empty() {
+        return Err(Failure::usage(
+            "give at least one file or directory to import",
+        ));
+    }
+    let cleaning = config.cleaning().map_err(Failure::usage)?;
+    let sources = config.sources().map_err(Failure::usage)?;
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(find_files(path).map_err(corpus_failure)?);
+    }
+    let mut corpus = open(config)?;
+    let bar = Bar::new("import");
+    let started = Instant::now();
+    let report = import(
+        &mut corpus,
+        &files,
+        &sources,
+        &config.scrape.challenge_titles,
+        &cleaning,
+        &bar,
+    )
+    .map_err(corpus_failure)?;
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let mb_per_s = report.bytes as f64 / 1e6 / seconds.max(1e-9);
+    match format {
+        Format::Text => {
+            println!(
+                "imported {} files ({:.1} MB in {seconds:.2} s, {mb_per_s:.1} MB/s): {} new, {} updated, {} unchanged, {} duplicate, {} skipped, {} failed",
+                report.files,
+                report.bytes as f64 / 1e6,
+                report.new,
+                report.updated,
+                report.unchanged,
+                report.duplicates,
+                report.skipped.len(),
+                report.failed.len()
+            );
+            for f in &report.failed {
+                println!("  failed {}: {}", f.url, f.reason);
+            }
+            for f in report.skipped.iter().take(20) {
+                println!("  skipped {}: {}", f.url, f.reason);
+            }
+        }
+        _ => {
+            #[derive(Serialize)]
+            struct Out<'a> {
+                #[serde(flatten)]
+                report: &'a mananera_training::import::ImportReport,
+                seconds: f64,
+                mb_per_s: f64,
+            }
+            super::print_json(&Out {
+                report: &report,
+                seconds,
+                mb_per_s,
+            })?;
+        }
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: super::scrape::PARTIAL_FAILURE,
+            message: format!(
+                "{} file(s) could not be imported; the rest were stored",
+                report.failed.len()
+            ),
+        })
+    }
+}
+
+/// `corpus export`: chunks on stdout.
+pub fn export_command(config: &Config, format: Format) -> Result<(), Failure> {
+    let corpus = open(config)?;
+    let format = match format {
+        Format::Text => ExportFormat::Text,
+        Format::Json | Format::Jsonl => ExportFormat::Jsonl,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    export(&corpus, config.corpus.chunk_chars, format, &mut out).map_err(corpus_failure)?;
+    std::io::Write::flush(&mut out).map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot write the export: {e}"),
+    })
+}
+
+/// `corpus bench FILE...`: cleaning throughput (parse + extract + keep the speaker's words)
+/// on one core, for HTML pages of a configured source.
+pub fn bench_command(
+    config: &Config,
+    files: &[PathBuf],
+    seconds: f64,
+    format: Format,
+) -> Result<(), Failure> {
+    if files.is_empty() {
+        return Err(Failure::usage(
+            "give HTML pages to clean, e.g. tests/fixtures/pages/*.html",
+        ));
+    }
+    let cleaning = config.cleaning().map_err(Failure::usage)?;
+    let sources = config.sources().map_err(Failure::usage)?;
+    let pages: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|text| (f.clone(), text))
+                .map_err(|e| Failure::usage(format!("{}: {e}", f.display())))
+        })
+        .collect::<Result<_, _>>()?;
+    // Check every page cleans before timing anything.
+    for (path, html) in &pages {
+        clean_page(path, html, &sources, &cleaning)?;
+    }
+    let started = Instant::now();
+    let (mut bytes, mut rounds) = (0usize, 0usize);
+    while rounds == 0 || started.elapsed().as_secs_f64() < seconds {
+        for (path, html) in &pages {
+            bytes += html.len();
+            std::hint::black_box(clean_page(path, html, &sources, &cleaning)?);
+        }
+        rounds += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    #[derive(Serialize)]
+    struct Out {
+        pages: usize,
+        rounds: usize,
+        bytes: usize,
+        seconds: f64,
+        mb_per_s: f64,
+        pages_per_s: f64,
+    }
+    let out = Out {
+        pages: pages.len(),
+        rounds,
+        bytes,
+        seconds: elapsed,
+        mb_per_s: bytes as f64 / 1e6 / elapsed,
+        pages_per_s: (pages.len() * rounds) as f64 / elapsed,
+    };
+    match format {
+        Format::Text => {
+            println!(
+                "cleaned {} pages x {} rounds: {:.1} MB/s, {:.0} pages/s on one core",
+                out.pages, out.rounds, out.mb_per_s, out.pages_per_s
+            );
+            Ok(())
+        }
+        _ => super::print_json(&out),
+    }
+}
+
+/// Parses and cleans one page with the first source whose layout it fits; returns the
+/// number of characters kept.
+fn clean_page(
+    path: &Path,
+    html: &str,
+    sources: &[mananera_training::source::Source],
+    cleaning: &Cleaning,
+) -> Result<usize, Failure> {
+    let page = Page::parse(html);
+    let mut last = String::from("no source configured");
+    for source in sources {
+        match page.article(source, html) {
+            Ok(article) => {
+                return cleaning
+                    .clean(article.date, article.paragraphs)
+                    .map(|c| c.text.len())
+                    .map_err(|e| Failure::usage(format!("{}: {e}", path.display())));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(Failure::usage(format!("{}: {last}", path.display())))
+}

@@ -1,0 +1,101 @@
+//! `mananera scrape`: fetch what is new on every transcript site into the corpus, then print
+//! what happened per source.
+
+use std::sync::Mutex;
+
+use mananera_training::fetch::Fetcher;
+use mananera_training::scrape::{ScrapeOptions, SourceReport, scrape};
+use mananera_training::store::Corpus;
+use serde::Serialize;
+
+use super::corpus::{corpus_failure, open};
+use super::progress::Bar;
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    corpus_dir: String,
+    transcripts: usize,
+    sources: &'a [SourceReport],
+}
+
+/// Exit code when some source or page failed (the rest was still stored).
+pub const PARTIAL_FAILURE: u8 = 4;
+
+/// Runs the scrape and reports; fails with [`PARTIAL_FAILURE`] if any source failed.
+pub fn run(config: &Config, options: &ScrapeOptions, format: Format) -> Result<(), Failure> {
+    let cleaning = config.cleaning().map_err(Failure::usage)?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { code: 1, message })?;
+    let corpus = Mutex::new(open(config)?);
+    let bar = Bar::new("scrape");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    let reports = runtime
+        .block_on(scrape(
+            &corpus,
+            &config.scrape,
+            &fetcher,
+            &cleaning,
+            options,
+            &bar,
+        ))
+        .map_err(corpus_failure)?;
+    bar.finish();
+    let corpus: Corpus = corpus.into_inner().unwrap_or_else(|p| p.into_inner());
+    let summary = Summary {
+        corpus_dir: corpus.dir().display().to_string(),
+        transcripts: corpus.entries().len(),
+        sources: &reports,
+    };
+    match format {
+        Format::Text => print_text(&summary),
+        _ => super::print_json(&summary)?,
+    }
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| r.source.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: PARTIAL_FAILURE,
+            message: format!(
+                "some pages or sources failed ({}); everything else was stored, and transient failures are retried on the next run",
+                failed.join(", ")
+            ),
+        })
+    }
+}
+
+fn print_text(summary: &Summary<'_>) {
+    for r in summary.sources {
+        println!(
+            "{}: {} new, {} updated, {} unchanged, {} duplicate, {} skipped, {} failed",
+            r.source,
+            r.new,
+            r.updated,
+            r.unchanged,
+            r.duplicates,
+            r.skipped,
+            r.failed.len()
+        );
+        for f in &r.failed {
+            println!("  failed {}: {}", f.url, f.reason);
+        }
+        for e in &r.errors {
+            println!("  error: {e}");
+        }
+    }
+    println!(
+        "corpus {}: {} transcripts",
+        summary.corpus_dir, summary.transcripts
+    );
+}
