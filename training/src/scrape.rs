@@ -155,14 +155,6 @@ struct Run<'a> {
     observer: &'a dyn Observer,
 }
 
-/// What visiting one page gave.
-enum Visit {
-    /// The page, parsed, for its links.
-    Page(Page),
-    /// Nothing to read further (unchanged, failed or skipped).
-    Nothing,
-}
-
 impl Run<'_> {
     fn name(&self) -> &str {
         self.source.name()
@@ -354,6 +346,14 @@ impl Run<'_> {
         if let Some(url) = newest {
             queue.push_front((url, true));
         }
+        // Links found by pages retried at the start of the run.
+        queue.extend(
+            state
+                .pending
+                .iter()
+                .filter_map(|p| Url::parse(p).ok())
+                .map(|u| (u, false)),
+        );
         self.observer.queued(self.name(), queue.len());
         let mut visited = HashSet::new();
         while let Some((url, discovery)) = queue.pop_front() {
@@ -363,35 +363,15 @@ impl Run<'_> {
                 }
                 continue;
             }
-            let visit = if discovery && self.known(&url, state) {
+            let found = if discovery && self.known(&url, state) {
                 self.discovery_page(&url, state, report).await?
             } else {
                 self.article(&url, state, report).await?
             };
-            let Visit::Page(page) = visit else { continue };
-            let Some(recent) = &self.source.recent else {
-                continue;
-            };
-            let mut found = Vec::new();
-            for link in page.links(recent, &url) {
-                let key = url_key(link.url.as_str());
-                let too_old =
-                    matches!((self.options.since, link.date), (Some(s), Some(d)) if d < s);
-                if self.source.is_article(&link.url)
-                    && !too_old
-                    && !visited.contains(&key)
-                    && !self.known(&link.url, state)
-                {
-                    found.push(link.url);
-                }
-            }
-            found.dedup();
-            for url in &found {
-                if !state.pending.contains(&url.to_string()) {
-                    state.pending.push(url.to_string());
-                }
-            }
-            self.save(state)?;
+            let found: Vec<Url> = found
+                .into_iter()
+                .filter(|u| !visited.contains(&url_key(u.as_str())))
+                .collect();
             self.observer.queued(self.name(), found.len());
             queue.extend(found.into_iter().map(|u| (u, false)));
         }
@@ -404,12 +384,21 @@ impl Run<'_> {
         url: &Url,
         state: &mut SourceState,
         report: &mut SourceReport,
-    ) -> Result<Visit, CorpusError> {
+    ) -> Result<Vec<Url>, CorpusError> {
         let key = url_key(url.as_str());
+        // Seeds keep their validators in the state; a stored transcript in its header.
         let validators = if self.options.full {
             None
         } else {
-            state.validators.get(&key).cloned()
+            state.validators.get(&key).cloned().or_else(|| {
+                let corpus = self.corpus();
+                let entry = corpus.find_url(url.as_str())?;
+                let t = corpus.read(entry).ok()?;
+                Some(Validators {
+                    etag: t.etag,
+                    last_modified: t.last_modified,
+                })
+            })
         };
         let outcome = match self
             .fetcher
@@ -430,31 +419,36 @@ impl Run<'_> {
         };
         match outcome {
             Ok(Some((page, validators))) => {
-                state.validators.insert(key, validators);
+                let found = self.discover(&page, url, state);
+                if self.source.seeds.contains(url) {
+                    state.validators.insert(key, validators);
+                }
+                self.save(state)?;
                 self.observer.done(self.name(), url.as_str(), "links read");
-                Ok(Visit::Page(page))
+                Ok(found)
             }
             Ok(None) => {
                 self.observer.done(self.name(), url.as_str(), "unchanged");
-                Ok(Visit::Nothing)
+                Ok(Vec::new())
             }
             Err(reason) => {
                 report
                     .errors
                     .push(format!("discovery page {url}: {reason}"));
                 self.observer.done(self.name(), url.as_str(), "failed");
-                Ok(Visit::Nothing)
+                Ok(Vec::new())
             }
         }
     }
 
-    /// Fetches, cleans and stores one transcript page; records the outcome.
+    /// Fetches, cleans and stores one transcript page; records the outcome and returns the
+    /// new transcript links the page carries.
     async fn article(
         &self,
         url: &Url,
         state: &mut SourceState,
         report: &mut SourceReport,
-    ) -> Result<Visit, CorpusError> {
+    ) -> Result<Vec<Url>, CorpusError> {
         let link = url.to_string();
         if !state.pending.contains(&link) {
             state.pending.push(link.clone());
@@ -468,14 +462,15 @@ impl Run<'_> {
             }),
             _ => None,
         };
-        let (outcome, visit, settled) = match self
+        let mut found = Vec::new();
+        let (outcome, settled) = match self
             .fetcher
             .get(url, &self.source.config.hosts, validators.as_ref())
             .await
         {
             Ok(Fetched::NotModified) => {
                 report.unchanged += 1;
-                ("unchanged".to_string(), Visit::Nothing, true)
+                ("unchanged".to_string(), true)
             }
             Ok(Fetched::Page {
                 url: final_url,
@@ -483,6 +478,12 @@ impl Run<'_> {
                 validators,
             }) => {
                 let page = Page::parse(&body);
+                if page.check_challenge(self.challenge).is_ok() {
+                    // Links are recorded before the transcript: a crash in between must not
+                    // lose them (a stored page is not fetched again).
+                    found = self.discover(&page, &final_url, state);
+                    self.save(state)?;
+                }
                 match self.store(url, &final_url, &page, &body, validators) {
                     Ok(Stored::Added(added)) => {
                         let word = match added {
@@ -503,19 +504,20 @@ impl Run<'_> {
                                 "duplicate"
                             }
                         };
-                        (word.to_string(), Visit::Page(page), true)
+                        (word.to_string(), true)
                     }
+                    Ok(Stored::TooOld(date)) => (format!("older than --since ({date})"), true),
                     Ok(Stored::Skipped(reason)) => {
                         report.skipped += 1;
                         state.skipped.insert(url_key(url.as_str()), reason.clone());
-                        (format!("skipped: {reason}"), Visit::Page(page), true)
+                        (format!("skipped: {reason}"), true)
                     }
                     Err(StoreFailure::Page(e)) => {
                         report.failed.push(Failure {
                             url: link.clone(),
                             reason: e.to_string(),
                         });
-                        (format!("failed: {e}"), Visit::Nothing, false)
+                        (format!("failed: {e}"), false)
                     }
                     Err(StoreFailure::Store(e)) => return Err(e.into()),
                 }
@@ -528,7 +530,7 @@ impl Run<'_> {
                 if e.is_permanent() {
                     state.skipped.insert(url_key(url.as_str()), e.to_string());
                 }
-                (format!("failed: {e}"), Visit::Nothing, e.is_permanent())
+                (format!("failed: {e}"), e.is_permanent())
             }
         };
         if settled {
@@ -537,7 +539,32 @@ impl Run<'_> {
         self.save(state)?;
         tracing::info!(url = %url, outcome = %outcome, "transcript");
         self.observer.done(self.name(), url.as_str(), &outcome);
-        Ok(visit)
+        Ok(found)
+    }
+
+    /// The transcript links of `page`'s recent box that are new, added to the pending list
+    /// (the caller saves the state).
+    fn discover(&self, page: &Page, base: &Url, state: &mut SourceState) -> Vec<Url> {
+        let Some(recent) = &self.source.recent else {
+            return Vec::new();
+        };
+        let mut found: Vec<Url> = Vec::new();
+        for link in page.links(recent, base) {
+            let too_old = matches!((self.options.since, link.date), (Some(s), Some(d)) if d < s);
+            if self.source.is_article(&link.url)
+                && !too_old
+                && !self.known(&link.url, state)
+                && !found.contains(&link.url)
+            {
+                found.push(link.url);
+            }
+        }
+        for url in &found {
+            if !state.pending.contains(&url.to_string()) {
+                state.pending.push(url.to_string());
+            }
+        }
+        found
     }
 
     /// Cleans a fetched article and stores it.
@@ -554,6 +581,11 @@ impl Run<'_> {
         let article = page
             .article(self.source, body)
             .map_err(StoreFailure::Page)?;
+        if let Some(since) = self.options.since
+            && article.date < since
+        {
+            return Ok(Stored::TooOld(article.date));
+        }
         let cleaned = match self.cleaning.clean(article.date, article.paragraphs) {
             Ok(cleaned) => cleaned,
             Err(reason) => return Ok(Stored::Skipped(reason)),
@@ -596,6 +628,8 @@ enum Stop {
 enum Stored {
     Added(Added),
     Skipped(String),
+    /// Older than `--since`: not stored now, so a later run without the bound stores it.
+    TooOld(Date),
 }
 
 enum StoreFailure {
