@@ -343,12 +343,21 @@ fn new_pages_on_either_site_are_picked_up_by_the_next_run() {
         1155,
         Reply::Article(wp_page("febrero 21, 2024", "Un miércoles nuevo.")),
     ));
+    // The same transcript re-published under another address is stored once.
+    w.gob.publish(gob_entry(
+        "2021-06-28-bis",
+        Reply::Article(fixture("gob-2021-06-28.html")),
+    ));
     w.wp.clear_log();
     let (summary, out) = w.scrape(&[]);
     assert!(out.status.success(), "{summary}");
-    assert_eq!(counts(&summary, "gob"), (1, 0, 0), "{summary}");
+    assert_eq!(counts(&summary, "gob"), (1, 1, 0), "{summary}");
     assert_eq!(counts(&summary, "lopezobrador"), (1, 0, 0), "{summary}");
     let files = w.snapshot();
+    assert!(
+        files["gob/2021/2021-06-28--version-estenografica-2021-06-28.txt"]
+            .contains("\nalias: http://127.0.0.1:")
+    );
     let new = files
         .iter()
         .find(|(id, _)| id.contains("2025-07-03"))
@@ -361,6 +370,41 @@ fn new_pages_on_either_site_are_picked_up_by_the_next_run() {
         "{:?}",
         w.wp.log()
     );
+}
+
+#[test]
+fn full_rechecks_every_known_page_conditionally() {
+    let w = World::new();
+    w.scrape(&[]);
+    let before = w.snapshot();
+    w.gob.clear_log();
+    w.wp.clear_log();
+    let (summary, out) = w.scrape(&["--full"]);
+    assert!(out.status.success(), "{summary}");
+    for name in ["gob", "lopezobrador"] {
+        let s = source(&summary, name);
+        assert_eq!(
+            (s["new"].as_u64(), s["unchanged"].as_u64()),
+            (Some(0), Some(3)),
+            "{summary}"
+        );
+    }
+    // Every known article was asked for again, and answered 304 Not Modified.
+    let articles: Vec<(String, u16)> =
+        w.wp.log()
+            .into_iter()
+            .filter(|(p, _)| p.contains("version-estenografica-de-la"))
+            .collect();
+    assert_eq!(articles.len(), 3, "{articles:?}");
+    assert!(
+        articles.iter().all(|(_, status)| *status == 304),
+        "{articles:?}"
+    );
+    assert!(
+        w.wp.log().iter().any(|(p, _)| p.contains("/page/2/")),
+        "the whole listing is walked"
+    );
+    assert_eq!(w.snapshot(), before);
 }
 
 #[test]

@@ -212,6 +212,12 @@ fn transcript(date: Date, source: &str, url: String, title: String) -> Transcrip
 fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Paragraph>), String> {
     let content = content.strip_prefix('\u{feff}').unwrap_or(content);
     let lines: Vec<&str> = content.lines().collect();
+    if !lines.iter().any(|l| l.trim() == "---") {
+        return Err(
+            "not in the mananeras dataset format (no `---` line after the title, publisher and date)"
+                .into(),
+        );
+    }
     let mut parts = lines.split(|line| line.trim() == "---");
     let header: Vec<&str> = parts
         .next()
@@ -233,9 +239,7 @@ fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Para
         .or_else(|| date_from_path(file))
         .ok_or("no date: neither the header lines nor the path (articulos/YYYY/<mes>/DD--slug.txt) give one")?;
     let mut paragraphs = Vec::new();
-    let mut any_block = false;
     for block in parts {
-        any_block = true;
         let mut lines = block.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
         let Some(first) = lines.next() else { continue };
         let label = first.trim_end_matches(':').trim();
@@ -258,9 +262,6 @@ fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Para
             text: l.to_string(),
             all_bold: false,
         }));
-    }
-    if !any_block {
-        return Err("not in the mananeras dataset format (no `---` line after the title, publisher and date)".into());
     }
     Ok((
         transcript(date, DATASET_SOURCE, dataset_url(file), title),

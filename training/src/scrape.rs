@@ -180,7 +180,7 @@ impl Run<'_> {
         for link in pending {
             match Url::parse(&link) {
                 Ok(url) => {
-                    self.article(&url, &mut state, &mut report).await?;
+                    self.article(&url, true, &mut state, &mut report).await?;
                 }
                 Err(_) => state.pending.retain(|p| *p != link),
             }
@@ -197,6 +197,12 @@ impl Run<'_> {
 
     fn save(&self, state: &SourceState) -> Result<(), StoreError> {
         self.corpus().save_state(self.name(), state)
+    }
+
+    /// Whether a link needs no visit this run: under `--full` every link is visited (known
+    /// pages conditionally), otherwise known ones are not.
+    fn skip(&self, url: &Url, state: &SourceState) -> bool {
+        !self.options.full && self.known(url, state)
     }
 
     /// Whether `url` needs no fetching: stored, or known to hold nothing to keep.
@@ -296,11 +302,11 @@ impl Run<'_> {
                     }
                     true
                 })
-                .filter(|link| !self.known(&link.url, state))
+                .filter(|link| !self.skip(&link.url, state))
                 .collect();
             self.observer.queued(self.name(), fresh.len());
             for link in fresh {
-                self.article(&link.url, state, report).await?;
+                self.article(&link.url, true, state, report).await?;
             }
             let finished = match (stop, next_page) {
                 (Stop::Since, _) => return Ok(()),
@@ -363,10 +369,12 @@ impl Run<'_> {
                 }
                 continue;
             }
-            let found = if discovery && self.known(&url, state) {
+            // Under --full a discovery page is re-read whole (its links are needed); other
+            // known pages are re-checked conditionally.
+            let found = if discovery && self.skip(&url, state) {
                 self.discovery_page(&url, state, report).await?
             } else {
-                self.article(&url, state, report).await?
+                self.article(&url, !discovery, state, report).await?
             };
             let found: Vec<Url> = found
                 .into_iter()
@@ -446,6 +454,7 @@ impl Run<'_> {
     async fn article(
         &self,
         url: &Url,
+        conditional: bool,
         state: &mut SourceState,
         report: &mut SourceReport,
     ) -> Result<Vec<Url>, CorpusError> {
@@ -455,7 +464,7 @@ impl Run<'_> {
             self.save(state)?;
         }
         let stored = self.corpus().find_url(url.as_str()).cloned();
-        let validators = match (&stored, self.options.full) {
+        let validators = match (&stored, self.options.full && conditional) {
             (Some(entry), true) => self.corpus().read(entry).ok().map(|t| Validators {
                 etag: t.etag,
                 last_modified: t.last_modified,
@@ -553,7 +562,7 @@ impl Run<'_> {
             let too_old = matches!((self.options.since, link.date), (Some(s), Some(d)) if d < s);
             if self.source.is_article(&link.url)
                 && !too_old
-                && !self.known(&link.url, state)
+                && !self.skip(&link.url, state)
                 && !found.contains(&link.url)
             {
                 found.push(link.url);

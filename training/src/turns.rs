@@ -93,6 +93,7 @@ impl Cleaner {
         let mut in_clip = false;
         for paragraph in paragraphs {
             let text = normalize(&paragraph.text);
+            let explicit_label = paragraph.label.is_some();
             let (label, text) = match paragraph.label {
                 Some(label) => (Some(normalize(&label)), text),
                 None => match split_label(&text) {
@@ -100,12 +101,14 @@ impl Cleaner {
                     None => (None, text),
                 },
             };
-            // Inside a clip nothing counts, labels included: the voices are recorded ones,
-            // and whoever spoke before the clip speaks again after it.
-            if in_clip {
+            // Inside a clip nothing counts, labels in the text included: the voices are
+            // recorded ones, and whoever spoke before the clip speaks again after it. A
+            // label given apart (a new block of the plain-text dataset) ends the clip.
+            if in_clip && !explicit_label {
                 in_clip = !self.clip_end.is_match(&text);
                 continue;
             }
+            in_clip = false;
             if let Some(label) = label {
                 kept.end_turn();
                 current = speakers.classify(&label);
