@@ -101,10 +101,10 @@ pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Res
                 "imported {} files ({:.1} MB in {seconds:.2} s, {mb_per_s:.1} MB/s): {} new, {} updated, {} unchanged, {} duplicate, {} skipped, {} failed",
                 report.files,
                 report.bytes as f64 / 1e6,
-                report.new,
-                report.updated,
-                report.unchanged,
-                report.duplicates,
+                report.tally.new,
+                report.tally.updated,
+                report.tally.unchanged,
+                report.tally.duplicates,
                 report.skipped.len(),
                 report.failed.len()
             );

@@ -80,10 +80,10 @@ fn print_text(summary: &Summary<'_>) {
         println!(
             "{}: {} new, {} updated, {} unchanged, {} duplicate, {} skipped, {} failed",
             r.source,
-            r.new,
-            r.updated,
-            r.unchanged,
-            r.duplicates,
+            r.tally.new,
+            r.tally.updated,
+            r.tally.unchanged,
+            r.tally.duplicates,
             r.skipped,
             r.failed.len()
         );

@@ -102,6 +102,8 @@ pub enum FetchError {
     },
     #[error("{url}: body larger than the {limit}-byte limit (scrape.max_body_bytes)")]
     TooLarge { url: Url, limit: u64 },
+    #[error("{url}: not on the source's hosts; not fetched")]
+    NotOnSource { url: Url },
     #[error("{from}: redirected to {to}, which is not one of the source's hosts; not followed")]
     OffHost { from: Url, to: String },
     #[error("{url}: more than {limit} redirects")]
@@ -117,7 +119,11 @@ impl FetchError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Robots { .. } | Self::Gone { .. } | Self::OffHost { .. } | Self::TooLarge { .. }
+            Self::Robots { .. }
+                | Self::Gone { .. }
+                | Self::NotOnSource { .. }
+                | Self::OffHost { .. }
+                | Self::TooLarge { .. }
         )
     }
 }
@@ -185,10 +191,7 @@ impl Fetcher {
         let mut url = url.clone();
         for _ in 0..=self.config.max_redirects {
             if !url.host_str().is_some_and(|h| hosts.iter().any(|o| o == h)) {
-                return Err(FetchError::OffHost {
-                    from: url.clone(),
-                    to: url.to_string(),
-                });
+                return Err(FetchError::NotOnSource { url });
             }
             let host = self.host(&url);
             let mut host = host.lock().await;
@@ -465,4 +468,29 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(retry_after(&headers("120")), Some(Duration::from_secs(120)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&headers(&soon)).unwrap();
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+        assert_eq!(retry_after(&headers(&past)), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("soon")), None);
+    }
 }

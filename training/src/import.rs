@@ -12,7 +12,7 @@ use crate::date::{find_date, month_number};
 use crate::page::Page;
 use crate::scrape::{Failure, Observer};
 use crate::source::Source;
-use crate::store::{Added, Corpus};
+use crate::store::{Corpus, Tally};
 use crate::transcript::Transcript;
 use crate::turns::{Paragraph, looks_like_label};
 use crate::{Cleaning, CorpusError};
@@ -25,10 +25,8 @@ pub const DATASET_SOURCE: &str = "mananeras";
 pub struct ImportReport {
     pub files: usize,
     pub bytes: u64,
-    pub new: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    pub duplicates: usize,
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Files with no words of a kept speaker, with the reason.
     pub skipped: Vec<Failure>,
     /// Files that could not be read as a transcript, with the reason.
@@ -102,42 +100,24 @@ pub fn import(
             Err(e) => Err(format!("cannot read: {e}")),
         };
         let name = file.display().to_string();
-        let result =
-            outcome.and_then(
-                |(mut t, paragraphs)| match cleaning.clean(t.date, paragraphs) {
-                    Ok(cleaned) => {
-                        t.speaker = cleaned.speaker;
-                        t.text = cleaned.text;
-                        Ok(Some(t))
-                    }
-                    Err(reason) => {
-                        report.skipped.push(Failure {
-                            url: name.clone(),
-                            reason,
-                        });
-                        Ok(None)
-                    }
-                },
-            );
-        let word = match result {
-            Ok(Some(t)) => match corpus.add(t)? {
-                Added::New(_) => {
-                    report.new += 1;
-                    "new"
+        let result = outcome.map(
+            |(mut t, paragraphs)| match cleaning.clean(t.date, paragraphs) {
+                Ok(cleaned) => {
+                    t.speaker = cleaned.speaker;
+                    t.text = cleaned.text;
+                    Some(t)
                 }
-                Added::Updated(_) => {
-                    report.updated += 1;
-                    "updated"
-                }
-                Added::Unchanged(_) => {
-                    report.unchanged += 1;
-                    "unchanged"
-                }
-                Added::Duplicate(_) => {
-                    report.duplicates += 1;
-                    "duplicate"
+                Err(reason) => {
+                    report.skipped.push(Failure {
+                        url: name.clone(),
+                        reason,
+                    });
+                    None
                 }
             },
+        );
+        let word = match result {
+            Ok(Some(t)) => report.tally.record(&corpus.add(t)?),
             Ok(None) => "skipped",
             Err(reason) => {
                 report.failed.push(Failure {

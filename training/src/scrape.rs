@@ -8,12 +8,13 @@ use std::sync::Mutex;
 
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use url::Url;
 
 use crate::fetch::{Fetched, Fetcher};
 use crate::page::{Link, Page, PageError};
 use crate::source::Source;
-use crate::store::{Added, Corpus, Cursor, SourceState, StoreError, Validators, url_key};
+use crate::store::{Added, Corpus, Cursor, SourceState, StoreError, Tally, Validators, url_key};
 use crate::transcript::Transcript;
 use crate::{Cleaning, CorpusError};
 
@@ -62,14 +63,8 @@ pub struct Failure {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceReport {
     pub source: String,
-    /// Transcripts stored for the first time.
-    pub new: usize,
-    /// Known transcripts whose text changed.
-    pub updated: usize,
-    /// Known pages fetched again with the same text (or `304 Not Modified`).
-    pub unchanged: usize,
-    /// Pages whose text was already stored under another address.
-    pub duplicates: usize,
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Pages with no words of a kept speaker.
     pub skipped: usize,
     /// Pages that failed, with the reason; transient failures are retried next run.
@@ -137,6 +132,7 @@ pub async fn scrape(
             observer,
         };
         run.go()
+            .instrument(tracing::info_span!("scrape", source = source.name()))
     });
     futures_util::future::join_all(runs)
         .await
@@ -170,7 +166,6 @@ impl Run<'_> {
             source: self.name().to_string(),
             ..Default::default()
         };
-        let _span = tracing::info_span!("scrape", source = self.name()).entered();
         if self.options.full {
             state.skipped.clear();
         }
@@ -478,7 +473,7 @@ impl Run<'_> {
             .await
         {
             Ok(Fetched::NotModified) => {
-                report.unchanged += 1;
+                report.tally.unchanged += 1;
                 ("unchanged".to_string(), true)
             }
             Ok(Fetched::Page {
@@ -494,27 +489,7 @@ impl Run<'_> {
                     self.save(state)?;
                 }
                 match self.store(url, &final_url, &page, &body, validators) {
-                    Ok(Stored::Added(added)) => {
-                        let word = match added {
-                            Added::New(_) => {
-                                report.new += 1;
-                                "new"
-                            }
-                            Added::Updated(_) => {
-                                report.updated += 1;
-                                "updated"
-                            }
-                            Added::Unchanged(_) => {
-                                report.unchanged += 1;
-                                "unchanged"
-                            }
-                            Added::Duplicate(_) => {
-                                report.duplicates += 1;
-                                "duplicate"
-                            }
-                        };
-                        (word.to_string(), true)
-                    }
+                    Ok(Stored::Added(added)) => (report.tally.record(&added).to_string(), true),
                     Ok(Stored::TooOld(date)) => (format!("older than --since ({date})"), true),
                     Ok(Stored::Skipped(reason)) => {
                         report.skipped += 1;

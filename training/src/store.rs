@@ -89,6 +89,43 @@ pub enum Added {
     Duplicate(String),
 }
 
+/// How many transcripts a run added, changed or found already there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Stored for the first time.
+    pub new: usize,
+    /// Known addresses whose text changed.
+    pub updated: usize,
+    /// Known addresses with the same text (or `304 Not Modified`).
+    pub unchanged: usize,
+    /// Text already stored under another address.
+    pub duplicates: usize,
+}
+
+impl Tally {
+    /// Counts one outcome and names it for logs and progress bars.
+    pub fn record(&mut self, added: &Added) -> &'static str {
+        match added {
+            Added::New(_) => {
+                self.new += 1;
+                "new"
+            }
+            Added::Updated(_) => {
+                self.updated += 1;
+                "updated"
+            }
+            Added::Unchanged(_) => {
+                self.unchanged += 1;
+                "unchanged"
+            }
+            Added::Duplicate(_) => {
+                self.duplicates += 1;
+                "duplicate"
+            }
+        }
+    }
+}
+
 /// An open corpus directory (locked for writing while open).
 pub struct Corpus {
     dir: PathBuf,
