@@ -14,11 +14,17 @@ use crate::store::{Corpus, StoreError};
 /// Size and span of one source's transcripts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceStats {
+    /// Source name, or `all` for the whole corpus.
     pub source: String,
+    /// Stored transcripts.
     pub transcripts: usize,
+    /// Characters of clean text (line breaks not counted).
     pub characters: usize,
+    /// Chunks of at most `corpus.chunk_chars` characters.
     pub chunks: usize,
+    /// Oldest transcript's day.
     pub first: Date,
+    /// Newest transcript's day.
     pub last: Date,
 }
 

@@ -23,8 +23,11 @@ pub const DATASET_SOURCE: &str = "mananeras";
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ImportReport {
+    /// Files read.
     pub files: usize,
+    /// Their total size.
     pub bytes: u64,
+    /// What became of the transcripts in them.
     #[serde(flatten)]
     pub tally: Tally,
     /// Files with no words of a kept speaker, with the reason.

@@ -79,7 +79,9 @@ pub struct Cleaning {
 /// A cleaned transcript body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cleaned {
+    /// The kept speaker heard first.
     pub speaker: String,
+    /// Paragraphs one per line, turns separated by a blank line.
     pub text: String,
 }
 

@@ -32,17 +32,22 @@ pub enum PageError {
 /// A dated link found on a page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
+    /// Absolute address.
     pub url: Url,
+    /// The date shown next to it, when the config says where and it parses.
     pub date: Option<Date>,
 }
 
 /// An article page, parsed.
 #[derive(Debug, Clone)]
 pub struct Article {
+    /// The page's headline.
     pub title: String,
+    /// Day of the conference.
     pub date: Date,
     /// The page's own idea of its address (`og:url` / canonical link), if on the source.
     pub canonical: Option<Url>,
+    /// The body's paragraphs, split at `<br>`.
     pub paragraphs: Vec<Paragraph>,
 }
 

@@ -55,14 +55,18 @@ pub struct ScrapeOptions {
 /// One failed page and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Failure {
+    /// The page's address (or the imported file's path).
     pub url: String,
+    /// What went wrong, for a person.
     pub reason: String,
 }
 
 /// What a run did for one source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceReport {
+    /// Source name.
     pub source: String,
+    /// What became of the transcripts found.
     #[serde(flatten)]
     pub tally: Tally,
     /// Pages with no words of a kept speaker.
