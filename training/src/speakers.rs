@@ -170,9 +170,13 @@ impl<'a> DaySpeakers<'a> {
             {
                 return None;
             }
+            // Only labels of about the same length can be within `max_typos` edits.
             r.labels
                 .iter()
-                .any(|l| strsim::levenshtein(l, &label) <= r.rule.max_typos)
+                .any(|l| {
+                    l.len().abs_diff(label.len()) <= r.rule.max_typos
+                        && strsim::levenshtein(l, &label) <= r.rule.max_typos
+                })
                 .then_some(r.name.as_str())
         })
     }

@@ -126,6 +126,21 @@ impl Tally {
     }
 }
 
+/// The two hashes a transcript is recognised by, computed once per write.
+struct Hashes {
+    sha256: String,
+    fingerprint: String,
+}
+
+impl Hashes {
+    fn of(text: &str) -> Self {
+        Self {
+            sha256: sha256_hex(text),
+            fingerprint: fingerprint(text),
+        }
+    }
+}
+
 /// An open corpus directory (locked for writing while open).
 pub struct Corpus {
     dir: PathBuf,
@@ -221,7 +236,6 @@ impl Corpus {
     /// another address). Writes the file atomically; the manifest follows at [`Corpus::flush`].
     pub fn add(&mut self, t: Transcript) -> Result<Added, StoreError> {
         let hash = sha256_hex(&t.text);
-        let print = fingerprint(&t.text);
         if let Some(&i) = self.by_url.get(&url_key(&t.url)) {
             let entry = &self.entries[i];
             let id = entry.id.clone();
@@ -234,9 +248,14 @@ impl Corpus {
                 url: old.url,
                 ..t
             };
-            self.write(&id, &updated)?;
+            let hashes = Hashes {
+                fingerprint: fingerprint(&updated.text),
+                sha256: hash,
+            };
+            self.write(&id, &updated, hashes)?;
             return Ok(Added::Updated(id));
         }
+        let print = fingerprint(&t.text);
         let same_text = self
             .by_hash
             .get(&hash)
@@ -246,11 +265,19 @@ impl Corpus {
             let mut existing = self.read(&self.entries[i])?;
             let id = self.entries[i].id.clone();
             existing.aliases.push(t.url);
-            self.write(&id, &existing)?;
+            let hashes = Hashes::of(&existing.text);
+            self.write(&id, &existing, hashes)?;
             return Ok(Added::Duplicate(id));
         }
         let id = self.new_id(&t);
-        self.write(&id, &t)?;
+        self.write(
+            &id,
+            &t,
+            Hashes {
+                sha256: hash,
+                fingerprint: print,
+            },
+        )?;
         Ok(Added::New(id))
     }
 
@@ -294,17 +321,17 @@ impl Corpus {
     }
 
     /// Writes one transcript file and indexes it.
-    fn write(&mut self, id: &str, t: &Transcript) -> Result<(), StoreError> {
+    fn write(&mut self, id: &str, t: &Transcript, hashes: Hashes) -> Result<(), StoreError> {
         let path = self.dir.join("transcripts").join(id);
         let content = t.to_file();
         write_atomic(&path, content.as_bytes()).map_err(io(&path))?;
-        let entry = self.entry(id, t, content.len() as u64);
+        let entry = self.entry(id, t, content.len() as u64, hashes);
         self.index(entry);
         self.dirty = true;
         Ok(())
     }
 
-    fn entry(&self, id: &str, t: &Transcript, bytes: u64) -> Entry {
+    fn entry(&self, id: &str, t: &Transcript, bytes: u64, hashes: Hashes) -> Entry {
         Entry {
             id: id.to_string(),
             date: t.date,
@@ -315,8 +342,8 @@ impl Corpus {
             speaker: t.speaker.clone(),
             chars: t.text.chars().filter(|c| *c != '\n').count(),
             chunks: chunks(t.paragraphs(), self.chunk_chars).len(),
-            sha256: sha256_hex(&t.text),
-            fingerprint: fingerprint(&t.text),
+            sha256: hashes.sha256,
+            fingerprint: hashes.fingerprint,
             bytes,
         }
     }
@@ -397,7 +424,7 @@ impl Corpus {
                         path: file.clone(),
                         problem: e.to_string(),
                     })?;
-                    entries.push(self.entry(&id, &t, bytes));
+                    entries.push(self.entry(&id, &t, bytes, Hashes::of(&t.text)));
                 }
             }
         }

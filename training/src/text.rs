@@ -1,5 +1,6 @@
 //! Text normalisation shared by every input: NFC, one kind of space, no invisible marks.
 
+use sha2::Digest;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// Characters that carry no text but break label matching (zero-width marks, direction
@@ -16,29 +17,30 @@ fn is_invisible(c: char) -> bool {
 pub fn normalize(raw: &str) -> String {
     // Almost every paragraph is already NFC; skip the (slow) recomposition for those.
     if is_nfc_quick(raw.chars()) == IsNormalized::Yes {
-        collapse(raw.chars(), raw.len())
+        collapse(raw)
     } else {
-        collapse(raw.nfc(), raw.len())
+        collapse(&raw.nfc().collect::<String>())
     }
 }
 
-/// Spaces collapsed, invisible marks dropped, trimmed.
-fn collapse(chars: impl Iterator<Item = char>, len: usize) -> String {
-    let mut out = String::with_capacity(len);
-    let mut pending_space = false;
-    for c in chars {
-        if is_invisible(c) {
-            continue;
-        }
-        if c.is_whitespace() {
-            pending_space = !out.is_empty();
-            continue;
-        }
-        if pending_space {
+/// Words joined by single spaces, invisible marks dropped.
+fn collapse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        let start = out.len();
+        if !out.is_empty() {
             out.push(' ');
-            pending_space = false;
         }
-        out.push(c);
+        // Every invisible mark is encoded with a lead byte of C2, E2 or EF.
+        if !word.bytes().any(|b| matches!(b, 0xC2 | 0xE2 | 0xEF)) {
+            out.push_str(word);
+        } else {
+            out.extend(word.chars().filter(|&c| !is_invisible(c)));
+        }
+        // A "word" of invisible marks only leaves no trace.
+        if out.len() == start + usize::from(start > 0) {
+            out.truncate(start);
+        }
     }
     out
 }
@@ -56,20 +58,34 @@ pub fn compact_label(label: &str) -> String {
 
 /// Stable SHA-256 of `text`, as lowercase hex.
 pub fn sha256_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Hash of the words alone (letters and digits, lower-cased): two copies of one transcript
 /// that differ only in spacing, punctuation or line breaks share it.
 pub fn fingerprint(text: &str) -> String {
-    let words: String = text
-        .chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect();
-    sha256_hex(&words)
+    let mut words = Vec::with_capacity(text.len());
+    let mut utf8 = [0u8; 4];
+    for c in text.chars() {
+        if c.is_ascii() {
+            if c.is_ascii_alphanumeric() {
+                words.push(c.to_ascii_lowercase() as u8);
+            }
+        } else if c.is_alphanumeric() {
+            for lower in c.to_lowercase() {
+                words.extend_from_slice(lower.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    hex(&sha2::Sha256::digest(&words))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -80,6 +96,7 @@ mod tests {
     fn normalize_unifies_spaces_and_drops_invisible_marks() {
         let raw = "\u{200E}PRESIDENTE\u{a0}ANDRE\u{301}S  \n MANUEL\u{feff}:\tBuenos ";
         assert_eq!(normalize(raw), "PRESIDENTE ANDRÉS MANUEL: Buenos");
+        assert_eq!(normalize("\u{200b} a \u{200b}\u{feff} b \u{200b}"), "a b");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! From a transcript's paragraphs to the words of the speakers we keep: who is speaking,
 //! where a turn ends, and what is not speech (stage directions, video blocks, end markers).
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,7 @@ impl Cleaner {
         let mut kept = Kept::default();
         let mut current: Option<&'s str> = None;
         let mut in_clip = false;
+        let mut seen: HashMap<String, Option<&'s str>> = HashMap::new();
         for paragraph in paragraphs {
             let text = normalize(&paragraph.text);
             let explicit_label = paragraph.label.is_some();
@@ -111,7 +112,15 @@ impl Cleaner {
             in_clip = false;
             if let Some(label) = label {
                 kept.end_turn();
-                current = speakers.classify(&label);
+                // A transcript repeats a handful of labels hundreds of times.
+                current = match seen.get(&label) {
+                    Some(speaker) => *speaker,
+                    None => {
+                        let speaker = speakers.classify(&label);
+                        seen.insert(label, speaker);
+                        speaker
+                    }
+                };
                 if kept.speaker.is_none() {
                     kept.speaker = current;
                 }
@@ -188,27 +197,24 @@ impl Kept<'_> {
     }
 }
 
-/// A label is a run of mostly upper-case words before a colon at the start of a paragraph:
+/// Splits a speaker label off the start of a normalised paragraph. A label is a run of
+/// mostly upper-case words (at most 200 characters) before the first colon:
 /// `PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR:`, `PARDO :—`, `OBRADOR:Buenos`.
-static LABEL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[\s\-–—«“\x22]*([^:]{2,200}?)\s*:\s*(?:[\-–—]\s*)?(.*)$")
-        .expect("the label pattern is valid")
-});
-
-/// Splits a speaker label off the start of a normalised paragraph.
 pub fn split_label(text: &str) -> Option<(&str, &str)> {
-    // Most paragraphs have no colon near their start: no label, no regex.
-    let head = text
-        .char_indices()
-        .nth(210)
-        .map_or(text, |(i, _)| &text[..i]);
-    if !head.contains(':') {
+    let start = text.trim_start_matches(|c: char| {
+        c.is_whitespace() || matches!(c, '-' | '–' | '—' | '«' | '“' | '"')
+    });
+    let colon = start.find(':')?;
+    let label = start[..colon].trim_end();
+    if !(2..=200).contains(&label.chars().count()) {
         return None;
     }
-    let captures = LABEL.captures(text)?;
-    let label = captures.get(1)?.as_str();
+    let rest = start[colon + 1..].trim_start();
+    let rest = rest
+        .strip_prefix(['-', '–', '—'])
+        .map_or(rest, str::trim_start);
     (looks_like_label(label) || label.starts_with('(') && looks_like_label(&label[1..]))
-        .then(|| (label, captures.get(2).map_or("", |m| m.as_str())))
+        .then_some((label, rest))
 }
 
 /// A speaker label is mostly upper-case letters (at least three) and starts with a letter.
