@@ -43,7 +43,7 @@ impl Default for Politeness {
             user_agent: concat!(
                 "mananera/",
                 env!("CARGO_PKG_VERSION"),
-                " (transcript archiver; one request at a time; https://github.com/mananera/mananera)"
+                " (mañanera transcript archiver; one request at a time)"
             )
             .into(),
             delay_ms: 2000,

@@ -9,7 +9,7 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 use crate::date::{find_date, month_number};
-use crate::page::Page;
+use crate::page::{Article, Page};
 use crate::scrape::{Failure, Observer};
 use crate::source::Source;
 use crate::store::{Corpus, Tally};
@@ -150,31 +150,43 @@ fn read_html(
 ) -> Result<(Transcript, Vec<Paragraph>), String> {
     let page = Page::parse(html);
     page.check_challenge(challenge).map_err(|e| e.to_string())?;
+    let mut fallback = None;
     let mut last_error = None;
     for source in sources {
         match page.article(source, html) {
+            // The page names its own address on this source: that settles it.
+            Ok(article) if article.canonical.is_some() => {
+                return Ok(article_transcript(file, source, article));
+            }
             Ok(article) => {
-                let url = article
-                    .canonical
-                    .as_ref()
-                    .map(|u| u.to_string())
-                    .unwrap_or_else(|| {
-                        format!(
-                            "import:{}",
-                            file.file_name().unwrap_or_default().to_string_lossy()
-                        )
-                    });
-                let canonical_owner = article.canonical.as_ref().is_some_and(|u| source.owns(u));
-                if article.canonical.is_some() && !canonical_owner {
-                    continue;
-                }
-                let t = transcript(article.date, source.name(), url, article.title);
-                return Ok((t, article.paragraphs));
+                fallback.get_or_insert((source, article));
             }
             Err(e) => last_error = Some(e.to_string()),
         }
     }
-    Err(last_error.unwrap_or_else(|| "no configured source matches this page".into()))
+    match fallback {
+        Some((source, article)) => Ok(article_transcript(file, source, article)),
+        None => Err(last_error.unwrap_or_else(|| "no configured source matches this page".into())),
+    }
+}
+
+/// A saved page's transcript: known by its canonical address, else by the file's absolute path.
+fn article_transcript(
+    file: &Path,
+    source: &Source,
+    article: Article,
+) -> (Transcript, Vec<Paragraph>) {
+    let url = match &article.canonical {
+        Some(url) => url.to_string(),
+        None => {
+            let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+            format!("import:{}", path.display())
+        }
+    };
+    (
+        transcript(article.date, source.name(), url, article.title),
+        article.paragraphs,
+    )
 }
 
 fn transcript(date: Date, source: &str, url: String, title: String) -> Transcript {

@@ -54,7 +54,6 @@ pub struct Article {
 /// A parsed HTML page.
 pub struct Page {
     html: Html,
-    raw_len: usize,
 }
 
 impl Page {
@@ -62,18 +61,7 @@ impl Page {
     pub fn parse(html: &str) -> Self {
         Self {
             html: Html::parse_document(html),
-            raw_len: html.len(),
         }
-    }
-
-    /// Size of the source text, for throughput numbers.
-    pub fn len(&self) -> usize {
-        self.raw_len
-    }
-
-    /// Whether the source text was empty.
-    pub fn is_empty(&self) -> bool {
-        self.raw_len == 0
     }
 
     /// `Err(Challenge)` when the page's title is one of `markers`.

@@ -92,14 +92,6 @@ pub trait Observer: Send + Sync {
     fn done(&self, source: &str, url: &str, outcome: &str);
 }
 
-/// An [`Observer`] that ignores everything.
-pub struct Quiet;
-
-impl Observer for Quiet {
-    fn queued(&self, _: &str, _: usize) {}
-    fn done(&self, _: &str, _: &str, _: &str) {}
-}
-
 /// Runs every selected source concurrently (one request at a time per host) and stores what
 /// is new in `corpus`.
 pub async fn scrape(
