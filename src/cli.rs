@@ -335,12 +335,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             full,
             ..
         } => {
-            let options = mananera_training::scrape::ScrapeOptions {
-                only: source,
-                since,
-                full,
-            };
-            commands::scrape::run(&config, &options, cli.format)
+            let options = mananera_training::scrape::ScrapeOptions { since, full };
+            commands::scrape::run(&config, source.as_deref(), &options, cli.format)
         }
         Command::Corpus(command) => match command {
             CorpusCommand::Stats { .. } => commands::corpus::stats_command(&config, cli.format),

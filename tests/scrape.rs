@@ -637,3 +637,32 @@ fn a_corpus_in_use_is_refused() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another mananera process"));
 }
+
+#[test]
+fn bad_arguments_and_settings_are_named() {
+    let w = World::new();
+    let out = w.run(&["scrape", "--source", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--source nope: no such source; configured: gob, lopezobrador"),
+        "{err}"
+    );
+
+    let out = w.run(&["scrape", "--since", "2024-13-01"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let config = std::fs::read_to_string(w.config()).unwrap();
+    std::fs::write(w.config(), config.replacen("div.article-body", "div[", 1)).unwrap();
+    let out = w.run(&["scrape"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scrape.sources[gob].page.body") && err.contains("not a CSS selector"),
+        "{err}"
+    );
+    assert!(
+        !w.corpus().exists(),
+        "nothing is touched when the settings are wrong"
+    );
+}

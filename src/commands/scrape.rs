@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use mananera_training::fetch::Fetcher;
-use mananera_training::scrape::{ScrapeOptions, SourceReport, scrape};
+use mananera_training::scrape::{ScrapeOptions, SourceReport, scrape, select_sources};
 use mananera_training::store::Corpus;
 use serde::Serialize;
 
@@ -24,7 +24,13 @@ struct Summary<'a> {
 pub const PARTIAL_FAILURE: u8 = 4;
 
 /// Runs the scrape and reports; fails with [`PARTIAL_FAILURE`] if any source failed.
-pub fn run(config: &Config, options: &ScrapeOptions, format: Format) -> Result<(), Failure> {
+pub fn run(
+    config: &Config,
+    only: Option<&str>,
+    options: &ScrapeOptions,
+    format: Format,
+) -> Result<(), Failure> {
+    let sources = select_sources(&config.scrape, only).map_err(corpus_failure)?;
     let cleaning = config.cleaning().map_err(Failure::usage)?;
     let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { code: 1, message })?;
     let corpus = Mutex::new(open(config)?);
@@ -39,7 +45,8 @@ pub fn run(config: &Config, options: &ScrapeOptions, format: Format) -> Result<(
     let reports = runtime
         .block_on(scrape(
             &corpus,
-            &config.scrape,
+            &sources,
+            &config.scrape.challenge_titles,
             &fetcher,
             &cleaning,
             options,

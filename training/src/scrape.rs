@@ -44,8 +44,6 @@ impl Default for ScrapeConfig {
 /// What `mananera scrape` was asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct ScrapeOptions {
-    /// Only this source.
-    pub only: Option<String>,
     /// Ignore transcripts older than this.
     pub since: Option<Date>,
     /// Re-walk everything and re-fetch known pages (conditionally).
@@ -92,23 +90,18 @@ pub trait Observer: Send + Sync {
     fn done(&self, source: &str, url: &str, outcome: &str);
 }
 
-/// Runs every selected source concurrently (one request at a time per host) and stores what
-/// is new in `corpus`.
-pub async fn scrape(
-    corpus: &Mutex<Corpus>,
+/// The configured sources `only` selects (all when `None`), compiled.
+pub fn select_sources(
     config: &ScrapeConfig,
-    fetcher: &Fetcher,
-    cleaning: &Cleaning,
-    options: &ScrapeOptions,
-    observer: &dyn Observer,
-) -> Result<Vec<SourceReport>, CorpusError> {
+    only: Option<&str>,
+) -> Result<Vec<Source>, CorpusError> {
     let mut sources = Vec::new();
     for c in &config.sources {
-        if options.only.as_ref().is_none_or(|only| *only == c.name) {
+        if only.is_none_or(|only| only == c.name) {
             sources.push(Source::new(c).map_err(|e| CorpusError::Config(e.to_string()))?);
         }
     }
-    if let Some(only) = &options.only
+    if let Some(only) = only
         && sources.is_empty()
     {
         let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
@@ -117,13 +110,27 @@ pub async fn scrape(
             names.join(", ")
         )));
     }
+    Ok(sources)
+}
+
+/// Runs every source concurrently (one request at a time per host) and stores what is new
+/// in `corpus`.
+pub async fn scrape(
+    corpus: &Mutex<Corpus>,
+    sources: &[Source],
+    challenge: &[String],
+    fetcher: &Fetcher,
+    cleaning: &Cleaning,
+    options: &ScrapeOptions,
+    observer: &dyn Observer,
+) -> Result<Vec<SourceReport>, CorpusError> {
     let runs = sources.iter().map(|source| {
         let run = Run {
             source,
             corpus,
             fetcher,
             cleaning,
-            challenge: &config.challenge_titles,
+            challenge,
             options,
             observer,
         };

@@ -49,12 +49,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 pub struct Entry {
     /// Path of the file under `transcripts/`.
     pub id: String,
+    /// Day of the conference.
     pub date: Date,
+    /// Source name.
     pub source: String,
+    /// Address it was stored from.
     pub url: String,
+    /// Other addresses that served the same text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The page's headline.
     pub title: String,
+    /// The kept speaker.
     pub speaker: String,
     /// Characters of clean text.
     pub chars: usize,
