@@ -121,6 +121,9 @@ impl World {
             r#"[corpus]
 dir = "{corpus}"
 
+[scrape]
+give_up_after = 2
+
 [http]
 user_agent = "mananera-test/1.0"
 delay_ms = 0
@@ -522,6 +525,17 @@ fn hostile_answers_are_failures_with_reasons_and_the_rest_is_stored() {
         !w.gob.log().iter().any(|(p, _)| p.contains("evil")),
         "no request off the source's hosts"
     );
+    // Pages failing two runs in a row are set aside, so the next run is clean.
+    assert_eq!(text.matches("set aside").count(), 3, "{text}");
+    w.gob.clear_log();
+    let (summary, out) = w.scrape(&[]);
+    assert!(out.status.success(), "{summary}");
+    for page in ["challenge", "error", "slow", "moved", "huge"] {
+        assert!(
+            !w.gob.log().iter().any(|(p, _)| p.ends_with(page)),
+            "{page} fetched again"
+        );
+    }
 }
 
 #[test]

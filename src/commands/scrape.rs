@@ -46,7 +46,7 @@ pub fn run(
         .block_on(scrape(
             &corpus,
             &sources,
-            &config.scrape.challenge_titles,
+            &config.scrape,
             &fetcher,
             &cleaning,
             options,

@@ -26,6 +26,10 @@ pub struct ScrapeConfig {
     pub challenge_titles: Vec<String>,
     /// The transcript sites.
     pub sources: Vec<crate::source::SourceConfig>,
+    /// Runs in a row a page may fail (timeouts, 5xx, challenge pages...) before it is set
+    /// aside as skipped, so one broken page does not fail every nightly run; `--full` tries
+    /// it again. 0 = never give up.
+    pub give_up_after: u32,
 }
 
 impl Default for ScrapeConfig {
@@ -37,6 +41,7 @@ impl Default for ScrapeConfig {
                 "Attention Required!".into(),
             ],
             sources: crate::source::default_sources(),
+            give_up_after: 7,
         }
     }
 }
@@ -118,7 +123,7 @@ pub fn select_sources(
 pub async fn scrape(
     corpus: &Mutex<Corpus>,
     sources: &[Source],
-    challenge: &[String],
+    config: &ScrapeConfig,
     fetcher: &Fetcher,
     cleaning: &Cleaning,
     options: &ScrapeOptions,
@@ -130,7 +135,7 @@ pub async fn scrape(
             corpus,
             fetcher,
             cleaning,
-            challenge,
+            config,
             options,
             observer,
         };
@@ -149,7 +154,7 @@ struct Run<'a> {
     corpus: &'a Mutex<Corpus>,
     fetcher: &'a Fetcher,
     cleaning: &'a Cleaning,
-    challenge: &'a [String],
+    config: &'a ScrapeConfig,
     options: &'a ScrapeOptions,
     observer: &'a dyn Observer,
 }
@@ -172,12 +177,15 @@ impl Run<'_> {
         if self.options.full {
             state.skipped.clear();
         }
-        // Links left over by an interrupted or failed run come first.
+        // Links left over by an interrupted or failed run come first; each page is tried
+        // at most once per run.
+        let mut visited = HashSet::new();
         let pending: Vec<String> = state.pending.clone();
         self.observer.queued(self.name(), pending.len());
         for link in pending {
             match Url::parse(&link) {
                 Ok(url) => {
+                    visited.insert(url_key(url.as_str()));
                     self.article(&url, true, &mut state, &mut report).await?;
                 }
                 Err(_) => state.pending.retain(|p| *p != link),
@@ -187,7 +195,7 @@ impl Run<'_> {
             self.walk_listing(&mut state, &mut report).await?;
         }
         if self.source.recent.is_some() || !self.source.seeds.is_empty() {
-            self.crawl_recent(&mut state, &mut report).await?;
+            self.crawl_recent(&mut state, &mut report, visited).await?;
         }
         self.corpus().flush()?;
         Ok(report)
@@ -259,7 +267,7 @@ impl Run<'_> {
                 first_validators = Some(validators);
             }
             let page = Page::parse(&body);
-            if let Err(e) = page.check_challenge(self.challenge) {
+            if let Err(e) = page.check_challenge(&self.config.challenge_titles) {
                 report.errors.push(format!("listing {page_url}: {e}"));
                 return Ok(());
             }
@@ -333,6 +341,7 @@ impl Run<'_> {
         &self,
         state: &mut SourceState,
         report: &mut SourceReport,
+        mut visited: HashSet<String>,
     ) -> Result<(), CorpusError> {
         let mut queue: VecDeque<(Url, bool)> = self
             .source
@@ -359,7 +368,6 @@ impl Run<'_> {
                 .map(|u| (u, false)),
         );
         self.observer.queued(self.name(), queue.len());
-        let mut visited = HashSet::new();
         while let Some((url, discovery)) = queue.pop_front() {
             if !visited.insert(url_key(url.as_str())) {
                 if discovery {
@@ -416,7 +424,7 @@ impl Run<'_> {
                 body, validators, ..
             }) => {
                 let page = Page::parse(&body);
-                match page.check_challenge(self.challenge) {
+                match page.check_challenge(&self.config.challenge_titles) {
                     Ok(()) => Ok(Some((page, validators))),
                     Err(e) => Err(e.to_string()),
                 }
@@ -485,7 +493,7 @@ impl Run<'_> {
                 validators,
             }) => {
                 let page = Page::parse(&body);
-                if page.check_challenge(self.challenge).is_ok() {
+                if page.check_challenge(&self.config.challenge_titles).is_ok() {
                     // Links are recorded before the transcript: a crash in between must not
                     // lose them (a stored page is not fetched again).
                     found = self.discover(&page, &final_url, state);
@@ -500,33 +508,57 @@ impl Run<'_> {
                         (format!("skipped: {reason}"), true)
                     }
                     Err(StoreFailure::Page(e)) => {
-                        report.failed.push(Failure {
-                            url: link.clone(),
-                            reason: e.to_string(),
-                        });
-                        (format!("failed: {e}"), false)
+                        self.failed(url, e.to_string(), false, state, report)
                     }
                     Err(StoreFailure::Store(e)) => return Err(e.into()),
                 }
             }
-            Err(e) => {
-                report.failed.push(Failure {
-                    url: link.clone(),
-                    reason: e.to_string(),
-                });
-                if e.is_permanent() {
-                    state.skipped.insert(url_key(url.as_str()), e.to_string());
-                }
-                (format!("failed: {e}"), e.is_permanent())
-            }
+            Err(e) => self.failed(url, e.to_string(), e.is_permanent(), state, report),
         };
         if settled {
             state.pending.retain(|p| *p != link);
+        }
+        if !outcome.starts_with("failed") {
+            state.failures.remove(&url_key(url.as_str()));
         }
         self.save(state)?;
         tracing::info!(url = %url, outcome = %outcome, "transcript");
         self.observer.done(self.name(), url.as_str(), &outcome);
         Ok(found)
+    }
+
+    /// Records a failed page: a permanent failure, or one repeated `give_up_after` runs in a
+    /// row, sets the page aside as skipped; others stay pending for the next run. Returns the
+    /// outcome and whether the page is settled.
+    fn failed(
+        &self,
+        url: &Url,
+        reason: String,
+        permanent: bool,
+        state: &mut SourceState,
+        report: &mut SourceReport,
+    ) -> (String, bool) {
+        let key = url_key(url.as_str());
+        let runs = state.failures.entry(key.clone()).or_insert(0);
+        *runs += 1;
+        let limit = self.config.give_up_after;
+        let give_up = permanent || (limit > 0 && *runs >= limit);
+        let reason = if give_up && !permanent {
+            format!(
+                "{reason} (failed {runs} runs in a row: set aside; `scrape --full` tries it again)"
+            )
+        } else {
+            reason
+        };
+        report.failed.push(Failure {
+            url: url.to_string(),
+            reason: reason.clone(),
+        });
+        if give_up {
+            state.failures.remove(&key);
+            state.skipped.insert(key, reason.clone());
+        }
+        (format!("failed: {reason}"), give_up)
     }
 
     /// The transcript links of `page`'s recent box that are new, added to the pending list
@@ -563,7 +595,7 @@ impl Run<'_> {
         body: &str,
         validators: Validators,
     ) -> Result<Stored, StoreFailure> {
-        page.check_challenge(self.challenge)
+        page.check_challenge(&self.config.challenge_titles)
             .map_err(StoreFailure::Page)?;
         let article = page
             .article(self.source, body)

@@ -507,6 +507,9 @@ pub struct SourceState {
     /// unless `--full`).
     #[serde(default)]
     pub skipped: BTreeMap<String, String>,
+    /// Failed runs in a row of the pending links that failed.
+    #[serde(default)]
+    pub failures: BTreeMap<String, u32>,
     /// ETag / Last-Modified of the listing and seed pages, for conditional requests.
     #[serde(default)]
     pub validators: BTreeMap<String, Validators>,
