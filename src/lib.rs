@@ -5,7 +5,11 @@
 //! - [`engine`]: BLOOM in candle, checkpoint loading, tokenizer, generation, scoring.
 //! - [`config`]: `config.toml` with environment and command-line overrides.
 //! - [`cli`]: the `mananera` command line and its exit codes.
-//! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `config`).
+//! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `scrape`,
+//!   `corpus`, `config`).
+//!
+//! The corpus pipeline (scraping, cleaning, the corpus directory) is the `mananera-training`
+//! crate in `training/`; this crate wires it to the command line.
 
 pub mod cli;
 pub mod commands;
