@@ -115,6 +115,12 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Whether the host itself could not be reached (DNS, connection, its robots.txt), which
+    /// says nothing about the page.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Network { .. } | Self::RobotsUnavailable { .. })
+    }
+
     /// Whether trying again later cannot help (the page is gone or forbidden to us).
     pub fn is_permanent(&self) -> bool {
         matches!(

@@ -508,12 +508,21 @@ impl Run<'_> {
                         (format!("skipped: {reason}"), true)
                     }
                     Err(StoreFailure::Page(e)) => {
-                        self.failed(url, e.to_string(), false, state, report)
+                        self.failed(url, e.to_string(), Retry::Counted, state, report)
                     }
                     Err(StoreFailure::Store(e)) => return Err(e.into()),
                 }
             }
-            Err(e) => self.failed(url, e.to_string(), e.is_permanent(), state, report),
+            Err(e) => {
+                let retry = if e.is_permanent() {
+                    Retry::Never
+                } else if e.is_unreachable() {
+                    Retry::Uncounted
+                } else {
+                    Retry::Counted
+                };
+                self.failed(url, e.to_string(), retry, state, report)
+            }
         };
         if settled {
             state.pending.retain(|p| *p != link);
@@ -527,21 +536,28 @@ impl Run<'_> {
         Ok(found)
     }
 
-    /// Records a failed page: a permanent failure, or one repeated `give_up_after` runs in a
-    /// row, sets the page aside as skipped; others stay pending for the next run. Returns the
-    /// outcome and whether the page is settled.
+    /// Records a failed page: a permanent failure, or one of the page's own repeated
+    /// `give_up_after` runs in a row, sets it aside as skipped; others stay pending for the
+    /// next run. Returns the outcome and whether the page is settled.
     fn failed(
         &self,
         url: &Url,
         reason: String,
-        permanent: bool,
+        retry: Retry,
         state: &mut SourceState,
         report: &mut SourceReport,
     ) -> (String, bool) {
+        // The summary names the page already.
+        let reason = reason
+            .strip_prefix(&format!("{url}: "))
+            .map_or(reason.clone(), str::to_string);
         let key = url_key(url.as_str());
         let runs = state.failures.entry(key.clone()).or_insert(0);
-        *runs += 1;
+        if retry == Retry::Counted {
+            *runs += 1;
+        }
         let limit = self.config.give_up_after;
+        let permanent = retry == Retry::Never;
         let give_up = permanent || (limit > 0 && *runs >= limit);
         let reason = if give_up && !permanent {
             format!(
@@ -635,6 +651,17 @@ impl Run<'_> {
             self.corpus().add(transcript).map_err(StoreFailure::Store)?,
         ))
     }
+}
+
+/// What a failure means for the next runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Gone, forbidden, too large, off the source: set aside now.
+    Never,
+    /// The page's own failure: counts towards `give_up_after`.
+    Counted,
+    /// The host could not be reached at all: says nothing about the page.
+    Uncounted,
 }
 
 #[derive(Clone, Copy)]
