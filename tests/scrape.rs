@@ -574,6 +574,33 @@ fn robots_txt_is_obeyed() {
 }
 
 #[test]
+fn a_robots_txt_that_errors_means_stay_away_and_one_that_is_missing_means_no_rules() {
+    let w = World::new();
+    w.gob.set_robots_status(503);
+    w.wp.set_robots_status(404);
+    let (summary, out) = w.scrape(&[]);
+    assert_eq!(out.status.code(), Some(4), "{summary}");
+    let gob = source(&summary, "gob");
+    assert_eq!(gob["new"], 0, "{summary}");
+    let failed = gob["failed"].to_string();
+    assert!(
+        failed.contains("robots.txt could not be read") && failed.contains("HTTP 503"),
+        "{summary}"
+    );
+    assert!(
+        w.gob.log().iter().all(|(p, _)| p == "/robots.txt"),
+        "nothing but robots.txt is asked of a host whose robots.txt fails: {:?}",
+        w.gob.log()
+    );
+    assert_eq!(counts(&summary, "lopezobrador"), (3, 0, 0), "{summary}");
+    // The page was not the problem: it stays pending, and is stored once the host recovers.
+    w.gob.set_robots_status(200);
+    let (summary, out) = w.scrape(&[]);
+    assert!(out.status.success(), "{summary}");
+    assert_eq!(counts(&summary, "gob"), (3, 0, 0), "{summary}");
+}
+
+#[test]
 fn since_bounds_the_walk() {
     let w = World::new();
     let (summary, out) = w.scrape(&["--since", "2024-01-01"]);

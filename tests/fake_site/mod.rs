@@ -53,6 +53,8 @@ struct SiteState {
     /// Newest first.
     entries: Vec<Entry>,
     robots: String,
+    /// Status robots.txt answers with (200 unless a test says otherwise).
+    robots_status: u16,
     /// Extra delay on every article response, to make runs long enough to kill.
     article_delay: Duration,
     busy_served: HashMap<String, bool>,
@@ -87,6 +89,7 @@ impl Site {
             .unwrap();
         let state = Arc::new(Mutex::new(SiteState {
             robots: "User-agent: *\nDisallow: /private/\n".into(),
+            robots_status: 200,
             ..Default::default()
         }));
         let listener = runtime
@@ -118,6 +121,10 @@ impl Site {
 
     pub fn set_robots(&self, robots: &str) {
         self.state.lock().unwrap().robots = robots.into();
+    }
+
+    pub fn set_robots_status(&self, status: u16) {
+        self.state.lock().unwrap().robots_status = status;
     }
 
     pub fn set_article_delay(&self, delay: Duration) {
@@ -224,7 +231,10 @@ fn route(
 ) -> (Routed, Duration) {
     let mut s = state.lock().unwrap();
     if path == "/robots.txt" {
-        return (Routed::Text(s.robots.clone()), Duration::ZERO);
+        return match s.robots_status {
+            200 => (Routed::Text(s.robots.clone()), Duration::ZERO),
+            code => (Routed::Status(code), Duration::ZERO),
+        };
     }
     if kind == Kind::WordPress && path.starts_with("/secciones/version-estenografica/") {
         if s.challenge_listing {
