@@ -293,11 +293,9 @@ impl Fetcher {
                         Err(_) => Robots::AllowAll,
                     }
                 }
-                Ok(e) if e.status.is_server_error() => {
-                    Robots::Unavailable(format!("HTTP {}", e.status.as_u16()))
-                }
                 // 4xx (and redirects we do not chase): no rules.
                 Ok(_) => Robots::AllowAll,
+                // 5xx (after the retries) and unreachable hosts.
                 Err(e) => Robots::Unavailable(e.to_string()),
             };
             if let Robots::Rules(robot) = &robots

@@ -406,6 +406,9 @@ impl Corpus {
             .filter(|m: &Manifest| {
                 m.format == MANIFEST_FORMAT && m.chunk_chars == self.chunk_chars
             });
+        if manifest.is_none() && path.exists() {
+            tracing::warn!(path = %path.display(), "manifest unreadable or of another format; rebuilding it from the transcript files");
+        }
         let known: HashMap<String, Entry> = manifest
             .map(|m| {
                 m.transcripts
