@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use jiff::civil::Date;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::date::{find_date, month_number};
@@ -82,62 +83,103 @@ pub fn import(
     cleaning: &Cleaning,
     observer: &dyn Observer,
 ) -> Result<ImportReport, CorpusError> {
+    /// Files read and cleaned in parallel before being stored in order; also how often the
+    /// manifest (a cache) is written, which bounds the work a crash leaves.
+    const BATCH: usize = 256;
     let mut report = ImportReport::default();
     observer.queued("import", files.len());
-    for (n, file) in files.iter().enumerate() {
-        let outcome = match std::fs::read(file) {
-            Ok(bytes) => {
-                report.files += 1;
-                report.bytes += bytes.len() as u64;
-                let text = String::from_utf8_lossy(&bytes);
-                let is_html = matches!(
-                    file.extension().and_then(|e| e.to_str()),
-                    Some("html" | "htm")
-                );
-                if is_html {
-                    read_html(file, &text, sources, challenge)
-                } else {
-                    read_dataset_file(file, &text)
+    for batch in files.chunks(BATCH) {
+        let read: Vec<Read> = batch
+            .par_iter()
+            .map(|file| read_file(file, sources, challenge, cleaning))
+            .collect();
+        for (file, read) in batch.iter().zip(read) {
+            let name = file.display().to_string();
+            let word = match read {
+                Read::Transcript { bytes, transcript } => {
+                    report.files += 1;
+                    report.bytes += bytes;
+                    report.tally.record(&corpus.add(transcript)?)
                 }
-            }
-            Err(e) => Err(format!("cannot read: {e}")),
-        };
-        let name = file.display().to_string();
-        let result = outcome.map(
-            |(mut t, paragraphs)| match cleaning.clean(t.date, paragraphs) {
-                Ok(cleaned) => {
-                    t.speaker = cleaned.speaker;
-                    t.text = cleaned.text;
-                    Some(t)
-                }
-                Err(reason) => {
+                Read::Skipped { bytes, reason } => {
+                    report.files += 1;
+                    report.bytes += bytes;
                     report.skipped.push(Failure {
                         url: name.clone(),
                         reason,
                     });
-                    None
+                    "skipped"
                 }
-            },
-        );
-        let word = match result {
-            Ok(Some(t)) => report.tally.record(&corpus.add(t)?),
-            Ok(None) => "skipped",
-            Err(reason) => {
-                report.failed.push(Failure {
-                    url: name.clone(),
-                    reason,
-                });
-                "failed"
-            }
-        };
-        observer.done("import", &name, word);
-        // The manifest is a cache; writing it now and then bounds the work a crash leaves.
-        if n % 500 == 499 {
-            corpus.flush()?;
+                Read::Failed { bytes, reason } => {
+                    report.files += usize::from(bytes.is_some());
+                    report.bytes += bytes.unwrap_or(0);
+                    report.failed.push(Failure {
+                        url: name.clone(),
+                        reason,
+                    });
+                    "failed"
+                }
+            };
+            observer.done("import", &name, word);
         }
+        corpus.flush()?;
     }
-    corpus.flush()?;
     Ok(report)
+}
+
+/// One file, read and cleaned.
+enum Read {
+    Transcript {
+        bytes: u64,
+        transcript: Transcript,
+    },
+    /// A transcript with no words of a kept speaker.
+    Skipped {
+        bytes: u64,
+        reason: String,
+    },
+    /// Unreadable (no size) or not a transcript.
+    Failed {
+        bytes: Option<u64>,
+        reason: String,
+    },
+}
+
+fn read_file(file: &Path, sources: &[Source], challenge: &[String], cleaning: &Cleaning) -> Read {
+    let raw = match std::fs::read(file) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Read::Failed {
+                bytes: None,
+                reason: format!("cannot read: {e}"),
+            };
+        }
+    };
+    let bytes = raw.len() as u64;
+    let text = String::from_utf8_lossy(&raw);
+    let is_html = matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("html" | "htm")
+    );
+    let parsed = if is_html {
+        read_html(file, &text, sources, challenge)
+    } else {
+        read_dataset_file(file, &text)
+    };
+    match parsed {
+        Ok((mut transcript, paragraphs)) => match cleaning.clean(transcript.date, paragraphs) {
+            Ok(cleaned) => {
+                transcript.speaker = cleaned.speaker;
+                transcript.text = cleaned.text;
+                Read::Transcript { bytes, transcript }
+            }
+            Err(reason) => Read::Skipped { bytes, reason },
+        },
+        Err(reason) => Read::Failed {
+            bytes: Some(bytes),
+            reason,
+        },
+    }
 }
 
 /// A saved page of one of `sources`: the source whose hosts hold the page's canonical
