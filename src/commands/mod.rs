@@ -5,7 +5,7 @@ pub mod bench;
 pub mod corpus;
 pub mod eval;
 pub mod generate;
-mod progress;
+pub mod progress;
 pub mod scrape;
 pub mod vocab;
 
