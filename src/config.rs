@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use mananera_training::fetch::Politeness;
-use mananera_training::scrape::ScrapeConfig;
+use mananera_training::scrape::{ScrapeConfig, select_sources};
 use mananera_training::source::Source;
 use mananera_training::turns::CleaningRules;
 use mananera_training::{Cleaning, CorpusConfig};
@@ -178,42 +178,27 @@ impl Config {
 
     /// The compiled transcript sources.
     pub fn sources(&self) -> Result<Vec<Source>, String> {
-        let mut names = std::collections::HashSet::new();
-        self.scrape
-            .sources
-            .iter()
-            .map(|c| {
-                if !names.insert(c.name.as_str()) {
-                    return Err(format!(
-                        "scrape.sources: two sources are named {:?}",
-                        c.name
-                    ));
-                }
-                Source::new(c).map_err(|e| e.to_string())
-            })
-            .collect()
+        select_sources(&self.scrape, None).map_err(|e| e.to_string())
     }
 
     /// The corpus directory with defaults and `~` resolved.
     pub fn corpus_dir(&self) -> PathBuf {
-        match self.corpus.dir.as_str() {
-            "" => std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home().join(".local/share"))
-                .join("mananera/corpus"),
-            dir => expand_home(dir),
-        }
+        setting_dir(
+            &self.corpus.dir,
+            "XDG_DATA_HOME",
+            ".local/share",
+            "mananera/corpus",
+        )
     }
 
     /// The cache directory with defaults and `~` resolved.
     pub fn cache_dir(&self) -> PathBuf {
-        match self.model.cache_dir.as_str() {
-            "" => std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home().join(".cache"))
-                .join("mananera"),
-            dir => expand_home(dir),
-        }
+        setting_dir(
+            &self.model.cache_dir,
+            "XDG_CACHE_HOME",
+            ".cache",
+            "mananera",
+        )
     }
 
     /// What the engine needs from these settings.
@@ -235,18 +220,25 @@ impl Config {
     }
 }
 
+/// A directory setting: `~/x` under the home directory, or when empty `<$xdg_var>/<sub>`
+/// (`$xdg_var` defaulting to `~/<home_default>`).
+fn setting_dir(setting: &str, xdg_var: &str, home_default: &str, sub: &str) -> PathBuf {
+    match setting {
+        "" => std::env::var_os(xdg_var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home().join(home_default))
+            .join(sub),
+        dir => match dir.strip_prefix("~/") {
+            Some(rest) => home().join(rest),
+            None => PathBuf::from(dir),
+        },
+    }
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// `~/x` as a path under the home directory.
-fn expand_home(dir: &str) -> PathBuf {
-    match dir.strip_prefix("~/") {
-        Some(rest) => home().join(rest),
-        None => PathBuf::from(dir),
-    }
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {

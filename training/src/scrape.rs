@@ -101,7 +101,14 @@ pub fn select_sources(
     only: Option<&str>,
 ) -> Result<Vec<Source>, CorpusError> {
     let mut sources = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for c in &config.sources {
+        if !names.insert(c.name.as_str()) {
+            return Err(CorpusError::Config(format!(
+                "scrape.sources: two sources are named {:?}",
+                c.name
+            )));
+        }
         if only.is_none_or(|only| only == c.name) {
             sources.push(Source::new(c).map_err(|e| CorpusError::Config(e.to_string()))?);
         }
@@ -209,6 +216,16 @@ impl Run<'_> {
     /// pages conditionally), otherwise known ones are not.
     fn skip(&self, url: &Url, state: &SourceState) -> bool {
         !self.options.full && self.known(url, state)
+    }
+
+    /// The HTTP validators recorded with the transcript stored for `url`.
+    fn stored_validators(&self, url: &Url) -> Option<Validators> {
+        let corpus = self.corpus();
+        let t = corpus.read(corpus.find_url(url.as_str())?).ok()?;
+        Some(Validators {
+            etag: t.etag,
+            last_modified: t.last_modified,
+        })
     }
 
     /// Whether `url` needs no fetching: stored, or known to hold nothing to keep.
@@ -404,15 +421,11 @@ impl Run<'_> {
         let validators = if self.options.full {
             None
         } else {
-            state.validators.get(&key).cloned().or_else(|| {
-                let corpus = self.corpus();
-                let entry = corpus.find_url(url.as_str())?;
-                let t = corpus.read(entry).ok()?;
-                Some(Validators {
-                    etag: t.etag,
-                    last_modified: t.last_modified,
-                })
-            })
+            state
+                .validators
+                .get(&key)
+                .cloned()
+                .or_else(|| self.stored_validators(url))
         };
         let outcome = match self
             .fetcher
@@ -469,13 +482,10 @@ impl Run<'_> {
             state.pending.push(link.clone());
             self.save(state)?;
         }
-        let stored = self.corpus().find_url(url.as_str()).cloned();
-        let validators = match (&stored, self.options.full && conditional) {
-            (Some(entry), true) => self.corpus().read(entry).ok().map(|t| Validators {
-                etag: t.etag,
-                last_modified: t.last_modified,
-            }),
-            _ => None,
+        let validators = if self.options.full && conditional {
+            self.stored_validators(url)
+        } else {
+            None
         };
         let mut found = Vec::new();
         let (outcome, settled) = match self
