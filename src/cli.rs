@@ -244,6 +244,27 @@ pub enum Command {
     Corpus(CorpusCommand),
     /// Print the effective settings after every override.
     Config,
+    /// Run the daemon: web page, HTTP API and metrics (serve.listen) over the generation
+    /// service and the prompt cache.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to listen on (serve.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Look at or empty the prompt cache (while the daemon is stopped).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// `mananera cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Entries and bytes in the prompt cache.
+    Stats,
+    /// Remove every cached speech.
+    Clear,
 }
 
 /// A failure with the exit code it maps to.
@@ -318,7 +339,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             | CorpusCommand::Import { corpus, .. }
             | CorpusCommand::Export { corpus },
         ) => overrides.extend(corpus.overrides()),
-        Command::Corpus(CorpusCommand::Bench { .. }) | Command::Config => {}
+        Command::Serve { model, listen } => {
+            overrides.extend(model.overrides());
+            push(
+                &mut overrides,
+                "serve.listen",
+                "--listen",
+                listen.as_ref().map(|l| format!("{l:?}")),
+            );
+        }
+        Command::Corpus(CorpusCommand::Bench { .. }) | Command::Config | Command::Cache(_) => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
     configure_threads(config.engine.threads);
@@ -349,6 +379,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         },
         Command::Config => commands::show_config(&config, cli.format),
+        Command::Serve { .. } => commands::serve::run(&config),
+        Command::Cache(command) => commands::serve::cache_command(
+            &config,
+            matches!(command, CacheCommand::Clear),
+            cli.format,
+        ),
     }
 }
 

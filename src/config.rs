@@ -14,6 +14,9 @@ use mananera_training::turns::CleaningRules;
 use mananera_training::{Cleaning, CorpusConfig};
 
 use crate::engine::checkpoint::ModelSource;
+use crate::service::cache::CacheConfig;
+use crate::service::limits::LimitsConfig;
+use crate::service::queue::QueueConfig;
 use crate::engine::{EngineOptions, Quantization, SamplingParams};
 
 /// Everything `config.toml` can hold.
@@ -27,6 +30,47 @@ pub struct Config {
     pub cleaning: CleaningRules,
     pub scrape: ScrapeConfig,
     pub http: Politeness,
+    pub serve: ServeConfig,
+    pub queue: QueueConfig,
+    pub cache: CacheConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[serve]`: the daemon's web server and what a request may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address of the web page and HTTP API.
+    pub listen: String,
+    /// Must be true to listen on an address other machines can reach.
+    pub allow_remote: bool,
+    /// File holding a bearer token that `/api/*` then requires (also `$MANANERA_API_TOKEN`).
+    pub api_token_file: String,
+    /// Prompt cache and user limits (sled); empty means `$XDG_STATE_HOME/mananera/state`.
+    pub state_dir: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Longest topic accepted, in characters.
+    pub max_topic_chars: usize,
+    /// Most tokens a request may ask for.
+    pub max_new_tokens: usize,
+    /// Highest temperature a request may ask for.
+    pub max_temperature: f64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            allow_remote: false,
+            api_token_file: String::new(),
+            state_dir: String::new(),
+            max_body_bytes: 16 * 1024,
+            max_topic_chars: 200,
+            max_new_tokens: 512,
+            max_temperature: 2.0,
+        }
+    }
 }
 
 /// Which checkpoint to serve.
@@ -168,7 +212,65 @@ impl Config {
         }
         self.cleaning()?;
         self.sources()?;
+        self.listen_addr()?;
+        if self.queue.max_batch == 0 {
+            return Err("queue.max_batch = 0: at least 1 request must be able to run".into());
+        }
+        if self.cache.variants == 0 {
+            return Err("cache.variants = 0: keep at least 1 speech per key, or set cache.enabled = false".into());
+        }
+        if self.serve.max_topic_chars == 0 || self.serve.max_new_tokens == 0 {
+            return Err("serve.max_topic_chars and serve.max_new_tokens must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The web server's address, refusing one reachable from other machines unless
+    /// `serve.allow_remote` says so.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, String> {
+        let listen = &self.serve.listen;
+        let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+            format!("serve.listen = \"{listen}\": not an address ({e}); use e.g. \"127.0.0.1:8080\"")
+        })?;
+        if !addr.ip().is_loopback() && !self.serve.allow_remote {
+            return Err(format!(
+                "serve.listen = \"{listen}\" is reachable from other machines: set serve.allow_remote = true \
+                 to mean it (and protect the API with serve.api_token_file), or listen on 127.0.0.1"
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// The sled store's directory with defaults and `~` resolved.
+    pub fn state_dir(&self) -> PathBuf {
+        setting_dir(
+            &self.serve.state_dir,
+            "XDG_STATE_HOME",
+            ".local/state",
+            "mananera/state",
+        )
+    }
+
+    /// The API's bearer token: `$MANANERA_API_TOKEN`, else the contents of
+    /// `serve.api_token_file`; `None` leaves the API open.
+    pub fn api_token(&self) -> Result<Option<String>, String> {
+        if let Ok(token) = std::env::var("MANANERA_API_TOKEN") {
+            if !token.trim().is_empty() {
+                return Ok(Some(token.trim().to_string()));
+            }
+        }
+        if self.serve.api_token_file.is_empty() {
+            return Ok(None);
+        }
+        let path = &self.serve.api_token_file;
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            format!("serve.api_token_file = \"{path}\": cannot read it ({e})")
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("serve.api_token_file = \"{path}\": the file is empty"));
+        }
+        Ok(Some(token.to_string()))
     }
 
     /// The compiled speaker and cleaning rules.

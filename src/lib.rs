@@ -5,6 +5,9 @@
 //! - [`engine`]: BLOOM in candle, checkpoint loading, tokenizer, generation, scoring.
 //! - [`config`]: `config.toml` with environment and command-line overrides.
 //! - [`cli`]: the `mananera` command line and its exit codes.
+//! - [`service`]: the daemon's core: generation worker with continuous batching, prompt
+//!   cache, user limits, metrics.
+//! - [`web`]: the web page and HTTP API of `mananera serve`.
 //! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `scrape`,
 //!   `corpus`, `config`).
 //!
@@ -15,3 +18,5 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod service;
+pub mod web;

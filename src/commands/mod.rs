@@ -7,6 +7,7 @@ pub mod eval;
 pub mod generate;
 pub mod progress;
 pub mod scrape;
+pub mod serve;
 pub mod vocab;
 
 use crate::cli::{Failure, Format};

@@ -166,29 +166,41 @@ impl Attention {
     }
 
     /// `x`: `[b, s, h]` → the attention output before the residual, `[b, s, h]`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &MaskInfo,
-        slopes: &[f32],
-        cache: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, slopes: &[f32], kv: &mut LayerKv) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let qkv = self
             .query_key_value
             .forward(x)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let dims = Dims {
-            b,
-            s,
-            nh: self.n_head,
-            hd: self.head_dim,
+        let (nh, hd) = (self.n_head, self.head_dim);
+        let context = match kv {
+            LayerKv::Shared { mask, cache } => attend(&qkv, Dims { b, s, nh, hd }, cache, mask, slopes),
+            LayerKv::PerSequence(caches) => {
+                // One new position per sequence, each against its own history.
+                let one = Dims { b: 1, s: 1, nh, hd };
+                let mut merged = Vec::with_capacity(b * h);
+                for (row, cache) in qkv.chunks(3 * h).zip(caches.iter_mut()) {
+                    let t = cache.len() + 1;
+                    let mask = MaskInfo::new(&vec![1u8; t], 1, t);
+                    merged.extend(attend(row, one, cache, &mask, slopes));
+                }
+                merged
+            }
         };
-        let context = attend(&qkv, dims, cache, mask, slopes);
         self.dense
             .forward(&Tensor::from_vec(context, (b, s, h), x.device())?)
     }
+}
+
+/// The keys and values one layer attends over: one cache shared by a left-padded batch, or
+/// one cache per sequence when sequences of different lengths decode together.
+enum LayerKv<'a, 'c> {
+    Shared {
+        mask: &'a MaskInfo,
+        cache: &'a mut KvCache,
+    },
+    PerSequence(&'a mut [&'c mut KvCache]),
 }
 
 /// The feed-forward block: `dense_4h_to_h(gelu_tanh(dense_h_to_4h(x)))`.
@@ -243,16 +255,10 @@ impl Block {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &MaskInfo,
-        slopes: &[f32],
-        cache: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, slopes: &[f32], kv: &mut LayerKv) -> candle_core::Result<Tensor> {
         let ln = self.input_layernorm.forward(x)?;
         let residual = if self.post_layernorm_residual { &ln } else { x };
-        let x = (self.self_attention.forward(&ln, mask, slopes, cache)? + residual)?;
+        let x = (self.self_attention.forward(&ln, slopes, kv)? + residual)?;
         let ln = self.post_attention_layernorm.forward(&x)?;
         let residual = if self.post_layernorm_residual {
             &ln
@@ -378,10 +384,36 @@ impl Bloom {
             .embedding(&input_ids.flatten_all()?)?
             .reshape((b, s, ()))?;
         x = self.word_embeddings_layernorm.forward(&x)?;
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, &mask, &self.slopes, layer_cache)?;
+        for (block, cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let mut kv = LayerKv::Shared { mask: &mask, cache };
+            x = block.forward(&x, &self.slopes, &mut kv)?;
         }
         self.ln_f.forward(&x)
+    }
+
+    /// One decoding step for sequences of any lengths, each with its own cache: `input_ids[i]`
+    /// is sequence i's newest token. The linear layers run once for the whole batch (one read
+    /// of the weights for every sequence); attention runs per sequence. Returns the final
+    /// hidden states, `[b, h]`.
+    pub fn decode_step(
+        &self,
+        input_ids: &[u32],
+        caches: &mut [&mut Cache],
+    ) -> candle_core::Result<Tensor> {
+        let b = input_ids.len();
+        if caches.len() != b {
+            candle_core::bail!("{b} tokens but {} caches", caches.len());
+        }
+        let ids = Tensor::new(input_ids, &self.device)?;
+        let mut x = self.word_embeddings.embedding(&ids)?.reshape((b, 1, ()))?;
+        x = self.word_embeddings_layernorm.forward(&x)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let mut layer_caches: Vec<&mut KvCache> =
+                caches.iter_mut().map(|c| &mut c.layers[layer]).collect();
+            let mut kv = LayerKv::PerSequence(&mut layer_caches);
+            x = block.forward(&x, &self.slopes, &mut kv)?;
+        }
+        self.ln_f.forward(&x)?.squeeze(1)
     }
 
     /// Scores for hidden states `[.., h]` → `[.., columns]`: one column per token, or per

@@ -1,10 +1,12 @@
-//! Text generation: prompts in, streamed text deltas and token ids out, for one prompt or a
-//! left-padded batch decoded together through the KV cache.
+//! Text generation: prompts in, streamed text deltas and token ids out. Each prompt is a
+//! [`Sequence`] with its own KV cache; sequences decode together one token at a time.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, IndexOp, Tensor};
+
+use super::bloom::Cache;
 use serde::Serialize;
 
 use super::sampling::{Sampler, SamplingParams};
@@ -54,14 +56,104 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-/// Per-sequence state while a batch decodes.
-struct Row {
+/// One prompt on its way to a speech: its own key/value cache, sampler, stream decoder and
+/// stop state. Sequences of any lengths decode together through [`Engine::step`], so a
+/// service can add a request to a batch that is already running.
+pub struct Sequence {
+    cache: Cache,
+    prompt: Vec<u32>,
     /// Logit columns of the prompt and output tokens, for the repetition penalty.
     penalized: Vec<u32>,
     new_ids: Vec<u32>,
     decoder: StreamDecoder,
     sampler: Sampler,
+    word_limit: Option<WordLimit>,
+    /// `max_new_tokens`, lowered so prompt plus output fit the context cap.
+    max_new: usize,
+    context_full: bool,
     stop: Option<StopReason>,
+    seed: u64,
+    started: Instant,
+    prefill_ms: f64,
+}
+
+impl Sequence {
+    /// True once the sequence has stopped, for whatever reason.
+    pub fn is_done(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// Stops the sequence; its text so far stays.
+    pub fn cancel(&mut self) {
+        self.stop.get_or_insert(StopReason::Cancelled);
+    }
+
+    /// Tokens in the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.len()
+    }
+
+    /// Tokens generated so far.
+    pub fn new_tokens(&self) -> usize {
+        self.new_ids.len()
+    }
+
+    /// The text released so far.
+    pub fn text(&self) -> &str {
+        self.decoder.text()
+    }
+
+    /// Takes the next token (as a logit column) and returns the text it completes.
+    fn accept(&mut self, engine: &Engine, column: u32) -> Result<String> {
+        self.penalized.push(column);
+        let next = engine.model.token_id(column);
+        self.new_ids.push(next);
+        let mut delta = String::new();
+        if next == engine.model.config().eos_token_id {
+            self.stop = Some(StopReason::Eos);
+        } else {
+            let pending = self.decoder.push(&engine.codec, next)?;
+            let verdict = self.word_limit.map(|l| l.judge(self.decoder.text(), &pending));
+            let (released, stop) = match verdict {
+                Some(Verdict::StopAfter) => (pending.as_str(), Some(StopReason::WordLimit)),
+                Some(Verdict::StopWithin(n)) => (&pending[..n], Some(StopReason::WordLimit)),
+                _ => (pending.as_str(), None),
+            };
+            self.decoder.release(released);
+            delta.push_str(released);
+            self.stop = stop;
+        }
+        if self.stop.is_none() && self.new_ids.len() >= self.max_new {
+            self.stop = Some(if self.context_full {
+                StopReason::ContextFull
+            } else {
+                StopReason::MaxNewTokens
+            });
+        }
+        Ok(delta)
+    }
+
+    /// The finished generation with its timings.
+    pub fn finish(self) -> Generation {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let decode_ms = total_ms - self.prefill_ms;
+        let new_tokens = self.new_ids.len();
+        let timings = Timings {
+            prompt_tokens: self.prompt.len(),
+            new_tokens,
+            prefill_ms: self.prefill_ms,
+            decode_ms,
+            prefill_tokens_per_s: per_second(self.prompt.len(), self.prefill_ms),
+            decode_tokens_per_s: per_second(new_tokens.saturating_sub(1), decode_ms),
+        };
+        Generation {
+            token_ids: self.new_ids,
+            text: self.decoder.into_text(),
+            stop_reason: self.stop.unwrap_or(StopReason::Cancelled),
+            seed: self.seed,
+            timings,
+        }
+    }
 }
 
 impl Engine {
@@ -77,131 +169,113 @@ impl Engine {
         Ok(out.remove(0))
     }
 
-    /// Generates from several prompts at once (left-padded, one forward pass per step for the
-    /// whole batch). Each row gives the same result it would alone. `on_delta(row, text)`
-    /// streams; `Break` cancels that row.
+    /// Generates from several prompts at once (one forward pass per step for the whole
+    /// batch), all with the same seed. Each row gives the same result it would alone.
+    /// `on_delta(row, text)` streams; `Break` cancels that row.
     pub fn generate_batch(
         &self,
         prompts: &[&str],
         params: &SamplingParams,
         mut on_delta: impl FnMut(usize, &str) -> ControlFlow<()>,
     ) -> Result<Vec<Generation>> {
-        params.validate()?;
-        if prompts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let encoded = prompts
-            .iter()
-            .map(|p| self.encode_prompt(p))
-            .collect::<Result<Vec<_>>>()?;
         let seed = params.seed.unwrap_or_else(rand::random);
-        let word_limit = WordLimit::new(params.max_words);
-        let config = self.model.config();
-        let (eos, pad) = (config.eos_token_id, config.pad_token_id);
-        let device = self.model.device();
-
-        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let mut rows: Vec<Row> = encoded
+        let params = SamplingParams {
+            seed: Some(seed),
+            ..params.clone()
+        };
+        let mut rows = prompts
             .iter()
-            .map(|ids| Row {
-                penalized: ids.iter().filter_map(|&id| self.model.column(id)).collect(),
-                new_ids: Vec::new(),
-                decoder: StreamDecoder::default(),
-                sampler: params.sampler(seed),
-                stop: None,
-            })
-            .collect();
-        let mut mask: Vec<Vec<u8>> = encoded
-            .iter()
-            .map(|ids| [vec![0u8; longest - ids.len()], vec![1u8; ids.len()]].concat())
-            .collect();
-        let mut step_ids: Vec<Vec<u32>> = encoded
-            .iter()
-            .map(|ids| [vec![pad; longest - ids.len()], ids.clone()].concat())
-            .collect();
-
-        let mut cache = self.model.new_cache();
-        let start = Instant::now();
-        let mut prefill_ms = 0.0;
-        let max_steps = params.max_new_tokens.min(self.max_context - longest);
-        for step in 0..max_steps {
-            let ids = Tensor::new(step_ids.clone(), device)?;
-            let mask_t = Tensor::new(mask.clone(), device)?;
-            let hidden = self.model.forward(&ids, &mask_t, &mut cache)?;
-            let last = hidden.i((.., hidden.dim(1)? - 1, ..))?.contiguous()?;
-            let logits = self.model.logits(&last)?.to_dtype(DType::F32)?;
-            for (r, row) in rows.iter_mut().enumerate() {
-                if row.stop.is_some() {
-                    continue;
-                }
-                let column = row.sampler.next(&logits.get(r)?, &row.penalized)?;
-                row.penalized.push(column);
-                let next = self.model.token_id(column);
-                row.new_ids.push(next);
-                if next == eos {
-                    row.stop = Some(StopReason::Eos);
-                    continue;
-                }
-                let pending = row.decoder.push(&self.codec, next)?;
-                let (delta, stop) = match word_limit.map(|l| l.judge(row.decoder.text(), &pending))
-                {
-                    Some(Verdict::StopAfter) => (pending.as_str(), Some(StopReason::WordLimit)),
-                    Some(Verdict::StopWithin(n)) => (&pending[..n], Some(StopReason::WordLimit)),
-                    _ => (pending.as_str(), None),
-                };
-                row.decoder.release(delta);
-                row.stop = stop;
-                if !delta.is_empty() && on_delta(r, delta).is_break() {
-                    row.stop = Some(StopReason::Cancelled);
-                }
-            }
-            if step == 0 {
-                prefill_ms = start.elapsed().as_secs_f64() * 1e3;
-            }
-            if rows.iter().all(|r| r.stop.is_some()) {
-                break;
-            }
-            // Next step: each row feeds its newest token; finished rows feed padding, masked out.
-            for ((row, ids), m) in rows.iter().zip(step_ids.iter_mut()).zip(mask.iter_mut()) {
-                let live = row.stop.is_none();
-                *ids = vec![if live {
-                    *row.new_ids.last().unwrap_or(&pad)
-                } else {
-                    pad
-                }];
-                m.push(u8::from(live));
+            .map(|p| self.start(p, &params))
+            .collect::<Result<Vec<_>>>()?;
+        for (r, row) in rows.iter_mut().enumerate() {
+            let delta = self.prefill(row)?;
+            if !delta.is_empty() && on_delta(r, &delta).is_break() {
+                row.cancel();
             }
         }
-        let total_ms = start.elapsed().as_secs_f64() * 1e3;
-        let decode_ms = total_ms - prefill_ms;
-        let context_full = longest + params.max_new_tokens > self.max_context;
-        Ok(rows
-            .into_iter()
-            .zip(encoded)
-            .map(|(row, prompt)| {
-                let stop_reason = row.stop.unwrap_or(if context_full {
-                    StopReason::ContextFull
-                } else {
-                    StopReason::MaxNewTokens
-                });
-                let new_tokens = row.new_ids.len();
-                let timings = Timings {
-                    prompt_tokens: prompt.len(),
-                    new_tokens,
-                    prefill_ms,
-                    decode_ms,
-                    prefill_tokens_per_s: per_second(prompt.len(), prefill_ms),
-                    decode_tokens_per_s: per_second(new_tokens.saturating_sub(1), decode_ms),
-                };
-                Generation {
-                    token_ids: row.new_ids,
-                    text: row.decoder.into_text(),
-                    stop_reason,
-                    seed,
-                    timings,
+        while rows.iter().any(|r| !r.is_done()) {
+            let mut live: Vec<(usize, &mut Sequence)> =
+                rows.iter_mut().enumerate().filter(|(_, r)| !r.is_done()).collect();
+            let mut seqs: Vec<&mut Sequence> = live.iter_mut().map(|(_, s)| &mut **s).collect();
+            let deltas = self.step(&mut seqs)?;
+            for ((r, row), delta) in live.into_iter().zip(deltas) {
+                if !delta.is_empty() && on_delta(r, &delta).is_break() {
+                    row.cancel();
                 }
-            })
-            .collect())
+            }
+        }
+        Ok(rows.into_iter().map(Sequence::finish).collect())
+    }
+
+    /// Checks and tokenizes a prompt into a sequence ready for [`Engine::prefill`]. Cheap: no
+    /// model work happens here.
+    pub fn start(&self, prompt: &str, params: &SamplingParams) -> Result<Sequence> {
+        params.validate()?;
+        let prompt = self.encode_prompt(prompt)?;
+        let seed = params.seed.unwrap_or_else(rand::random);
+        Ok(Sequence {
+            cache: self.model.new_cache(),
+            penalized: prompt.iter().filter_map(|&id| self.model.column(id)).collect(),
+            new_ids: Vec::new(),
+            decoder: StreamDecoder::default(),
+            sampler: params.sampler(seed),
+            word_limit: WordLimit::new(params.max_words),
+            max_new: params.max_new_tokens.min(self.max_context - prompt.len()),
+            context_full: prompt.len() + params.max_new_tokens > self.max_context,
+            stop: None,
+            seed,
+            started: Instant::now(),
+            prefill_ms: 0.0,
+            prompt,
+        })
+    }
+
+    /// Reads the prompt of a new sequence and picks its first token; returns the text released.
+    pub fn prefill(&self, seq: &mut Sequence) -> Result<String> {
+        let started = Instant::now();
+        let n = seq.prompt.len();
+        let device = self.model.device();
+        let ids = Tensor::new(seq.prompt.as_slice(), device)?.unsqueeze(0)?;
+        let mask = Tensor::ones((1, n), DType::U8, device)?;
+        let hidden = self.model.forward(&ids, &mask, &mut seq.cache)?;
+        let logits = self
+            .model
+            .logits(&hidden.i((.., n - 1, ..))?.contiguous()?)?
+            .to_dtype(DType::F32)?;
+        let column = seq.sampler.next(&logits.get(0)?, &seq.penalized)?;
+        let delta = seq.accept(self, column)?;
+        seq.prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+        seq.started = started;
+        Ok(delta)
+    }
+
+    /// One token for every sequence that has not stopped, in a single batched forward pass;
+    /// returns the text each released (empty for sequences already done).
+    pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<Vec<String>> {
+        let live: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].is_done()).collect();
+        let mut deltas = vec![String::new(); seqs.len()];
+        if live.is_empty() {
+            return Ok(deltas);
+        }
+        let ids = live
+            .iter()
+            .map(|&i| seqs[i].new_ids.last().copied())
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| Error::InvalidInput("a sequence must be prefilled before it steps".into()))?;
+        let mut caches: Vec<&mut Cache> = Vec::with_capacity(live.len());
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if live.contains(&i) {
+                caches.push(&mut seq.cache);
+            }
+        }
+        let hidden = self.model.decode_step(&ids, &mut caches)?;
+        let logits = self.model.logits(&hidden)?.to_dtype(DType::F32)?;
+        for (row, &i) in live.iter().enumerate() {
+            let seq = &mut *seqs[i];
+            let column = seq.sampler.next(&logits.get(row)?, &seq.penalized)?;
+            deltas[i] = seq.accept(self, column)?;
+        }
+        Ok(deltas)
     }
 
     /// Tokenizes a prompt, rejecting an empty one or one that leaves no room to generate.

@@ -57,6 +57,7 @@ pub struct Engine {
     model: Bloom,
     codec: TextCodec,
     max_context: usize,
+    version: String,
 }
 
 /// Per-token log-probabilities of a text under the model.
@@ -101,7 +102,16 @@ impl Engine {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        Self::from_parts(model, codec, options.max_context)
+        let version = fingerprint(&options.source.model, &files, options)?;
+        let mut engine = Self::from_parts(model, codec, options.max_context)?;
+        engine.version = version;
+        Ok(engine)
+    }
+
+    /// What exactly is being served: `<model name>-<hash>` over the checkpoint's files, the
+    /// quantization and the vocabulary, so that any change to them changes the version.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Wraps an already built model (tests, benchmarks).
@@ -115,6 +125,7 @@ impl Engine {
             model,
             codec,
             max_context,
+            version: "unversioned".into(),
         })
     }
 
@@ -165,4 +176,35 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.flatten_all())
         .and_then(|d| d.max(0));
     diff.and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::NAN)
+}
+
+/// The version string of [`Engine::version`].
+fn fingerprint(
+    model: &str,
+    files: &checkpoint::CheckpointFiles,
+    options: &EngineOptions,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let paths = [&files.config, &files.tokenizer]
+        .into_iter()
+        .chain(&files.weights)
+        .chain(options.vocabulary.as_ref());
+    for path in paths {
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            Error::checkpoint(path, &format!("cannot read it ({e})"), "check its permissions")
+        })?;
+        std::io::copy(&mut file, &mut hash).map_err(|e| {
+            Error::checkpoint(path, &format!("cannot read it ({e})"), "check the disk")
+        })?;
+    }
+    hash.update(options.quantization.to_string());
+    let digest = hash.finalize();
+    let name = model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("model");
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{name}-{hex}"))
 }

@@ -1,0 +1,210 @@
+//! Per-user limits: allow and block lists, one request in flight, a rate per minute and a
+//! daily quota. Counts live in sled so a restart does not reset them; admins are exempt.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// `[limits]`: who may ask, and how often. User ids are `<front end>:<id>`, e.g.
+/// `web:203.0.113.7`, `discord:80351110224678912`, `telegram:12345`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per user per minute; 0 turns the limit off.
+    pub per_minute: u32,
+    /// Requests per user per day (UTC); 0 turns the quota off.
+    pub per_day: u32,
+    /// When not empty, only these users may ask.
+    pub allow: Vec<String>,
+    /// These users may never ask.
+    pub block: Vec<String>,
+    /// Exempt from every limit.
+    pub admins: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_minute: 5,
+            per_day: 100,
+            allow: Vec::new(),
+            block: Vec::new(),
+            admins: Vec::new(),
+        }
+    }
+}
+
+/// Why a request was not let through, with what the person can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// On the block list, or missing from a non-empty allow list.
+    NotAllowed,
+    /// Another request of this user is still being written.
+    InFlight,
+    /// Over the per-minute rate; retry in this many seconds.
+    RateLimited { retry_after_s: u64 },
+    /// Over the daily quota; it resets in this many seconds.
+    QuotaExhausted { resets_in_s: u64 },
+}
+
+/// One user's counts, stored as JSON under the user id.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Usage {
+    /// Times (ms) of the requests of the last minute.
+    recent_ms: Vec<u64>,
+    /// UTC day number of `today`.
+    day: u64,
+    today: u32,
+}
+
+/// The limits in force.
+pub struct Limits {
+    config: LimitsConfig,
+    tree: sled::Tree,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Held while a user's request runs; dropping it lets the user ask again.
+#[derive(Debug)]
+pub struct Slot {
+    user: String,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.user);
+    }
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+impl Limits {
+    /// Limits whose counts persist in `tree`.
+    pub fn new(config: LimitsConfig, tree: sled::Tree) -> Self {
+        Self {
+            config,
+            tree,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// True for admins.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.config.admins.iter().any(|a| a == user)
+    }
+
+    /// Lets a request of `user` through at `now_ms` and counts it, or says why not.
+    pub fn admit(&self, user: &str, now_ms: u64) -> Result<Slot, Refusal> {
+        let admin = self.is_admin(user);
+        if !admin
+            && (self.config.block.iter().any(|b| b == user)
+                || (!self.config.allow.is_empty() && !self.config.allow.iter().any(|a| a == user)))
+        {
+            return Err(Refusal::NotAllowed);
+        }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !admin && in_flight.contains(user) {
+            return Err(Refusal::InFlight);
+        }
+        if !admin {
+            self.count(user, now_ms)?;
+        }
+        // Admins may run several at once; only the first holds the slot.
+        in_flight.insert(user.to_string());
+        Ok(Slot {
+            user: user.to_string(),
+            in_flight: Arc::clone(&self.in_flight),
+        })
+    }
+
+    /// Checks and records one request against the rate and the quota.
+    fn count(&self, user: &str, now_ms: u64) -> Result<(), Refusal> {
+        let mut usage: Usage = self
+            .tree
+            .get(user)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        usage.recent_ms.retain(|&t| now_ms.saturating_sub(t) < 60_000);
+        let day = now_ms / DAY_MS;
+        if usage.day != day {
+            usage.day = day;
+            usage.today = 0;
+        }
+        if self.config.per_day > 0 && usage.today >= self.config.per_day {
+            return Err(Refusal::QuotaExhausted {
+                resets_in_s: ((day + 1) * DAY_MS - now_ms).div_ceil(1000),
+            });
+        }
+        if self.config.per_minute > 0 && usage.recent_ms.len() >= self.config.per_minute as usize {
+            let oldest = usage.recent_ms.iter().min().copied().unwrap_or(now_ms);
+            return Err(Refusal::RateLimited {
+                retry_after_s: (oldest + 60_000).saturating_sub(now_ms).div_ceil(1000).max(1),
+            });
+        }
+        usage.recent_ms.push(now_ms);
+        usage.today += 1;
+        if let Ok(json) = serde_json::to_vec(&usage) {
+            if let Err(e) = self.tree.insert(user, json) {
+                tracing::warn!(error = %e, "user limits could not be saved");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_minute: u32, per_day: u32) -> Limits {
+        let config = LimitsConfig {
+            per_minute,
+            per_day,
+            admins: vec!["web:admin".into()],
+            block: vec!["web:troll".into()],
+            ..Default::default()
+        };
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        Limits::new(config, db.open_tree("limits").unwrap())
+    }
+
+    #[test]
+    fn one_request_in_flight_per_user_and_admins_are_exempt() {
+        let l = limits(0, 0);
+        let slot = l.admit("web:a", 0).unwrap();
+        assert_eq!(l.admit("web:a", 1).unwrap_err(), Refusal::InFlight);
+        l.admit("web:b", 1).expect("another user is served");
+        drop(slot);
+        l.admit("web:a", 2).expect("free again once the first finished");
+        let _one = l.admit("web:admin", 0).unwrap();
+        l.admit("web:admin", 0).expect("admins may run several");
+        assert_eq!(l.admit("web:troll", 0).unwrap_err(), Refusal::NotAllowed);
+    }
+
+    #[test]
+    fn rate_and_quota_say_when_to_come_back() {
+        let l = limits(2, 3);
+        l.admit("u", 1_000).unwrap();
+        l.admit("u", 2_000).unwrap();
+        assert_eq!(
+            l.admit("u", 3_000).unwrap_err(),
+            Refusal::RateLimited { retry_after_s: 58 }
+        );
+        l.admit("u", 61_500).unwrap();
+        let refusal = l.admit("u", 200_000).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::QuotaExhausted {
+                resets_in_s: (DAY_MS - 200_000) / 1000
+            }
+        );
+        l.admit("u", DAY_MS + 5).expect("a new day resets the quota");
+    }
+}

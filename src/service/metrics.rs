@@ -1,0 +1,196 @@
+//! Counters, gauges and histograms of the service, rendered in Prometheus' text format for
+//! `/metrics`. Hand-written: a dozen series do not earn a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// A value that only grows.
+#[derive(Debug, Default)]
+pub struct Counter(Mutex<f64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1.0);
+    }
+
+    pub fn add(&self, v: f64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += v;
+    }
+
+    pub fn get(&self) -> f64 {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(Mutex<f64>);
+
+impl Gauge {
+    pub fn set(&self, v: f64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    pub fn get(&self) -> f64 {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Observations counted into fixed buckets (seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    state: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+const SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            bounds: SECONDS,
+            state: Mutex::new((vec![0; SECONDS.len()], 0.0, 0)),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (count, &bound) in s.0.iter_mut().zip(self.bounds) {
+            if v <= bound {
+                *count += 1;
+            }
+        }
+        s.1 += v;
+        s.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (count, bound) in s.0.iter().zip(self.bounds) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.2);
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", s.1);
+        let _ = writeln!(out, "{name}_count{braces} {}", s.2);
+    }
+}
+
+/// Every series the daemon exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests by (front end, outcome).
+    requests: Mutex<BTreeMap<(String, String), u64>>,
+    /// Whole-request latency by front end.
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Time to the first streamed text (or the cached answer).
+    pub time_to_first_token: Histogram,
+    pub queue_wait: Histogram,
+    pub generated_tokens: Counter,
+    pub decode_seconds: Counter,
+    /// Tokens per second of the newest decoding step, over the whole batch.
+    pub tokens_per_second: Gauge,
+    pub queue_depth: Gauge,
+    pub batch_size: Gauge,
+    pub cancelled_in_queue: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub ready: Gauge,
+    pub model_version: Mutex<String>,
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn record_request(&self, frontend: &str, outcome: &str, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((frontend.to_string(), outcome.to_string()))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(frontend.to_string())
+            .or_default()
+            .observe(seconds);
+    }
+
+    /// Counts a decoding step of `batch` sequences that took `seconds`.
+    pub fn record_step(&self, batch: usize, seconds: f64) {
+        self.generated_tokens.add(batch as f64);
+        self.decode_seconds.add(seconds);
+        if seconds > 0.0 {
+            self.tokens_per_second.set(batch as f64 / seconds);
+        }
+    }
+
+    /// Requests with this front end and outcome so far.
+    pub fn requests(&self, frontend: &str, outcome: &str) -> u64 {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(frontend.to_string(), outcome.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(&mut out, "mananera_requests_total", "counter", "Requests by front end and outcome.");
+        for ((frontend, outcome), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "mananera_requests_total{{frontend=\"{frontend}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        head(&mut out, "mananera_request_duration_seconds", "histogram", "Whole-request latency.");
+        for (frontend, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.render(&mut out, "mananera_request_duration_seconds", &format!("frontend=\"{frontend}\""));
+        }
+        head(&mut out, "mananera_time_to_first_token_seconds", "histogram", "Time until the first text reached the caller.");
+        self.time_to_first_token.render(&mut out, "mananera_time_to_first_token_seconds", "");
+        head(&mut out, "mananera_queue_wait_seconds", "histogram", "Time a request waited for a place in the batch.");
+        self.queue_wait.render(&mut out, "mananera_queue_wait_seconds", "");
+        let cache_total = self.cache_hits.get() + self.cache_misses.get();
+        let ratio = if cache_total > 0.0 { self.cache_hits.get() / cache_total } else { 0.0 };
+        let simple: [(&str, &str, &str, f64); 12] = [
+            ("mananera_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens.get()),
+            ("mananera_decode_seconds_total", "counter", "Time spent in decoding steps.", self.decode_seconds.get()),
+            ("mananera_tokens_per_second", "gauge", "Tokens per second of the newest decoding step, whole batch.", self.tokens_per_second.get()),
+            ("mananera_queue_depth", "gauge", "Requests waiting for a place in the batch.", self.queue_depth.get()),
+            ("mananera_batch_size", "gauge", "Sequences in the running batch.", self.batch_size.get()),
+            ("mananera_cancelled_in_queue_total", "counter", "Requests whose caller left before they started.", self.cancelled_in_queue.get()),
+            ("mananera_cache_hits_total", "counter", "Requests answered from the prompt cache.", self.cache_hits.get()),
+            ("mananera_cache_misses_total", "counter", "Requests the prompt cache could not answer.", self.cache_misses.get()),
+            ("mananera_cache_hit_ratio", "gauge", "Hits over hits plus misses since start.", ratio),
+            ("mananera_cache_entries", "gauge", "Keys in the prompt cache.", self.cache_entries.get()),
+            ("mananera_cache_bytes", "gauge", "Bytes of text in the prompt cache.", self.cache_bytes.get()),
+            ("mananera_ready", "gauge", "1 once the model is loaded.", self.ready.get()),
+        ];
+        for (name, kind, help, value) in simple {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let version = self.model_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        head(&mut out, "mananera_model_info", "gauge", "The model version being served.");
+        let _ = writeln!(out, "mananera_model_info{{version=\"{}\"}} 1", version.replace(['"', '\\', '\n'], "_"));
+        out
+    }
+}

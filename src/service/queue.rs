@@ -1,0 +1,354 @@
+//! The generation worker: one engine on a dedicated thread, fed by a bounded queue, decoding
+//! every admitted request together. A request that arrives while others decode joins the
+//! running batch at the next step (continuous batching), so total throughput grows with
+//! concurrency; the batch's linear layers read the weights once for all of its sequences.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::metrics::Metrics;
+use crate::engine::generate::Sequence;
+use crate::engine::{Engine, Generation, SamplingParams};
+
+/// `[queue]`: how much work the worker takes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Requests decoded together at most.
+    pub max_batch: usize,
+    /// Requests waiting for a place in the batch at most; past it callers are told to retry.
+    pub capacity: usize,
+    /// On shutdown, how long running generations may take to finish before they are cancelled.
+    pub grace_s: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            capacity: 32,
+            grace_s: 30,
+        }
+    }
+}
+
+/// What a request's caller receives, in order: deltas, then one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Delta(String),
+    Done(Generation),
+    /// A message a person can act on.
+    Failed(String),
+}
+
+/// The queue is full; try again in about `retry_after_s` seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy {
+    pub retry_after_s: u64,
+}
+
+struct Job {
+    prompt: String,
+    params: SamplingParams,
+    events: UnboundedSender<Event>,
+    enqueued: Instant,
+}
+
+struct Shared {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    /// Set when the shutdown grace period is over: running generations are cancelled.
+    abort: AtomicBool,
+    /// Moving average of a request's time in the batch, for the busy estimate.
+    mean_request_s: Mutex<f64>,
+    config: QueueConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// The handle front ends submit requests through.
+pub struct Generator {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Generator {
+    /// Starts the worker thread around `engine`.
+    pub fn start(engine: Arc<Engine>, config: QueueConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            abort: AtomicBool::new(false),
+            mean_request_s: Mutex::new(10.0),
+            config,
+            metrics,
+        });
+        let worker_shared = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("generation".into())
+            .spawn(move || Worker::new(engine, worker_shared).run(&rx))
+            .expect("spawning the generation thread");
+        Self {
+            jobs: Mutex::new(Some(tx)),
+            shared,
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    /// Queues a request, or answers at once that the queue is full (or closed).
+    pub fn submit(
+        &self,
+        prompt: String,
+        params: SamplingParams,
+    ) -> Result<UnboundedReceiver<Event>, Busy> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(jobs) = jobs.as_ref() else {
+            return Err(Busy { retry_after_s: 60 });
+        };
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        let running = self.shared.running.load(Ordering::SeqCst);
+        let free_in_batch = self.shared.config.max_batch.saturating_sub(running);
+        if waiting >= self.shared.config.capacity + free_in_batch {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Busy {
+                retry_after_s: self.estimate_wait_s(waiting + 1),
+            });
+        }
+        let (events, rx) = unbounded_channel();
+        let job = Job {
+            prompt,
+            params,
+            events,
+            enqueued: Instant::now(),
+        };
+        if jobs.send(job).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Busy { retry_after_s: 60 });
+        }
+        self.shared.metrics.queue_depth.set(waiting as f64 + 1.0);
+        Ok(rx)
+    }
+
+    /// Seconds until `ahead` more requests have gone through the batch, roughly.
+    fn estimate_wait_s(&self, ahead: usize) -> u64 {
+        let mean = *self
+            .shared
+            .mean_request_s
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let rounds = ahead.div_ceil(self.shared.config.max_batch.max(1));
+        (rounds as f64 * mean).ceil().max(1.0) as u64
+    }
+
+    /// Requests waiting for a place in the batch.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking requests, lets the running and queued ones finish for up to the grace
+    /// period, then cancels what is left (callers get a polite message) and joins the worker.
+    pub async fn shut_down(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let grace = std::time::Duration::from_secs(self.shared.config.grace_s);
+        let mut join = tokio::task::spawn_blocking(move || worker.join());
+        if tokio::time::timeout(grace, &mut join).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "generations still running after the grace period: cancelling them"
+            );
+            self.shared.abort.store(true, Ordering::SeqCst);
+            let _ = join.await;
+        }
+    }
+}
+
+/// A request in the batch.
+struct Running {
+    seq: Sequence,
+    job: Job,
+}
+
+struct Worker {
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+    batch: Vec<Running>,
+}
+
+impl Worker {
+    fn new(engine: Arc<Engine>, shared: Arc<Shared>) -> Self {
+        Self {
+            engine,
+            shared,
+            batch: Vec::new(),
+        }
+    }
+
+    fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+        let mut open = true;
+        while open || !self.batch.is_empty() {
+            // Admit new requests: wait for one when idle, else take what is already there.
+            while open && self.batch.len() < self.shared.config.max_batch {
+                let job = if self.batch.is_empty() {
+                    match jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                } else {
+                    match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                };
+                let waiting = self.shared.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+                self.shared.metrics.queue_depth.set(waiting as f64);
+                self.admit(job);
+            }
+            if self.shared.abort.load(Ordering::SeqCst) {
+                for r in self.batch.drain(..) {
+                    let _ = r.job.events.send(Event::Failed(
+                        "the server is restarting and had to stop this speech; please ask again in a minute".into(),
+                    ));
+                }
+                // Queued requests are answered the same way.
+                while let Ok(job) = jobs.try_recv() {
+                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job.events.send(Event::Failed(
+                        "the server is restarting; please ask again in a minute".into(),
+                    ));
+                }
+                continue;
+            }
+            self.step();
+        }
+    }
+
+    /// Reads a new request's prompt and adds it to the batch.
+    fn admit(&mut self, job: Job) {
+        if job.events.is_closed() {
+            self.shared.metrics.cancelled_in_queue.inc();
+            return;
+        }
+        self.shared
+            .metrics
+            .queue_wait
+            .observe(job.enqueued.elapsed().as_secs_f64());
+        let started = self
+            .engine
+            .start(&job.prompt, &job.params)
+            .and_then(|mut seq| self.engine.prefill(&mut seq).map(|delta| (seq, delta)));
+        match started {
+            Ok((seq, delta)) => {
+                self.shared.metrics.generated_tokens.add(1.0);
+                let mut running = Running { seq, job };
+                send_delta(&mut running, delta);
+                self.batch.push(running);
+                self.retire_finished();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a request could not start");
+                let _ = job.events.send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+
+    /// One token for every sequence in the batch.
+    fn step(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        for r in &mut self.batch {
+            if r.job.events.is_closed() {
+                r.seq.cancel();
+            }
+        }
+        self.retire_finished();
+        if self.batch.is_empty() {
+            return;
+        }
+        self.shared
+            .running
+            .store(self.batch.len(), Ordering::SeqCst);
+        self.shared.metrics.batch_size.set(self.batch.len() as f64);
+        let started = Instant::now();
+        let mut seqs: Vec<&mut Sequence> = self.batch.iter_mut().map(|r| &mut r.seq).collect();
+        match self.engine.step(&mut seqs) {
+            Ok(deltas) => {
+                let n = self.batch.len();
+                self.shared
+                    .metrics
+                    .record_step(n, started.elapsed().as_secs_f64());
+                for (r, delta) in self.batch.iter_mut().zip(deltas) {
+                    send_delta(r, delta);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = self.batch.len(), "a decoding step failed");
+                for r in self.batch.drain(..) {
+                    let _ = r.job.events.send(Event::Failed(
+                        "the model failed while writing this speech; please try again".into(),
+                    ));
+                }
+            }
+        }
+        self.retire_finished();
+    }
+
+    /// Sends the finished sequences' results and takes them out of the batch.
+    fn retire_finished(&mut self) {
+        let mut i = 0;
+        while i < self.batch.len() {
+            if !self.batch[i].seq.is_done() {
+                i += 1;
+                continue;
+            }
+            let r = self.batch.swap_remove(i);
+            let seconds = r.seq_started_s();
+            let generation = r.seq.finish();
+            let mut mean = self
+                .shared
+                .mean_request_s
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *mean = 0.8 * *mean + 0.2 * seconds;
+            drop(mean);
+            let _ = r.job.events.send(Event::Done(generation));
+        }
+        self.shared
+            .running
+            .store(self.batch.len(), Ordering::SeqCst);
+        self.shared.metrics.batch_size.set(self.batch.len() as f64);
+    }
+}
+
+impl Running {
+    fn seq_started_s(&self) -> f64 {
+        self.job.enqueued.elapsed().as_secs_f64()
+    }
+}
+
+/// Streams a delta to its caller; a caller that went away cancels its sequence.
+fn send_delta(r: &mut Running, delta: String) {
+    if delta.is_empty() {
+        return;
+    }
+    if r.job.events.send(Event::Delta(delta)).is_err() {
+        r.seq.cancel();
+    }
+}

@@ -1,0 +1,238 @@
+//! `POST /api/generate`: a topic and optional sampling settings in; the speech out, as JSON
+//! or as server-sent events (`Accept: text/event-stream`): `delta` events with text, then
+//! one `done` or `error` event.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, error};
+use crate::engine::SamplingParams;
+use crate::service::limits::Refusal;
+use crate::service::queue::Event;
+use crate::service::{Answer, Rejection, Request};
+
+/// The request body. Sampling settings left out take `[generation]`'s values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBody {
+    topic: String,
+    temperature: Option<f64>,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    max_new_tokens: Option<usize>,
+    max_words: Option<usize>,
+}
+
+impl GenerateBody {
+    fn params(&self, defaults: &SamplingParams) -> SamplingParams {
+        let d = defaults.clone();
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: self.seed.or(d.seed),
+            max_new_tokens: self.max_new_tokens.unwrap_or(d.max_new_tokens),
+            max_words: self.max_words.unwrap_or(d.max_words),
+        }
+    }
+}
+
+pub(super) async fn generate(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    if let Some(token) = &state.api_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_none_or(|g| !constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
+            );
+        }
+    }
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request body is over {} bytes (serve.max_body_bytes); send only a topic and settings",
+                    state.max_body_bytes
+                ),
+            );
+        }
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not valid UTF-8 (at byte {}); send UTF-8 JSON", e.valid_up_to()),
+            );
+        }
+    };
+    let body: GenerateBody = match serde_json::from_str(text) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body is not a valid request ({e}); send JSON like {{\"topic\": \"el petróleo\", \"max_words\": 80}}"
+                ),
+            );
+        }
+    };
+    let Some(speeches) = state.speeches.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model is still loading; try again in a few seconds",
+        );
+    };
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let request = Request {
+        frontend: if streaming { "web" } else { "api" },
+        user: format!("web:{}", peer.ip()),
+        params: body.params(&state.defaults),
+        topic: body.topic,
+    };
+    let version = speeches.version().to_string();
+    match speeches.ask(request) {
+        Err(rejection) => rejected(&rejection),
+        Ok(answer) if streaming => sse(answer, version, started).into_response(),
+        Ok(answer) => whole(answer, version, started).await,
+    }
+}
+
+/// A rejection as a status, a `Retry-After` header where one helps, and a JSON message.
+fn rejected(rejection: &Rejection) -> Response {
+    let (status, retry_after) = match rejection {
+        Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+        Rejection::Busy(b) => (StatusCode::SERVICE_UNAVAILABLE, Some(b.retry_after_s)),
+        Rejection::Refused(Refusal::NotAllowed) => (StatusCode::FORBIDDEN, None),
+        Rejection::Refused(Refusal::InFlight) => (StatusCode::TOO_MANY_REQUESTS, None),
+        Rejection::Refused(Refusal::RateLimited { retry_after_s }) => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after_s))
+        }
+        Rejection::Refused(Refusal::QuotaExhausted { resets_in_s }) => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(*resets_in_s))
+        }
+    };
+    let mut response = (
+        status,
+        axum::Json(json!({ "error": rejection.to_string(), "retry_after_s": retry_after })),
+    )
+        .into_response();
+    if let Some(s) = retry_after {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+/// Waits for the whole speech and answers with one JSON object.
+async fn whole(answer: Answer, version: String, started: Instant) -> Response {
+    match answer {
+        Answer::Cached { topic, text } => axum::Json(json!({
+            "topic": topic, "text": text, "model_version": version, "cached": true,
+            "stop_reason": null, "new_tokens": null, "seconds": started.elapsed().as_secs_f64(),
+        }))
+        .into_response(),
+        Answer::Streaming { topic, mut events } => {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Delta(_) => {}
+                    Event::Done(g) => {
+                        return axum::Json(json!({
+                            "topic": topic, "text": g.text, "model_version": version, "cached": false,
+                            "stop_reason": g.stop_reason, "new_tokens": g.token_ids.len(),
+                            "seconds": started.elapsed().as_secs_f64(),
+                        }))
+                        .into_response();
+                    }
+                    Event::Failed(message) => {
+                        return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+                    }
+                }
+            }
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the speech stopped unexpectedly; please try again",
+            )
+        }
+    }
+}
+
+/// Streams the speech as server-sent events.
+fn sse(
+    answer: Answer,
+    version: String,
+    started: Instant,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events: Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send + Unpin> = match answer {
+        Answer::Cached { topic, text } => {
+            let done = json!({ "topic": topic, "model_version": version, "cached": true,
+                "stop_reason": null, "seconds": started.elapsed().as_secs_f64() });
+            Box::new(stream::iter([
+                Ok(SseEvent::default().event("delta").data(json!({ "text": text }).to_string())),
+                Ok(SseEvent::default().event("done").data(done.to_string())),
+            ]))
+        }
+        Answer::Streaming { topic, events } => Box::new(Box::pin(stream::unfold(
+            Some(events),
+            move |events| {
+                let (topic, version) = (topic.clone(), version.clone());
+                async move {
+                    let mut events = events?;
+                    let event = match events.recv().await {
+                        Some(Event::Delta(text)) => {
+                            return Some((Ok(SseEvent::default().event("delta").data(json!({ "text": text }).to_string())), Some(events)));
+                        }
+                        Some(Event::Done(g)) => SseEvent::default().event("done").data(
+                            json!({ "topic": topic, "model_version": version, "cached": false,
+                                "stop_reason": g.stop_reason, "new_tokens": g.token_ids.len(),
+                                "seconds": started.elapsed().as_secs_f64() })
+                            .to_string(),
+                        ),
+                        Some(Event::Failed(message)) => SseEvent::default()
+                            .event("error")
+                            .data(json!({ "error": message }).to_string()),
+                        None => SseEvent::default().event("error").data(
+                            json!({ "error": "the speech stopped unexpectedly; please try again" })
+                                .to_string(),
+                        ),
+                    };
+                    Some((Ok(event), None))
+                }
+            },
+        ))),
+    };
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Compares a secret without leaking how much of it matched through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

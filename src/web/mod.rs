@@ -1,0 +1,108 @@
+//! The web front end (axum): the page, `POST /api/generate` (JSON or server-sent events),
+//! `/healthz`, `/readyz` and `/metrics`.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::engine::SamplingParams;
+use crate::service::Speeches;
+use crate::service::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Set once the model is loaded.
+    pub speeches: Arc<OnceLock<Arc<Speeches>>>,
+    pub metrics: Arc<Metrics>,
+    /// Defaults for the sampling settings a request leaves out.
+    pub defaults: SamplingParams,
+    /// When set, `/api/*` needs `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/generate", post(api::generate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        )],
+        Html(include_str!("page.html")),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.speeches.get() {
+        Some(s) => axum::Json(serde_json::json!({
+            "ready": true,
+            "model_version": s.version(),
+        }))
+        .into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(s) = state.speeches.get() {
+        s.refresh_cache_gauges();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such page: the API is POST /api/generate; see also /healthz, /readyz, /metrics",
+    )
+}
+
+/// A JSON error body: `{"error": message}`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
