@@ -253,6 +253,9 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Write a checkpoint with random weights (bloom-560m's shape by default), for
+    /// benchmarks of the daemon without a download.
+    RandomModel(commands::random_model::RandomModelArgs),
     /// Look at or empty the prompt cache (while the daemon is stopped).
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -348,7 +351,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 listen.as_ref().map(|l| format!("{l:?}")),
             );
         }
-        Command::Corpus(CorpusCommand::Bench { .. }) | Command::Config | Command::Cache(_) => {}
+        Command::Corpus(CorpusCommand::Bench { .. })
+        | Command::Config
+        | Command::Cache(_)
+        | Command::RandomModel(_) => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
     configure_threads(config.engine.threads);
@@ -380,6 +386,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         },
         Command::Config => commands::show_config(&config, cli.format),
         Command::Serve { .. } => commands::serve::run(&config),
+        Command::RandomModel(args) => commands::random_model::run(&args, cli.format),
         Command::Cache(command) => commands::serve::cache_command(
             &config,
             matches!(command, CacheCommand::Clear),

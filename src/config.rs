@@ -14,10 +14,10 @@ use mananera_training::turns::CleaningRules;
 use mananera_training::{Cleaning, CorpusConfig};
 
 use crate::engine::checkpoint::ModelSource;
+use crate::engine::{EngineOptions, Quantization, SamplingParams};
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
-use crate::engine::{EngineOptions, Quantization, SamplingParams};
 
 /// Everything `config.toml` can hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -217,7 +217,10 @@ impl Config {
             return Err("queue.max_batch = 0: at least 1 request must be able to run".into());
         }
         if self.cache.variants == 0 {
-            return Err("cache.variants = 0: keep at least 1 speech per key, or set cache.enabled = false".into());
+            return Err(
+                "cache.variants = 0: keep at least 1 speech per key, or set cache.enabled = false"
+                    .into(),
+            );
         }
         if self.serve.max_topic_chars == 0 || self.serve.max_new_tokens == 0 {
             return Err("serve.max_topic_chars and serve.max_new_tokens must be at least 1".into());
@@ -230,7 +233,9 @@ impl Config {
     pub fn listen_addr(&self) -> Result<std::net::SocketAddr, String> {
         let listen = &self.serve.listen;
         let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
-            format!("serve.listen = \"{listen}\": not an address ({e}); use e.g. \"127.0.0.1:8080\"")
+            format!(
+                "serve.listen = \"{listen}\": not an address ({e}); use e.g. \"127.0.0.1:8080\""
+            )
         })?;
         if !addr.ip().is_loopback() && !self.serve.allow_remote {
             return Err(format!(
@@ -263,12 +268,13 @@ impl Config {
             return Ok(None);
         }
         let path = &self.serve.api_token_file;
-        let token = std::fs::read_to_string(path).map_err(|e| {
-            format!("serve.api_token_file = \"{path}\": cannot read it ({e})")
-        })?;
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("serve.api_token_file = \"{path}\": cannot read it ({e})"))?;
         let token = token.trim();
         if token.is_empty() {
-            return Err(format!("serve.api_token_file = \"{path}\": the file is empty"));
+            return Err(format!(
+                "serve.api_token_file = \"{path}\": the file is empty"
+            ));
         }
         Ok(Some(token.to_string()))
     }

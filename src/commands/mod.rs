@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod eval;
 pub mod generate;
 pub mod progress;
+pub mod random_model;
 pub mod scrape;
 pub mod serve;
 pub mod vocab;

@@ -104,7 +104,7 @@ async fn serve(
         Ok(Err(e)) => tracing::error!(error = %e, "the web server failed"),
         Err(e) => tracing::error!(error = %e, "the web server task failed"),
     }
-    if let Err(e) = db.flush_async().await {
+    if let Err(e) = store::close(&db, &state_dir) {
         tracing::error!(error = %e, "the state store could not be flushed");
     }
     tracing::info!("stopped");
@@ -137,7 +137,9 @@ fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeche
         max_new_tokens: config.serve.max_new_tokens,
         max_temperature: config.serve.max_temperature,
     };
-    Ok(Speeches::new(generator, cache, limits, metrics, version, bounds))
+    Ok(Speeches::new(
+        generator, cache, limits, metrics, version, bounds,
+    ))
 }
 
 /// Purges stale cache entries now and every hour.
@@ -150,7 +152,7 @@ async fn purge_regularly(speeches: Arc<Speeches>) {
             if let Some(cache) = s.cache() {
                 cache.purge_stale();
             }
-            s.refresh_cache_gauges();
+            s.refresh_gauges();
         })
         .await;
     }
@@ -161,15 +163,16 @@ async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the daemon");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the daemon");
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -180,7 +183,11 @@ async fn stop_signal() {
 }
 
 /// `mananera cache stats|clear`: the store must not be in use by a running daemon.
-pub fn cache_command(config: &Config, clear: bool, format: crate::cli::Format) -> Result<(), Failure> {
+pub fn cache_command(
+    config: &Config,
+    clear: bool,
+    format: crate::cli::Format,
+) -> Result<(), Failure> {
     let dir = config.state_dir();
     if !dir.exists() {
         return Err(Failure::usage(format!(
@@ -189,7 +196,7 @@ pub fn cache_command(config: &Config, clear: bool, format: crate::cli::Format) -
         )));
     }
     let db = store::open(&dir).map_err(|e| Failure::usage(e.to_string()))?;
-    let cache = PromptCache::new(db, config.cache.clone(), "").map_err(|e| Failure {
+    let cache = PromptCache::new(db.clone(), config.cache.clone(), "").map_err(|e| Failure {
         code: 1,
         message: format!("the prompt cache cannot be read: {e}"),
     })?;
@@ -200,6 +207,10 @@ pub fn cache_command(config: &Config, clear: bool, format: crate::cli::Format) -
         })?;
     }
     let stats = cache.stats();
+    store::close(&db, &dir).map_err(|e| Failure {
+        code: 1,
+        message: format!("the state store could not be written: {e}"),
+    })?;
     match format {
         crate::cli::Format::Text => println!(
             "{} entries, {} bytes of text, up to {} variants per key{}",

@@ -175,7 +175,9 @@ impl Attention {
             .to_vec1::<f32>()?;
         let (nh, hd) = (self.n_head, self.head_dim);
         let context = match kv {
-            LayerKv::Shared { mask, cache } => attend(&qkv, Dims { b, s, nh, hd }, cache, mask, slopes),
+            LayerKv::Shared { mask, cache } => {
+                attend(&qkv, Dims { b, s, nh, hd }, cache, mask, slopes)
+            }
             LayerKv::PerSequence(caches) => {
                 // One new position per sequence, each against its own history.
                 let one = Dims { b: 1, s: 1, nh, hd };

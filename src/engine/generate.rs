@@ -113,7 +113,9 @@ impl Sequence {
             self.stop = Some(StopReason::Eos);
         } else {
             let pending = self.decoder.push(&engine.codec, next)?;
-            let verdict = self.word_limit.map(|l| l.judge(self.decoder.text(), &pending));
+            let verdict = self
+                .word_limit
+                .map(|l| l.judge(self.decoder.text(), &pending));
             let (released, stop) = match verdict {
                 Some(Verdict::StopAfter) => (pending.as_str(), Some(StopReason::WordLimit)),
                 Some(Verdict::StopWithin(n)) => (&pending[..n], Some(StopReason::WordLimit)),
@@ -194,8 +196,11 @@ impl Engine {
             }
         }
         while rows.iter().any(|r| !r.is_done()) {
-            let mut live: Vec<(usize, &mut Sequence)> =
-                rows.iter_mut().enumerate().filter(|(_, r)| !r.is_done()).collect();
+            let mut live: Vec<(usize, &mut Sequence)> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, r)| !r.is_done())
+                .collect();
             let mut seqs: Vec<&mut Sequence> = live.iter_mut().map(|(_, s)| &mut **s).collect();
             let deltas = self.step(&mut seqs)?;
             for ((r, row), delta) in live.into_iter().zip(deltas) {
@@ -215,7 +220,10 @@ impl Engine {
         let seed = params.seed.unwrap_or_else(rand::random);
         Ok(Sequence {
             cache: self.model.new_cache(),
-            penalized: prompt.iter().filter_map(|&id| self.model.column(id)).collect(),
+            penalized: prompt
+                .iter()
+                .filter_map(|&id| self.model.column(id))
+                .collect(),
             new_ids: Vec::new(),
             decoder: StreamDecoder::default(),
             sampler: params.sampler(seed),
@@ -261,7 +269,9 @@ impl Engine {
             .iter()
             .map(|&i| seqs[i].new_ids.last().copied())
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| Error::InvalidInput("a sequence must be prefilled before it steps".into()))?;
+            .ok_or_else(|| {
+                Error::InvalidInput("a sequence must be prefilled before it steps".into())
+            })?;
         let mut caches: Vec<&mut Cache> = Vec::with_capacity(live.len());
         for (i, seq) in seqs.iter_mut().enumerate() {
             if live.contains(&i) {

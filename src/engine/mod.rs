@@ -192,7 +192,11 @@ fn fingerprint(
         .chain(options.vocabulary.as_ref());
     for path in paths {
         let mut file = std::fs::File::open(path).map_err(|e| {
-            Error::checkpoint(path, &format!("cannot read it ({e})"), "check its permissions")
+            Error::checkpoint(
+                path,
+                &format!("cannot read it ({e})"),
+                "check its permissions",
+            )
         })?;
         std::io::copy(&mut file, &mut hash).map_err(|e| {
             Error::checkpoint(path, &format!("cannot read it ({e})"), "check the disk")

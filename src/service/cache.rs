@@ -160,7 +160,11 @@ impl PromptCache {
         if entry.variants.len() >= self.capacity(params) {
             return;
         }
-        let before = if previous_use.is_some() { entry.bytes(key) } else { 0 };
+        let before = if previous_use.is_some() {
+            entry.bytes(key)
+        } else {
+            0
+        };
         entry.variants.push(text.to_string());
         entry.used_ms = now;
         let after = entry.bytes(key);
@@ -252,7 +256,10 @@ impl PromptCache {
     fn remove(&self, key: &[u8]) {
         if let Ok(Some(old)) = self.entries.remove(key) {
             if let Ok(entry) = serde_json::from_slice::<Entry>(&old) {
-                self.bytes.fetch_sub(entry.bytes(key).min(self.bytes.load(Ordering::SeqCst)), Ordering::SeqCst);
+                self.bytes.fetch_sub(
+                    entry.bytes(key).min(self.bytes.load(Ordering::SeqCst)),
+                    Ordering::SeqCst,
+                );
                 let _ = self.recency.remove(recency_key(entry.used_ms, key));
             }
         }

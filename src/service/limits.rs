@@ -131,7 +131,9 @@ impl Limits {
             .flatten()
             .and_then(|v| serde_json::from_slice(&v).ok())
             .unwrap_or_default();
-        usage.recent_ms.retain(|&t| now_ms.saturating_sub(t) < 60_000);
+        usage
+            .recent_ms
+            .retain(|&t| now_ms.saturating_sub(t) < 60_000);
         let day = now_ms / DAY_MS;
         if usage.day != day {
             usage.day = day;
@@ -145,7 +147,10 @@ impl Limits {
         if self.config.per_minute > 0 && usage.recent_ms.len() >= self.config.per_minute as usize {
             let oldest = usage.recent_ms.iter().min().copied().unwrap_or(now_ms);
             return Err(Refusal::RateLimited {
-                retry_after_s: (oldest + 60_000).saturating_sub(now_ms).div_ceil(1000).max(1),
+                retry_after_s: (oldest + 60_000)
+                    .saturating_sub(now_ms)
+                    .div_ceil(1000)
+                    .max(1),
             });
         }
         usage.recent_ms.push(now_ms);
@@ -182,7 +187,8 @@ mod tests {
         assert_eq!(l.admit("web:a", 1).unwrap_err(), Refusal::InFlight);
         l.admit("web:b", 1).expect("another user is served");
         drop(slot);
-        l.admit("web:a", 2).expect("free again once the first finished");
+        l.admit("web:a", 2)
+            .expect("free again once the first finished");
         let _one = l.admit("web:admin", 0).unwrap();
         l.admit("web:admin", 0).expect("admins may run several");
         assert_eq!(l.admit("web:troll", 0).unwrap_err(), Refusal::NotAllowed);
@@ -205,6 +211,7 @@ mod tests {
                 resets_in_s: (DAY_MS - 200_000) / 1000
             }
         );
-        l.admit("u", DAY_MS + 5).expect("a new day resets the quota");
+        l.admit("u", DAY_MS + 5)
+            .expect("a new day resets the quota");
     }
 }

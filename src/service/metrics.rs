@@ -153,44 +153,157 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        head(&mut out, "mananera_requests_total", "counter", "Requests by front end and outcome.");
-        for ((frontend, outcome), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        head(
+            &mut out,
+            "mananera_requests_total",
+            "counter",
+            "Requests by front end and outcome.",
+        );
+        for ((frontend, outcome), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "mananera_requests_total{{frontend=\"{frontend}\",outcome=\"{outcome}\"}} {n}"
             );
         }
-        head(&mut out, "mananera_request_duration_seconds", "histogram", "Whole-request latency.");
-        for (frontend, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            h.render(&mut out, "mananera_request_duration_seconds", &format!("frontend=\"{frontend}\""));
+        head(
+            &mut out,
+            "mananera_request_duration_seconds",
+            "histogram",
+            "Whole-request latency.",
+        );
+        for (frontend, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.render(
+                &mut out,
+                "mananera_request_duration_seconds",
+                &format!("frontend=\"{frontend}\""),
+            );
         }
-        head(&mut out, "mananera_time_to_first_token_seconds", "histogram", "Time until the first text reached the caller.");
-        self.time_to_first_token.render(&mut out, "mananera_time_to_first_token_seconds", "");
-        head(&mut out, "mananera_queue_wait_seconds", "histogram", "Time a request waited for a place in the batch.");
-        self.queue_wait.render(&mut out, "mananera_queue_wait_seconds", "");
+        head(
+            &mut out,
+            "mananera_time_to_first_token_seconds",
+            "histogram",
+            "Time until the first text reached the caller.",
+        );
+        self.time_to_first_token
+            .render(&mut out, "mananera_time_to_first_token_seconds", "");
+        head(
+            &mut out,
+            "mananera_queue_wait_seconds",
+            "histogram",
+            "Time a request waited for a place in the batch.",
+        );
+        self.queue_wait
+            .render(&mut out, "mananera_queue_wait_seconds", "");
         let cache_total = self.cache_hits.get() + self.cache_misses.get();
-        let ratio = if cache_total > 0.0 { self.cache_hits.get() / cache_total } else { 0.0 };
+        let ratio = if cache_total > 0.0 {
+            self.cache_hits.get() / cache_total
+        } else {
+            0.0
+        };
         let simple: [(&str, &str, &str, f64); 12] = [
-            ("mananera_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens.get()),
-            ("mananera_decode_seconds_total", "counter", "Time spent in decoding steps.", self.decode_seconds.get()),
-            ("mananera_tokens_per_second", "gauge", "Tokens per second of the newest decoding step, whole batch.", self.tokens_per_second.get()),
-            ("mananera_queue_depth", "gauge", "Requests waiting for a place in the batch.", self.queue_depth.get()),
-            ("mananera_batch_size", "gauge", "Sequences in the running batch.", self.batch_size.get()),
-            ("mananera_cancelled_in_queue_total", "counter", "Requests whose caller left before they started.", self.cancelled_in_queue.get()),
-            ("mananera_cache_hits_total", "counter", "Requests answered from the prompt cache.", self.cache_hits.get()),
-            ("mananera_cache_misses_total", "counter", "Requests the prompt cache could not answer.", self.cache_misses.get()),
-            ("mananera_cache_hit_ratio", "gauge", "Hits over hits plus misses since start.", ratio),
-            ("mananera_cache_entries", "gauge", "Keys in the prompt cache.", self.cache_entries.get()),
-            ("mananera_cache_bytes", "gauge", "Bytes of text in the prompt cache.", self.cache_bytes.get()),
-            ("mananera_ready", "gauge", "1 once the model is loaded.", self.ready.get()),
+            (
+                "mananera_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                self.generated_tokens.get(),
+            ),
+            (
+                "mananera_decode_seconds_total",
+                "counter",
+                "Time spent in decoding steps.",
+                self.decode_seconds.get(),
+            ),
+            (
+                "mananera_tokens_per_second",
+                "gauge",
+                "Tokens per second of the newest decoding step, whole batch.",
+                self.tokens_per_second.get(),
+            ),
+            (
+                "mananera_queue_depth",
+                "gauge",
+                "Requests waiting for a place in the batch.",
+                self.queue_depth.get(),
+            ),
+            (
+                "mananera_batch_size",
+                "gauge",
+                "Sequences in the running batch.",
+                self.batch_size.get(),
+            ),
+            (
+                "mananera_cancelled_in_queue_total",
+                "counter",
+                "Requests whose caller left before they started.",
+                self.cancelled_in_queue.get(),
+            ),
+            (
+                "mananera_cache_hits_total",
+                "counter",
+                "Requests answered from the prompt cache.",
+                self.cache_hits.get(),
+            ),
+            (
+                "mananera_cache_misses_total",
+                "counter",
+                "Requests the prompt cache could not answer.",
+                self.cache_misses.get(),
+            ),
+            (
+                "mananera_cache_hit_ratio",
+                "gauge",
+                "Hits over hits plus misses since start.",
+                ratio,
+            ),
+            (
+                "mananera_cache_entries",
+                "gauge",
+                "Keys in the prompt cache.",
+                self.cache_entries.get(),
+            ),
+            (
+                "mananera_cache_bytes",
+                "gauge",
+                "Bytes of text in the prompt cache.",
+                self.cache_bytes.get(),
+            ),
+            (
+                "mananera_ready",
+                "gauge",
+                "1 once the model is loaded.",
+                self.ready.get(),
+            ),
         ];
         for (name, kind, help, value) in simple {
             head(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        let version = self.model_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        head(&mut out, "mananera_model_info", "gauge", "The model version being served.");
-        let _ = writeln!(out, "mananera_model_info{{version=\"{}\"}} 1", version.replace(['"', '\\', '\n'], "_"));
+        let version = self
+            .model_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        head(
+            &mut out,
+            "mananera_model_info",
+            "gauge",
+            "The model version being served.",
+        );
+        let _ = writeln!(
+            out,
+            "mananera_model_info{{version=\"{}\"}} 1",
+            version.replace(['"', '\\', '\n'], "_")
+        );
         out
     }
 }

@@ -97,7 +97,7 @@ impl Speeches {
             version,
             bounds,
         };
-        speeches.refresh_cache_gauges();
+        speeches.refresh_gauges();
         speeches
     }
 
@@ -141,7 +141,11 @@ impl Speeches {
         result
     }
 
-    fn ask_inner(self: &Arc<Self>, request: Request, started: Instant) -> Result<Answer, Rejection> {
+    fn ask_inner(
+        self: &Arc<Self>,
+        request: Request,
+        started: Instant,
+    ) -> Result<Answer, Rejection> {
         let topic = topic::clean(&request.topic, self.bounds.max_topic_chars)
             .map_err(Rejection::Invalid)?;
         self.check_params(&request.params)
@@ -150,16 +154,14 @@ impl Speeches {
             .limits
             .admit(&request.user, now_ms())
             .map_err(Rejection::Refused)?;
-        let key = self
-            .cache
-            .as_ref()
-            .map(|c| c.key(&topic, &request.params));
+        let key = self.cache.as_ref().map(|c| c.key(&topic, &request.params));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(text) = cache.lookup(key, &request.params) {
                 self.metrics.cache_hits.inc();
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics.time_to_first_token.observe(seconds);
-                self.metrics.record_request(request.frontend, "cached", seconds);
+                self.metrics
+                    .record_request(request.frontend, "cached", seconds);
                 return Ok(Answer::Cached { topic, text });
             }
             self.metrics.cache_misses.inc();
@@ -238,12 +240,15 @@ impl Speeches {
         }
         if let (Some(cache), Some(key)) = (&self.cache, key) {
             cache.store(key, params, &generation.text);
-            self.refresh_cache_gauges();
+            self.refresh_gauges();
         }
     }
 
-    /// Copies the cache's size into the metrics.
-    pub fn refresh_cache_gauges(&self) {
+    /// Copies the queue depth and the cache's size into the metrics.
+    pub fn refresh_gauges(&self) {
+        self.metrics
+            .queue_depth
+            .set(self.generator.queue_depth() as f64);
         if let Some(cache) = &self.cache {
             let stats = cache.stats();
             self.metrics.cache_entries.set(stats.entries as f64);

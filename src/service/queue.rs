@@ -132,7 +132,6 @@ impl Generator {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Busy { retry_after_s: 60 });
         }
-        self.shared.metrics.queue_depth.set(waiting as f64 + 1.0);
         Ok(rx)
     }
 
@@ -216,8 +215,7 @@ impl Worker {
                         }
                     }
                 };
-                let waiting = self.shared.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-                self.shared.metrics.queue_depth.set(waiting as f64);
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 self.admit(job);
             }
             if self.shared.abort.load(Ordering::SeqCst) {

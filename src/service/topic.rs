@@ -44,10 +44,20 @@ mod tests {
 
     #[test]
     fn topics_are_normalised_or_refused_with_a_reason() {
-        assert_eq!(clean("  el\u{200B} petróleo \n y   Pemex ", 200).unwrap(), "el petróleo y Pemex");
-        assert_eq!(clean("\u{200F}\u{200E}", 200).unwrap_err(), "the topic is empty: write what the speech should be about");
+        assert_eq!(
+            clean("  el\u{200B} petróleo \n y   Pemex ", 200).unwrap(),
+            "el petróleo y Pemex"
+        );
+        assert_eq!(
+            clean("\u{200F}\u{200E}", 200).unwrap_err(),
+            "the topic is empty: write what the speech should be about"
+        );
         assert!(clean("a\u{7}b", 200).unwrap_err().contains("U+0007"));
-        assert!(clean(&"x".repeat(201), 200).unwrap_err().contains("201 characters"));
+        assert!(
+            clean(&"x".repeat(201), 200)
+                .unwrap_err()
+                .contains("201 characters")
+        );
         assert_eq!(clean("🇲🇽🎉", 200).unwrap(), "🇲🇽🎉");
     }
 }

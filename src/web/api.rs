@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 use super::{AppState, error};
 use crate::engine::SamplingParams;
@@ -21,33 +21,45 @@ use crate::service::limits::Refusal;
 use crate::service::queue::Event;
 use crate::service::{Answer, Rejection, Request};
 
-/// The request body. Sampling settings left out take `[generation]`'s values.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenerateBody {
-    topic: String,
-    temperature: Option<f64>,
-    top_k: Option<usize>,
-    top_p: Option<f64>,
-    repetition_penalty: Option<f32>,
-    seed: Option<u64>,
-    max_new_tokens: Option<usize>,
-    max_words: Option<usize>,
-}
+const EXAMPLE: &str = r#"{"topic": "el petróleo", "max_words": 80}"#;
+const FIELDS: &str =
+    "topic, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, max_words";
 
-impl GenerateBody {
-    fn params(&self, defaults: &SamplingParams) -> SamplingParams {
-        let d = defaults.clone();
-        SamplingParams {
-            temperature: self.temperature.unwrap_or(d.temperature),
-            top_k: self.top_k.unwrap_or(d.top_k),
-            top_p: self.top_p.unwrap_or(d.top_p),
-            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
-            seed: self.seed.or(d.seed),
-            max_new_tokens: self.max_new_tokens.unwrap_or(d.max_new_tokens),
-            max_words: self.max_words.unwrap_or(d.max_words),
+/// Reads the request body: a topic and optional sampling settings (left out or null: the
+/// `[generation]` value). Errors name the field.
+fn parse_body(text: &str, defaults: &SamplingParams) -> Result<(String, SamplingParams), String> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| format!("the body is not a valid request ({e}); send JSON like {EXAMPLE}"))?;
+    let Value::Object(fields) = value else {
+        return Err(format!("the body must be a JSON object like {EXAMPLE}"));
+    };
+    let mut params = defaults.clone();
+    let mut topic = None;
+    for (key, value) in fields {
+        if value.is_null() && key != "topic" {
+            continue;
+        }
+        match key.as_str() {
+            "topic" => topic = Some(field(&key, value)?),
+            "temperature" => params.temperature = field(&key, value)?,
+            "top_k" => params.top_k = field(&key, value)?,
+            "top_p" => params.top_p = field(&key, value)?,
+            "repetition_penalty" => params.repetition_penalty = field(&key, value)?,
+            "seed" => params.seed = Some(field(&key, value)?),
+            "max_new_tokens" => params.max_new_tokens = field(&key, value)?,
+            "max_words" => params.max_words = field(&key, value)?,
+            other => {
+                return Err(format!("unknown field `{other}`; the fields are {FIELDS}"));
+            }
         }
     }
+    let topic =
+        topic.ok_or_else(|| format!("the body has no `topic`; send JSON like {EXAMPLE}"))?;
+    Ok((topic, params))
+}
+
+fn field<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| format!("`{key}`: {e}"))
 }
 
 pub(super) async fn generate(
@@ -86,20 +98,16 @@ pub(super) async fn generate(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("the body is not valid UTF-8 (at byte {}); send UTF-8 JSON", e.valid_up_to()),
-            );
-        }
-    };
-    let body: GenerateBody = match serde_json::from_str(text) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
                 &format!(
-                    "the body is not a valid request ({e}); send JSON like {{\"topic\": \"el petróleo\", \"max_words\": 80}}"
+                    "the body is not valid UTF-8 (at byte {}); send UTF-8 JSON",
+                    e.valid_up_to()
                 ),
             );
         }
+    };
+    let (topic, params) = match parse_body(text, &state.defaults) {
+        Ok(parsed) => parsed,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let Some(speeches) = state.speeches.get() else {
         return error(
@@ -114,8 +122,8 @@ pub(super) async fn generate(
     let request = Request {
         frontend: if streaming { "web" } else { "api" },
         user: format!("web:{}", peer.ip()),
-        params: body.params(&state.defaults),
-        topic: body.topic,
+        params,
+        topic,
     };
     let version = speeches.version().to_string();
     match speeches.ask(request) {
@@ -196,19 +204,25 @@ fn sse(
             let done = json!({ "topic": topic, "model_version": version, "cached": true,
                 "stop_reason": null, "seconds": started.elapsed().as_secs_f64() });
             Box::new(stream::iter([
-                Ok(SseEvent::default().event("delta").data(json!({ "text": text }).to_string())),
+                Ok(SseEvent::default()
+                    .event("delta")
+                    .data(json!({ "text": text }).to_string())),
                 Ok(SseEvent::default().event("done").data(done.to_string())),
             ]))
         }
-        Answer::Streaming { topic, events } => Box::new(Box::pin(stream::unfold(
-            Some(events),
-            move |events| {
+        Answer::Streaming { topic, events } => {
+            Box::new(Box::pin(stream::unfold(Some(events), move |events| {
                 let (topic, version) = (topic.clone(), version.clone());
                 async move {
                     let mut events = events?;
                     let event = match events.recv().await {
                         Some(Event::Delta(text)) => {
-                            return Some((Ok(SseEvent::default().event("delta").data(json!({ "text": text }).to_string())), Some(events)));
+                            return Some((
+                                Ok(SseEvent::default()
+                                    .event("delta")
+                                    .data(json!({ "text": text }).to_string())),
+                                Some(events),
+                            ));
                         }
                         Some(Event::Done(g)) => SseEvent::default().event("done").data(
                             json!({ "topic": topic, "model_version": version, "cached": false,
@@ -226,8 +240,8 @@ fn sse(
                     };
                     Some((Ok(event), None))
                 }
-            },
-        ))),
+            })))
+        }
     };
     Sse::new(events).keep_alive(KeepAlive::default())
 }

@@ -78,13 +78,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "model_version": s.version(),
         }))
         .into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading"),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model is still loading",
+        ),
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(s) = state.speeches.get() {
-        s.refresh_cache_gauges();
+        s.refresh_gauges();
     }
     (
         [(
