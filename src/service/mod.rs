@@ -244,11 +244,14 @@ impl Speeches {
         }
     }
 
-    /// Copies the queue depth and the cache's size into the metrics.
+    /// Copies the queue depth, the batch size and the cache's size into the metrics.
     pub fn refresh_gauges(&self) {
         self.metrics
             .queue_depth
             .set(self.generator.queue_depth() as f64);
+        self.metrics
+            .batch_size
+            .set(self.generator.batch_size() as f64);
         if let Some(cache) = &self.cache {
             let stats = cache.stats();
             self.metrics.cache_entries.set(stats.entries as f64);

@@ -151,6 +151,11 @@ impl Generator {
         self.shared.waiting.load(Ordering::SeqCst)
     }
 
+    /// Requests in the running batch.
+    pub fn batch_size(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
     /// Stops taking requests, lets the running and queued ones finish for up to the grace
     /// period, then cancels what is left (callers get a polite message) and joins the worker.
     pub async fn shut_down(&self) {
@@ -254,9 +259,15 @@ impl Worker {
         match started {
             Ok((seq, delta)) => {
                 self.shared.metrics.generated_tokens.add(1.0);
-                let mut running = Running { seq, job };
-                send_delta(&mut running, delta);
-                self.batch.push(running);
+                self.batch.push(Running { seq, job });
+                // Counted before the caller sees its first text, so a request that follows
+                // finds the batch as it is.
+                self.shared
+                    .running
+                    .store(self.batch.len(), Ordering::SeqCst);
+                if let Some(running) = self.batch.last_mut() {
+                    send_delta(running, delta);
+                }
                 self.retire_finished();
             }
             Err(e) => {
@@ -280,10 +291,6 @@ impl Worker {
         if self.batch.is_empty() {
             return;
         }
-        self.shared
-            .running
-            .store(self.batch.len(), Ordering::SeqCst);
-        self.shared.metrics.batch_size.set(self.batch.len() as f64);
         let started = Instant::now();
         let mut seqs: Vec<&mut Sequence> = self.batch.iter_mut().map(|r| &mut r.seq).collect();
         match self.engine.step(&mut seqs) {
@@ -308,16 +315,17 @@ impl Worker {
         self.retire_finished();
     }
 
-    /// Sends the finished sequences' results and takes them out of the batch.
+    /// Takes the finished sequences out of the batch, then sends their results (so a
+    /// caller that has its result finds the batch without it).
     fn retire_finished(&mut self) {
-        let mut i = 0;
-        while i < self.batch.len() {
-            if !self.batch[i].seq.is_done() {
-                i += 1;
-                continue;
-            }
-            let r = self.batch.swap_remove(i);
-            let seconds = r.seq_started_s();
+        let (finished, running): (Vec<Running>, Vec<Running>) =
+            self.batch.drain(..).partition(|r| r.seq.is_done());
+        self.batch = running;
+        self.shared
+            .running
+            .store(self.batch.len(), Ordering::SeqCst);
+        for r in finished {
+            let seconds = r.job.enqueued.elapsed().as_secs_f64();
             let generation = r.seq.finish();
             let mut mean = self
                 .shared
@@ -328,16 +336,6 @@ impl Worker {
             drop(mean);
             let _ = r.job.events.send(Event::Done(generation));
         }
-        self.shared
-            .running
-            .store(self.batch.len(), Ordering::SeqCst);
-        self.shared.metrics.batch_size.set(self.batch.len() as f64);
-    }
-}
-
-impl Running {
-    fn seq_started_s(&self) -> f64 {
-        self.job.enqueued.elapsed().as_secs_f64()
     }
 }
 
