@@ -292,7 +292,7 @@ impl From<engine::Error> for Failure {
         let code = match e {
             engine::Error::InvalidInput(_) => 2,
             engine::Error::Checkpoint { .. } | engine::Error::Download { .. } => 3,
-            engine::Error::Candle(_) => 1,
+            engine::Error::Candle(_) | engine::Error::Internal(_) => 1,
         };
         Self {
             code,

@@ -462,6 +462,16 @@ async fn bad_input_gets_a_clear_4xx() {
             400,
             "temperature",
         ),
+        (
+            br#"{"topic": "x", "temperature": 1e-300}"#.to_vec(),
+            400,
+            "at least 0.01",
+        ),
+        (
+            br#"{"topic": "x", "max_words": 18446744073709551615}"#.to_vec(),
+            400,
+            "max_words",
+        ),
         (br#"{"topic": "x", "top_p": 5}"#.to_vec(), 400, "top_p"),
         (br#"{"topic": "x", "top_k": -3}"#.to_vec(), 400, "top_k"),
         (
@@ -488,6 +498,16 @@ async fn bad_input_gets_a_clear_4xx() {
         assert_eq!(r.status, status, "{shown}: {:?}", r.json);
         let error = r.json["error"].as_str().unwrap();
         assert!(error.contains(message), "{shown}: {error}");
+    }
+    // Settings at their odd but valid extremes still give a speech.
+    for odd in [
+        json!({"topic": "x", "top_k": 1_000_000_000_000u64, "max_new_tokens": 3}),
+        json!({"topic": "x", "top_p": 1e-300, "max_new_tokens": 3}),
+        json!({"topic": "x", "seed": u64::MAX, "max_new_tokens": 3}),
+        json!({"topic": "x", "repetition_penalty": 1e-30, "max_new_tokens": 3}),
+    ] {
+        let r = generate(&d.url, &odd).await;
+        assert_eq!(r.status, 200, "{odd}: {:?}", r.json);
     }
     // Markup in a topic is just text.
     let r = generate(

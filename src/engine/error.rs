@@ -30,6 +30,9 @@ pub enum Error {
     /// A tensor operation failed: a bug or resource exhaustion, not something the user did.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A bug caught before it could take the process down (a panic in model code).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

@@ -25,7 +25,7 @@ impl WordLimit {
     pub fn new(max_words: usize) -> Option<Self> {
         (max_words > 0).then(|| Self {
             soft: max_words,
-            hard: max_words + (max_words / 5).max(10),
+            hard: max_words.saturating_add((max_words / 5).max(10)),
         })
     }
 

@@ -137,16 +137,6 @@ impl Metrics {
         }
     }
 
-    /// Requests with this front end and outcome so far.
-    pub fn requests(&self, frontend: &str, outcome: &str) -> u64 {
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(frontend.to_string(), outcome.to_string()))
-            .copied()
-            .unwrap_or(0)
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -26,6 +26,9 @@ use limits::{Limits, Refusal, Slot};
 use metrics::Metrics;
 use queue::{Busy, Event, Generator};
 
+/// Below this, sampling divides by almost nothing and the scores overflow.
+const MIN_TEMPERATURE: f64 = 0.01;
+
 /// One person's request, from any front end.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -114,11 +117,6 @@ impl Speeches {
     /// The prompt cache, when there is one.
     pub fn cache(&self) -> Option<&PromptCache> {
         self.cache.as_ref()
-    }
-
-    /// Requests waiting for the batch.
-    pub fn queue_depth(&self) -> usize {
-        self.generator.queue_depth()
     }
 
     /// Checks, limits, then answers from the cache or starts a generation.
@@ -265,6 +263,18 @@ impl Speeches {
             return Err(format!(
                 "max_new_tokens is {}, the limit is {} (serve.max_new_tokens)",
                 params.max_new_tokens, self.bounds.max_new_tokens
+            ));
+        }
+        if params.temperature > 0.0 && params.temperature < MIN_TEMPERATURE {
+            return Err(format!(
+                "temperature is {}: use 0 for the most likely words, or at least {MIN_TEMPERATURE}",
+                params.temperature
+            ));
+        }
+        if params.max_words > params.max_new_tokens.max(self.bounds.max_new_tokens) {
+            return Err(format!(
+                "max_words is {}, more than the tokens a speech may have ({}); use 0 for no word limit",
+                params.max_words, self.bounds.max_new_tokens
             ));
         }
         if params.temperature > self.bounds.max_temperature {

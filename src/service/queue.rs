@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::Metrics;
 use crate::engine::generate::Sequence;
-use crate::engine::{Engine, Generation, SamplingParams};
+use crate::engine::{Engine, Error, Generation, SamplingParams};
 
 /// `[queue]`: how much work the worker takes on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,10 +252,12 @@ impl Worker {
             .metrics
             .queue_wait
             .observe(job.enqueued.elapsed().as_secs_f64());
-        let started = self
-            .engine
-            .start(&job.prompt, &job.params)
-            .and_then(|mut seq| self.engine.prefill(&mut seq).map(|delta| (seq, delta)));
+        let engine = &self.engine;
+        let started = guarded(|| {
+            engine
+                .start(&job.prompt, &job.params)
+                .and_then(|mut seq| engine.prefill(&mut seq).map(|delta| (seq, delta)))
+        });
         match started {
             Ok((seq, delta)) => {
                 self.shared.metrics.generated_tokens.add(1.0);
@@ -270,9 +272,15 @@ impl Worker {
                 }
                 self.retire_finished();
             }
+            Err(Error::InvalidInput(message)) => {
+                let _ = job.events.send(Event::Failed(message));
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "a request could not start");
-                let _ = job.events.send(Event::Failed(e.to_string()));
+                tracing::error!(error = %e, "a request could not start");
+                let _ = job.events.send(Event::Failed(
+                    "the model could not write this speech; try again, or with other settings"
+                        .into(),
+                ));
             }
         }
     }
@@ -293,7 +301,8 @@ impl Worker {
         }
         let started = Instant::now();
         let mut seqs: Vec<&mut Sequence> = self.batch.iter_mut().map(|r| &mut r.seq).collect();
-        match self.engine.step(&mut seqs) {
+        let engine = &self.engine;
+        match guarded(|| engine.step(&mut seqs)) {
             Ok(deltas) => {
                 let n = self.batch.len();
                 self.shared
@@ -337,6 +346,19 @@ impl Worker {
             let _ = r.job.events.send(Event::Done(generation));
         }
     }
+}
+
+/// Runs model code so that a panic in it fails the requests involved instead of killing
+/// the worker (and with it every later request).
+fn guarded<T>(work: impl FnOnce() -> crate::engine::Result<T>) -> crate::engine::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Internal(format!("the model code panicked: {what}")))
+    })
 }
 
 /// Streams a delta to its caller; a caller that went away cancels its sequence.
