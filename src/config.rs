@@ -259,10 +259,10 @@ impl Config {
     /// The API's bearer token: `$MANANERA_API_TOKEN`, else the contents of
     /// `serve.api_token_file`; `None` leaves the API open.
     pub fn api_token(&self) -> Result<Option<String>, String> {
-        if let Ok(token) = std::env::var("MANANERA_API_TOKEN") {
-            if !token.trim().is_empty() {
-                return Ok(Some(token.trim().to_string()));
-            }
+        if let Ok(token) = std::env::var("MANANERA_API_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(token.trim().to_string()));
         }
         if self.serve.api_token_file.is_empty() {
             return Ok(None);

@@ -194,12 +194,12 @@ fn fingerprint(
         let mut file = std::fs::File::open(path).map_err(|e| {
             Error::checkpoint(
                 path,
-                &format!("cannot read it ({e})"),
+                format!("cannot read it ({e})"),
                 "check its permissions",
             )
         })?;
         std::io::copy(&mut file, &mut hash).map_err(|e| {
-            Error::checkpoint(path, &format!("cannot read it ({e})"), "check the disk")
+            Error::checkpoint(path, format!("cannot read it ({e})"), "check the disk")
         })?;
     }
     hash.update(options.quantization.to_string());

@@ -254,14 +254,14 @@ impl PromptCache {
     }
 
     fn remove(&self, key: &[u8]) {
-        if let Ok(Some(old)) = self.entries.remove(key) {
-            if let Ok(entry) = serde_json::from_slice::<Entry>(&old) {
-                self.bytes.fetch_sub(
-                    entry.bytes(key).min(self.bytes.load(Ordering::SeqCst)),
-                    Ordering::SeqCst,
-                );
-                let _ = self.recency.remove(recency_key(entry.used_ms, key));
-            }
+        if let Ok(Some(old)) = self.entries.remove(key)
+            && let Ok(entry) = serde_json::from_slice::<Entry>(&old)
+        {
+            self.bytes.fetch_sub(
+                entry.bytes(key).min(self.bytes.load(Ordering::SeqCst)),
+                Ordering::SeqCst,
+            );
+            let _ = self.recency.remove(recency_key(entry.used_ms, key));
         }
     }
 

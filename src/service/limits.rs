@@ -155,10 +155,10 @@ impl Limits {
         }
         usage.recent_ms.push(now_ms);
         usage.today += 1;
-        if let Ok(json) = serde_json::to_vec(&usage) {
-            if let Err(e) = self.tree.insert(user, json) {
-                tracing::warn!(error = %e, "user limits could not be saved");
-            }
+        if let Ok(json) = serde_json::to_vec(&usage)
+            && let Err(e) = self.tree.insert(user, json)
+        {
+            tracing::warn!(error = %e, "user limits could not be saved");
         }
         Ok(())
     }

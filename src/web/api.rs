@@ -152,10 +152,10 @@ fn rejected(rejection: &Rejection) -> Response {
         axum::Json(json!({ "error": rejection.to_string(), "retry_after_s": retry_after })),
     )
         .into_response();
-    if let Some(s) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(s) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
 }
