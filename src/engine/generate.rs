@@ -5,7 +5,6 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, IndexOp, Tensor};
-use rayon::prelude::*;
 
 use super::bloom::Cache;
 use serde::Serialize;
@@ -259,37 +258,33 @@ impl Engine {
     }
 
     /// One token for every sequence that has not stopped, in a single batched forward pass;
-    /// returns the text each released (empty for sequences already done). Sampling (a
-    /// softmax and a top-k selection over the whole vocabulary per sequence) runs on every core.
+    /// returns the text each released (empty for sequences already done).
     pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<Vec<String>> {
+        let live: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].is_done()).collect();
         let mut deltas = vec![String::new(); seqs.len()];
-        let mut live: Vec<(&mut String, &mut Sequence)> = deltas
-            .iter_mut()
-            .zip(seqs.iter_mut())
-            .filter(|(_, seq)| !seq.is_done())
-            .map(|(delta, seq)| (delta, &mut **seq))
-            .collect();
-        if !live.is_empty() {
-            let ids = live
-                .iter()
-                .map(|(_, seq)| seq.new_ids.last().copied())
-                .collect::<Option<Vec<u32>>>()
-                .ok_or_else(|| {
-                    Error::InvalidInput("a sequence must be prefilled before it steps".into())
-                })?;
-            let mut caches: Vec<&mut Cache> =
-                live.iter_mut().map(|(_, seq)| &mut seq.cache).collect();
-            let hidden = self.model.decode_step(&ids, &mut caches)?;
-            let logits = self.model.logits(&hidden)?.to_dtype(DType::F32)?;
-            live.par_iter_mut()
-                .enumerate()
-                .try_for_each(|(row, (delta, seq))| -> Result<()> {
-                    let column = seq.sampler.next(&logits.get(row)?, &seq.penalized)?;
-                    **delta = seq.accept(self, column)?;
-                    Ok(())
-                })?;
+        if live.is_empty() {
+            return Ok(deltas);
         }
-        drop(live);
+        let ids = live
+            .iter()
+            .map(|&i| seqs[i].new_ids.last().copied())
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| {
+                Error::InvalidInput("a sequence must be prefilled before it steps".into())
+            })?;
+        let mut caches: Vec<&mut Cache> = Vec::with_capacity(live.len());
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if live.contains(&i) {
+                caches.push(&mut seq.cache);
+            }
+        }
+        let hidden = self.model.decode_step(&ids, &mut caches)?;
+        let logits = self.model.logits(&hidden)?.to_dtype(DType::F32)?;
+        for (row, &i) in live.iter().enumerate() {
+            let seq = &mut *seqs[i];
+            let column = seq.sampler.next(&logits.get(row)?, &seq.penalized)?;
+            deltas[i] = seq.accept(self, column)?;
+        }
         Ok(deltas)
     }
 
