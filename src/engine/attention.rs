@@ -26,6 +26,19 @@ impl KvCache {
         self.len
     }
 
+    /// Appends one position's key and value for every head from `qkv_row`
+    /// (`[nh, 3, hd]`).
+    fn push(&mut self, qkv_row: &[f32], nh: usize, hd: usize) {
+        self.reserve(1, 1, nh, hd);
+        for h in 0..nh {
+            let src = &qkv_row[h * 3 * hd..][..3 * hd];
+            let dst = (h * self.capacity + self.len) * hd;
+            self.k[dst..dst + hd].copy_from_slice(&src[hd..2 * hd]);
+            self.v[dst..dst + hd].copy_from_slice(&src[2 * hd..]);
+        }
+        self.len += 1;
+    }
+
     /// Makes room for `extra` more positions, keeping the cached ones.
     fn reserve(&mut self, extra: usize, b: usize, nh: usize, hd: usize) {
         if self.len + extra <= self.capacity {
@@ -85,6 +98,57 @@ pub struct Dims {
     pub hd: usize,
 }
 
+/// The cached keys and values one query attends over, with their ALiBi positions and
+/// whether each is a real token.
+struct Keys<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    positions: &'a [f32],
+    visible: &'a [bool],
+}
+
+/// One query against the first `t` cached positions, softmax-weighted values into `out`
+/// (zeros when it sees nothing: a padding query, whose output no real token reads).
+fn attend_query(
+    q: &[f32],
+    k: &Keys,
+    t: usize,
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, score) in scores.iter_mut().enumerate().take(t) {
+        if k.visible[j] {
+            *score = dot(q, &k.keys[j * hd..][..hd]) * scale + slope * k.positions[j];
+            max = max.max(*score);
+        }
+    }
+    out.fill(0.0);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut total = 0f32;
+    for (j, score) in scores.iter_mut().enumerate().take(t) {
+        *score = if k.visible[j] {
+            (*score - max).exp()
+        } else {
+            0.0
+        };
+        total += *score;
+    }
+    for (j, &p) in scores.iter().enumerate().take(t) {
+        if p > 0.0 {
+            let w = p / total;
+            for (o, v) in out.iter_mut().zip(&k.values[j * hd..][..hd]) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
 /// Attention of the new positions. `qkv` is the fused projection, `[b, s, nh, 3, hd]`
 /// (transformers' per-head `[q | k | v]` layout); the new keys and values are appended to
 /// `cache`. Returns the merged heads, `[b, s, nh·hd]`.
@@ -126,37 +190,13 @@ pub fn attend(
         let mut scores = vec![0f32; t];
         for (i, out) in out.chunks_mut(hd).enumerate() {
             let q = &qkv[((bi * s + i) * nh + h) * 3 * hd..][..hd];
-            let query = past + i;
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores.iter_mut().enumerate().take(query + 1) {
-                if visible[j] {
-                    *score = dot(q, &keys[j * hd..][..hd]) * scale + slopes[h] * positions[j];
-                    max = max.max(*score);
-                }
-            }
-            if max == f32::NEG_INFINITY {
-                // A padding query sees nothing; its output is never read by a real token.
-                out.fill(0.0);
-                continue;
-            }
-            let mut total = 0f32;
-            for (j, score) in scores.iter_mut().enumerate().take(query + 1) {
-                *score = if visible[j] {
-                    (*score - max).exp()
-                } else {
-                    0.0
-                };
-                total += *score;
-            }
-            out.fill(0.0);
-            for (j, &p) in scores.iter().enumerate().take(query + 1) {
-                if p > 0.0 {
-                    let w = p / total;
-                    for (o, v) in out.iter_mut().zip(&values[j * hd..][..hd]) {
-                        *o += w * v;
-                    }
-                }
-            }
+            let keys = Keys {
+                keys,
+                values,
+                positions,
+                visible,
+            };
+            attend_query(q, &keys, past + i + 1, scale, slopes[h], &mut scores, out);
         }
     });
     // [b, nh, s, hd] → [b, s, nh·hd]
@@ -169,5 +209,42 @@ pub fn attend(
             }
         }
     }
+    merged
+}
+
+/// Attention of one new position per sequence, each sequence with its own cache (so their
+/// lengths may differ), in one parallel pass over every (sequence, head) pair. `qkv` is
+/// `[b, nh, 3, hd]`; the new keys and values are appended to the caches. Returns the merged
+/// heads, `[b, nh·hd]`. The same arithmetic as [`attend`] for an unpadded sequence.
+pub fn attend_each(
+    qkv: &[f32],
+    nh: usize,
+    hd: usize,
+    caches: &mut [&mut KvCache],
+    slopes: &[f32],
+) -> Vec<f32> {
+    for (row, cache) in qkv.chunks(nh * 3 * hd).zip(caches.iter_mut()) {
+        cache.push(row, nh, hd);
+    }
+    let longest = caches.iter().map(|c| c.len).max().unwrap_or(0);
+    let positions: Vec<f32> = (0..longest).map(|j| j as f32).collect();
+    let visible = vec![true; longest];
+    let caches: &[&mut KvCache] = caches;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut merged = vec![0f32; caches.len() * nh * hd];
+    for_each_chunk_mut(&mut merged, hd, |bh, out| {
+        let (bi, h) = (bh / nh, bh % nh);
+        let cache = &caches[bi];
+        let (t, cap) = (cache.len, cache.capacity);
+        let keys = Keys {
+            keys: &cache.k[h * cap * hd..][..t * hd],
+            values: &cache.v[h * cap * hd..][..t * hd],
+            positions: &positions,
+            visible: &visible,
+        };
+        let q = &qkv[(bi * nh + h) * 3 * hd..][..hd];
+        let mut scores = vec![0f32; t];
+        attend_query(q, &keys, t, scale, slopes[h], &mut scores, out);
+    });
     merged
 }

@@ -11,7 +11,7 @@
 use candle_core::{D, DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::attention::{Dims, KvCache, MaskInfo, attend};
+use super::attention::{Dims, KvCache, MaskInfo, attend, attend_each};
 use super::linear::{Linear, Quantization};
 use super::weights::Weights;
 
@@ -178,17 +178,7 @@ impl Attention {
             LayerKv::Shared { mask, cache } => {
                 attend(&qkv, Dims { b, s, nh, hd }, cache, mask, slopes)
             }
-            LayerKv::PerSequence(caches) => {
-                // One new position per sequence, each against its own history.
-                let one = Dims { b: 1, s: 1, nh, hd };
-                let mut merged = Vec::with_capacity(b * h);
-                for (row, cache) in qkv.chunks(3 * h).zip(caches.iter_mut()) {
-                    let t = cache.len() + 1;
-                    let mask = MaskInfo::new(&vec![1u8; t], 1, t);
-                    merged.extend(attend(row, one, cache, &mask, slopes));
-                }
-                merged
-            }
+            LayerKv::PerSequence(caches) => attend_each(&qkv, nh, hd, caches, slopes),
         };
         self.dense
             .forward(&Tensor::from_vec(context, (b, s, h), x.device())?)
