@@ -385,6 +385,19 @@ async fn sigterm_lets_running_speeches_finish_keeps_the_cache_and_exits_0() {
     );
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["entries"], 5, "{stats}");
+
+    let out = std::process::Command::new(BIN)
+        .args(["cache", "clear", "--format", "json", "--set"])
+        .arg(format!("serve.state_dir={:?}", dir.display().to_string()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["entries"], 0, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -571,6 +584,22 @@ async fn health_readiness_metrics_and_the_page() {
     let page = reqwest::get(&d.url).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<form id=\"form\">"));
+
+    // The store belongs to the running daemon: the cache command says so and touches nothing.
+    let out = std::process::Command::new(BIN)
+        .args(["cache", "stats", "--set"])
+        .arg(format!(
+            "serve.state_dir={:?}",
+            d.state_dir.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another process") && err.contains("stop the running daemon"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,7 +131,11 @@ fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeche
         message: format!("the state store cannot hold user limits: {e}"),
     })?;
     let limits = Limits::new(config.limits.clone(), limits_tree);
-    let generator = Generator::start(Arc::new(engine), config.queue.clone(), Arc::clone(&metrics));
+    let generator = Generator::start(Arc::new(engine), config.queue.clone(), Arc::clone(&metrics))
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the generation thread: {e}"),
+        })?;
     let bounds = RequestBounds {
         max_topic_chars: config.serve.max_topic_chars,
         max_new_tokens: config.serve.max_new_tokens,

@@ -287,3 +287,73 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(config: CacheConfig, version: &str) -> (sled::Db, PromptCache) {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cache = PromptCache::new(db.clone(), config, version).unwrap();
+        (db, cache)
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let config = CacheConfig {
+            ttl_hours: 0,
+            variants: 1,
+            ..Default::default()
+        };
+        let (_db, c) = cache(config, "v1");
+        let params = SamplingParams::default();
+        let key = c.key("tema", &params);
+        c.store(&key, &params, "un discurso");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(c.lookup(&key, &params), None);
+        assert_eq!(c.stats().entries, 0, "an expired entry is removed when met");
+        assert_eq!(c.stats().bytes, 0);
+    }
+
+    #[test]
+    fn past_the_size_cap_the_least_recently_used_go_first() {
+        let config = CacheConfig {
+            variants: 1,
+            max_mb: 1,
+            ..Default::default()
+        };
+        let (_db, c) = cache(config, "v1");
+        let params = SamplingParams::default();
+        let text = "x".repeat(400 * 1024);
+        let keys: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|t| c.key(t, &params)).collect();
+        c.store(&keys[0], &params, &text);
+        c.store(&keys[1], &params, &text);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // Reading `a` makes `b` the least recently used.
+        assert!(c.lookup(&keys[0], &params).is_some());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        c.store(&keys[2], &params, &text);
+        assert!(c.lookup(&keys[1], &params).is_none(), "b was evicted");
+        assert!(c.lookup(&keys[0], &params).is_some());
+        assert!(c.lookup(&keys[2], &params).is_some());
+        assert!(c.stats().bytes <= 1024 * 1024);
+        assert_eq!(c.stats().entries, 2);
+    }
+
+    #[test]
+    fn another_version_never_sees_the_entries_and_purges_them() {
+        let config = CacheConfig {
+            variants: 1,
+            ..Default::default()
+        };
+        let (db, old) = cache(config.clone(), "v1");
+        let params = SamplingParams::default();
+        old.store(&old.key("tema", &params), &params, "viejo");
+        let new = PromptCache::new(db, config, "v2").unwrap();
+        let key = new.key("tema", &params);
+        assert_eq!(new.lookup(&key, &params), None);
+        assert_eq!(new.purge_stale(), 1);
+        assert_eq!(new.stats().entries, 0);
+        assert_eq!(new.stats().bytes, 0);
+    }
+}

@@ -80,7 +80,11 @@ pub struct Generator {
 
 impl Generator {
     /// Starts the worker thread around `engine`.
-    pub fn start(engine: Arc<Engine>, config: QueueConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        engine: Arc<Engine>,
+        config: QueueConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
@@ -93,13 +97,12 @@ impl Generator {
         let worker_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("generation".into())
-            .spawn(move || Worker::new(engine, worker_shared).run(&rx))
-            .expect("spawning the generation thread");
-        Self {
+            .spawn(move || Worker::new(engine, worker_shared).run(&rx))?;
+        Ok(Self {
             jobs: Mutex::new(Some(tx)),
             shared,
             worker: Mutex::new(Some(worker)),
-        }
+        })
     }
 
     /// Queues a request, or answers at once that the queue is full (or closed).
