@@ -401,6 +401,58 @@ async fn sigterm_lets_running_speeches_finish_keeps_the_cache_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn past_the_grace_period_running_speeches_end_with_a_polite_message() {
+    let state = tempfile::tempdir().unwrap();
+    let sets = [
+        UNLIMITED[0],
+        "queue.grace_s=1",
+        "generation.temperature=0",
+        "generation.max_words=0",
+        "serve.max_new_tokens=2000",
+    ];
+    let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
+    let mut stream =
+        EventStream::open(&d.url, &json!({"topic": "largo", "max_new_tokens": 2000})).await;
+    assert_eq!(stream.next().await.unwrap().0, "delta");
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || d.terminate());
+    let (_, end, data) = stream.finish(String::new()).await;
+    assert_eq!(end, "error");
+    assert!(
+        data["error"].as_str().unwrap().contains("please ask again"),
+        "{data}"
+    );
+    let (status, log) = waiter.join().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the grace period was not enforced"
+    );
+    assert!(log.contains("cancelling them"), "{log}");
+}
+
+#[test]
+fn a_model_that_cannot_be_loaded_stops_the_daemon_with_its_exit_code() {
+    let state = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .arg(state.path().join("no-such-model"))
+        .arg("--set")
+        .arg(format!(
+            "serve.state_dir={:?}",
+            state.path().join("s").display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-model") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_store_is_moved_aside_and_the_daemon_serves() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("s");
