@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use super::now_ms;
 use crate::engine::SamplingParams;
 
 /// `[cache]`: the prompt cache's settings.
@@ -93,14 +94,10 @@ impl PromptCache {
         Ok(cache)
     }
 
-    /// The key of a request: this cache's model version, the topic (lower-cased, spaces
-    /// collapsed) and every sampling setting that changes the text.
+    /// The key of a request: this cache's model version, the topic (as [`super::topic::clean`]
+    /// leaves it, lower-cased) and every sampling setting that changes the text.
     pub fn key(&self, topic: &str, params: &SamplingParams) -> Vec<u8> {
-        let topic = topic
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
+        let topic = topic.to_lowercase();
         let params = serde_json::to_string(params).unwrap_or_default();
         format!("{}\u{1f}{topic}\u{1f}{params}", self.version).into_bytes()
     }
@@ -280,12 +277,6 @@ impl PromptCache {
 
 fn recency_key(used_ms: u64, key: &[u8]) -> Vec<u8> {
     [used_ms.to_be_bytes().as_slice(), key].concat()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

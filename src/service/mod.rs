@@ -335,7 +335,8 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, the clock of the cache and the limits.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -106,9 +106,7 @@ fn open_db(dir: &Path) -> Result<sled::Db, String> {
 }
 
 fn aside_path(dir: &Path) -> PathBuf {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = super::now_ms();
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".corrupt-{ms}"));
     dir.with_file_name(name)

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AppState, error};
-use crate::engine::SamplingParams;
+use crate::engine::{Generation, SamplingParams};
 use crate::service::limits::Refusal;
 use crate::service::queue::Event;
 use crate::service::{Answer, Rejection, Request};
@@ -162,35 +162,27 @@ fn rejected(rejection: &Rejection) -> Response {
 
 /// Waits for the whole speech and answers with one JSON object.
 async fn whole(answer: Answer, version: String, started: Instant) -> Response {
-    match answer {
-        Answer::Cached { topic, text } => axum::Json(json!({
-            "topic": topic, "text": text, "model_version": version, "cached": true,
-            "stop_reason": null, "new_tokens": null, "seconds": started.elapsed().as_secs_f64(),
-        }))
-        .into_response(),
-        Answer::Streaming { topic, mut events } => {
-            while let Some(event) = events.recv().await {
-                match event {
-                    Event::Delta(_) => {}
-                    Event::Done(g) => {
-                        return axum::Json(json!({
-                            "topic": topic, "text": g.text, "model_version": version, "cached": false,
-                            "stop_reason": g.stop_reason, "new_tokens": g.token_ids.len(),
-                            "seconds": started.elapsed().as_secs_f64(),
-                        }))
-                        .into_response();
-                    }
-                    Event::Failed(message) => {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, &message);
-                    }
+    let (topic, text, generation) = match answer {
+        Answer::Cached { topic, text } => (topic, text, None),
+        Answer::Streaming { topic, mut events } => loop {
+            match events.recv().await {
+                Some(Event::Delta(_)) => {}
+                Some(Event::Done(mut g)) => break (topic, std::mem::take(&mut g.text), Some(g)),
+                Some(Event::Failed(message)) => {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+                }
+                None => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the speech stopped unexpectedly; please try again",
+                    );
                 }
             }
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the speech stopped unexpectedly; please try again",
-            )
-        }
-    }
+        },
+    };
+    let mut reply = summary(&topic, &version, generation.as_ref(), started);
+    reply.insert("text".into(), text.into());
+    axum::Json(reply).into_response()
 }
 
 /// Streams the speech as server-sent events.
@@ -199,37 +191,27 @@ fn sse(
     version: String,
     started: Instant,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let delta = |text: String| {
+        SseEvent::default()
+            .event("delta")
+            .data(json!({ "text": text }).to_string())
+    };
+    let done = move |topic: &str, generation: Option<&Generation>| {
+        let fields = Value::Object(summary(topic, &version, generation, started));
+        SseEvent::default().event("done").data(fields.to_string())
+    };
     let events: Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send + Unpin> = match answer {
         Answer::Cached { topic, text } => {
-            let done = json!({ "topic": topic, "model_version": version, "cached": true,
-                "stop_reason": null, "seconds": started.elapsed().as_secs_f64() });
-            Box::new(stream::iter([
-                Ok(SseEvent::default()
-                    .event("delta")
-                    .data(json!({ "text": text }).to_string())),
-                Ok(SseEvent::default().event("done").data(done.to_string())),
-            ]))
+            Box::new(stream::iter([Ok(delta(text)), Ok(done(&topic, None))]))
         }
         Answer::Streaming { topic, events } => {
             Box::new(Box::pin(stream::unfold(Some(events), move |events| {
-                let (topic, version) = (topic.clone(), version.clone());
+                let (topic, done) = (topic.clone(), done.clone());
                 async move {
                     let mut events = events?;
                     let event = match events.recv().await {
-                        Some(Event::Delta(text)) => {
-                            return Some((
-                                Ok(SseEvent::default()
-                                    .event("delta")
-                                    .data(json!({ "text": text }).to_string())),
-                                Some(events),
-                            ));
-                        }
-                        Some(Event::Done(g)) => SseEvent::default().event("done").data(
-                            json!({ "topic": topic, "model_version": version, "cached": false,
-                                "stop_reason": g.stop_reason, "new_tokens": g.token_ids.len(),
-                                "seconds": started.elapsed().as_secs_f64() })
-                            .to_string(),
-                        ),
+                        Some(Event::Delta(text)) => return Some((Ok(delta(text)), Some(events))),
+                        Some(Event::Done(g)) => done(&topic, Some(&g)),
                         Some(Event::Failed(message)) => SseEvent::default()
                             .event("error")
                             .data(json!({ "error": message }).to_string()),
@@ -244,6 +226,27 @@ fn sse(
         }
     };
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// What every answer says besides the text: `cached` when no generation ran.
+fn summary(
+    topic: &str,
+    version: &str,
+    generation: Option<&Generation>,
+    started: Instant,
+) -> serde_json::Map<String, Value> {
+    let fields = json!({
+        "topic": topic,
+        "model_version": version,
+        "cached": generation.is_none(),
+        "stop_reason": generation.map(|g| g.stop_reason),
+        "new_tokens": generation.map(|g| g.token_ids.len()),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    match fields {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// Compares a secret without leaking how much of it matched through timing.
