@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cli::Failure;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, model_version};
 use crate::service::cache::PromptCache;
 use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
@@ -113,8 +113,9 @@ async fn serve(
 
 /// Loads the model and wires the service around it (runs on a blocking thread).
 fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeches, Failure> {
-    let engine = Engine::load(&config.engine_options())?;
-    let version = engine.version().to_string();
+    let options = config.engine_options();
+    let engine = Engine::load(&options)?;
+    let version = model_version(&options)?;
     let cache = if config.cache.enabled {
         match PromptCache::new(db.clone(), config.cache.clone(), &version) {
             Ok(cache) => Some(cache),

@@ -88,21 +88,6 @@ impl Sequence {
         self.stop.get_or_insert(StopReason::Cancelled);
     }
 
-    /// Tokens in the prompt.
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt.len()
-    }
-
-    /// Tokens generated so far.
-    pub fn new_tokens(&self) -> usize {
-        self.new_ids.len()
-    }
-
-    /// The text released so far.
-    pub fn text(&self) -> &str {
-        self.decoder.text()
-    }
-
     /// Takes the next token (as a logit column) and returns the text it completes.
     fn accept(&mut self, engine: &Engine, column: u32) -> Result<String> {
         self.penalized.push(column);

@@ -57,7 +57,6 @@ pub struct Engine {
     model: Bloom,
     codec: TextCodec,
     max_context: usize,
-    version: String,
 }
 
 /// Per-token log-probabilities of a text under the model.
@@ -102,16 +101,7 @@ impl Engine {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        let version = fingerprint(&options.source.model, &files, options)?;
-        let mut engine = Self::from_parts(model, codec, options.max_context)?;
-        engine.version = version;
-        Ok(engine)
-    }
-
-    /// What exactly is being served: `<model name>-<hash>` over the checkpoint's files, the
-    /// quantization and the vocabulary, so that any change to them changes the version.
-    pub fn version(&self) -> &str {
-        &self.version
+        Self::from_parts(model, codec, options.max_context)
     }
 
     /// Wraps an already built model (tests, benchmarks).
@@ -125,7 +115,6 @@ impl Engine {
             model,
             codec,
             max_context,
-            version: "unversioned".into(),
         })
     }
 
@@ -178,13 +167,13 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     diff.and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::NAN)
 }
 
-/// The version string of [`Engine::version`].
-fn fingerprint(
-    model: &str,
-    files: &checkpoint::CheckpointFiles,
-    options: &EngineOptions,
-) -> Result<String> {
+/// What exactly `options` serve: `<model name>-<hash>` over the checkpoint's files, the
+/// quantization and the vocabulary, so that any change to them changes the version (the
+/// daemon's cache keys start with it). Reads every file once: call it where a version is
+/// needed, not on every load.
+pub fn model_version(options: &EngineOptions) -> Result<String> {
     use sha2::{Digest, Sha256};
+    let files = options.source.resolve()?;
     let mut hash = Sha256::new();
     let paths = [&files.config, &files.tokenizer]
         .into_iter()
@@ -204,7 +193,9 @@ fn fingerprint(
     }
     hash.update(options.quantization.to_string());
     let digest = hash.finalize();
-    let name = model
+    let name = options
+        .source
+        .model
         .trim_end_matches('/')
         .rsplit('/')
         .next()
