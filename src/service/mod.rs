@@ -109,11 +109,6 @@ impl Speeches {
         &self.version
     }
 
-    /// The metrics, for front ends that count their own outcomes.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// The prompt cache, when there is one.
     pub fn cache(&self) -> Option<&PromptCache> {
         self.cache.as_ref()
