@@ -4,7 +4,10 @@ mod daemon;
 
 use std::time::{Duration, Instant};
 
-use daemon::{BIN, Daemon, EventStream, generate, metric, send, slow_model, tiny_model};
+use daemon::{
+    BIN, Daemon, EventStream, cache_command, generate, metric, send, slow_model, state_dir_setting,
+    tiny_model,
+};
 use serde_json::{Value, json};
 
 /// Settings that let one loopback client run several requests at once.
@@ -373,11 +376,7 @@ async fn sigterm_lets_running_speeches_finish_keeps_the_cache_and_exits_0() {
     assert!(status.success(), "{log}");
     assert!(log.contains("prompt cache flushed"), "{log}");
 
-    let out = std::process::Command::new(BIN)
-        .args(["cache", "stats", "--format", "json", "--set"])
-        .arg(format!("serve.state_dir={:?}", dir.display().to_string()))
-        .output()
-        .unwrap();
+    let out = cache_command("stats", &dir, &["--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -386,11 +385,7 @@ async fn sigterm_lets_running_speeches_finish_keeps_the_cache_and_exits_0() {
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["entries"], 5, "{stats}");
 
-    let out = std::process::Command::new(BIN)
-        .args(["cache", "clear", "--format", "json", "--set"])
-        .arg(format!("serve.state_dir={:?}", dir.display().to_string()))
-        .output()
-        .unwrap();
+    let out = cache_command("clear", &dir, &["--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -438,10 +433,7 @@ fn a_model_that_cannot_be_loaded_stops_the_daemon_with_its_exit_code() {
         .args(["serve", "--listen", "127.0.0.1:0", "--model"])
         .arg(state.path().join("no-such-model"))
         .arg("--set")
-        .arg(format!(
-            "serve.state_dir={:?}",
-            state.path().join("s").display().to_string()
-        ))
+        .arg(state_dir_setting(&state.path().join("s")))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -638,14 +630,7 @@ async fn health_readiness_metrics_and_the_page() {
     assert!(page.text().await.unwrap().contains("<form id=\"form\">"));
 
     // The store belongs to the running daemon: the cache command says so and touches nothing.
-    let out = std::process::Command::new(BIN)
-        .args(["cache", "stats", "--set"])
-        .arg(format!(
-            "serve.state_dir={:?}",
-            d.state_dir.display().to_string()
-        ))
-        .output()
-        .unwrap();
+    let out = cache_command("stats", &d.state_dir, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

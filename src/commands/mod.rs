@@ -32,6 +32,14 @@ pub fn show_config(config: &Config, format: Format) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The failure of a command whose async runtime could not be built.
+pub(crate) fn no_runtime(e: std::io::Error) -> Failure {
+    Failure {
+        code: 1,
+        message: format!("cannot start the async runtime: {e}"),
+    }
+}
+
 /// Prints `value` as one JSON document on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string(value).map_err(|e| Failure {

@@ -38,10 +38,7 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })?;
+        .map_err(super::no_runtime)?;
     let reports = runtime
         .block_on(scrape(
             &corpus,

@@ -30,10 +30,7 @@ pub fn run(config: &Config) -> Result<(), Failure> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })?;
+        .map_err(super::no_runtime)?;
     runtime.block_on(serve(config.clone(), addr, api_token))
 }
 

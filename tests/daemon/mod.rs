@@ -44,6 +44,22 @@ pub fn slow_model() -> PathBuf {
     dir.path().join("m")
 }
 
+/// `serve.state_dir="<dir>"`, for `--set`.
+pub fn state_dir_setting(dir: &Path) -> String {
+    format!("serve.state_dir={:?}", dir.display().to_string())
+}
+
+/// Runs `mananera cache <verb>` on the store in `dir`, with extra arguments.
+pub fn cache_command(verb: &str, dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["cache", verb])
+        .args(extra)
+        .arg("--set")
+        .arg(state_dir_setting(dir))
+        .output()
+        .unwrap()
+}
+
 /// A running daemon.
 pub struct Daemon {
     child: Child,
@@ -62,10 +78,7 @@ impl Daemon {
             .arg(model)
             .args(["--listen", "127.0.0.1:0"])
             .arg("--set")
-            .arg(format!(
-                "serve.state_dir={:?}",
-                state_dir.display().to_string()
-            ))
+            .arg(state_dir_setting(state_dir))
             .env_remove("MANANERA_API_TOKEN")
             .env("MANANERA_LOG", "info")
             .stdout(Stdio::piped())
