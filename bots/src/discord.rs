@@ -1,0 +1,306 @@
+//! The Discord adapter: the `/mañanera tema:<…>` slash command over serenity's gateway,
+//! answered by a deferred reply that is edited as the speech is written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serenity::all::{
+    ClientBuilder, Command, CommandDataOptionValue, CommandInteraction, CommandOptionType, Context,
+    CreateAllowedMentions, CreateCommand, CreateCommandOption, CreateInteractionResponse,
+    CreateInteractionResponseFollowup, CreateInteractionResponseMessage, EditInteractionResponse,
+    EventHandler, GatewayIntents, GuildId, Http, HttpBuilder, Interaction, MessageId, Ready,
+};
+use serenity::async_trait;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::config::{DiscordConfig, Token};
+use crate::port::{Ask, Platform, Speaker};
+use crate::writer::{self, Delivery, Surface};
+
+/// The command's name: Discord allows lowercase letters of any script.
+pub const COMMAND: &str = "mañanera";
+/// The admins' status command.
+pub const STATUS_COMMAND: &str = "mañanera-estado";
+/// The longest topic the command accepts.
+pub const MAX_TOPIC_CHARS: u16 = 200;
+/// Used when a 429 reaches us without its `retry_after` (serenity drops the body when its
+/// own rate limiter is off, as it must be behind a proxy).
+const UNKNOWN_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Runs the Discord bot until `stop` turns true, reconnecting with backoff when Discord or
+/// the network fails. Replies being written are tracked by `tasks`.
+pub async fn run(
+    config: DiscordConfig,
+    token: Token,
+    speaker: Arc<dyn Speaker>,
+    tasks: TaskTracker,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let handler = Handler {
+            config: config.clone(),
+            speaker: Arc::clone(&speaker),
+            tasks: tasks.clone(),
+        };
+        let mut builder = HttpBuilder::new(token.expose());
+        if let Some(proxy) = &config.api_proxy {
+            builder = builder.proxy(proxy.as_str()).ratelimiter_disabled(true);
+        }
+        let http = builder.build();
+        let client = ClientBuilder::new_with_http(http, GatewayIntents::empty())
+            .event_handler(handler)
+            .await;
+        let result = match client {
+            Ok(mut client) => {
+                let shards = Arc::clone(&client.shard_manager);
+                tokio::select! {
+                    result = client.start() => result.map_err(|e| e.to_string()),
+                    _ = stop.wait_for(|stop| *stop) => {
+                        shards.shutdown_all().await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let wait = backoff.next();
+        match result {
+            Ok(()) => tracing::warn!(
+                retry_in_s = wait.as_secs(),
+                "discord: the gateway connection ended; reconnecting"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                retry_in_s = wait.as_secs(),
+                "discord: the bot failed; check the token and the network"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// The commands, as registered.
+pub fn commands() -> Vec<CreateCommand> {
+    vec![
+        CreateCommand::new(COMMAND)
+            .description("Un discurso de la mañanera sobre un tema")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "tema", "El tema del discurso")
+                    .required(true)
+                    .max_length(MAX_TOPIC_CHARS),
+            ),
+        CreateCommand::new(STATUS_COMMAND)
+            .description("Estado del servidor de discursos (solo administradores)"),
+    ]
+}
+
+struct Handler {
+    config: DiscordConfig,
+    speaker: Arc<dyn Speaker>,
+    tasks: TaskTracker,
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "discord: connected");
+        // Bulk overwrite: registering again (Ready fires on every new session) changes nothing.
+        let result = if self.config.guilds.is_empty() {
+            Command::set_global_commands(&ctx.http, commands())
+                .await
+                .map(drop)
+        } else {
+            let mut result = Ok(());
+            for &guild in &self.config.guilds {
+                if let Err(e) = GuildId::new(guild)
+                    .set_commands(&ctx.http, commands())
+                    .await
+                {
+                    result = Err(e);
+                }
+            }
+            result
+        };
+        match result {
+            Ok(()) => tracing::info!(
+                scope = if self.config.guilds.is_empty() {
+                    "global"
+                } else {
+                    "guilds"
+                },
+                "discord: commands registered"
+            ),
+            Err(error) => tracing::error!(%error, "discord: the commands could not be registered"),
+        }
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        let Interaction::Command(command) = interaction else {
+            return;
+        };
+        let http = Arc::clone(&ctx.http);
+        let speaker = Arc::clone(&self.speaker);
+        let config = self.config.clone();
+        self.tasks.spawn(async move {
+            answer(http, speaker, config, command).await;
+        });
+    }
+}
+
+/// Everything the bot sends carries this: no text can ping anyone.
+fn no_mentions() -> CreateAllowedMentions {
+    CreateAllowedMentions::new()
+        .everyone(false)
+        .all_users(false)
+        .all_roles(false)
+        .replied_user(false)
+}
+
+async fn answer(
+    http: Arc<Http>,
+    speaker: Arc<dyn Speaker>,
+    config: DiscordConfig,
+    command: CommandInteraction,
+) {
+    let user = format!("discord:{}", command.user.id);
+    let notice = |text: &str| {
+        CreateInteractionResponse::Message(
+            CreateInteractionResponseMessage::new()
+                .content(text)
+                .ephemeral(true)
+                .allowed_mentions(no_mentions()),
+        )
+    };
+    let refusal = match command.guild_id {
+        Some(guild)
+            if !config.allowed_guilds.is_empty()
+                && !config.allowed_guilds.contains(&guild.get()) =>
+        {
+            Some("Este servidor no tiene acceso a los discursos.")
+        }
+        None if !config.allow_direct_messages => {
+            Some("Los discursos solo están disponibles en servidores, no en mensajes directos.")
+        }
+        _ => None,
+    };
+    if let Some(text) = refusal {
+        respond(&http, &command, notice(text)).await;
+        return;
+    }
+    match command.data.name.as_str() {
+        STATUS_COMMAND => {
+            let text = if speaker.is_admin(&user) {
+                speaker.status()
+            } else {
+                "Solo los administradores pueden ver el estado.".to_string()
+            };
+            respond(&http, &command, notice(&text)).await;
+        }
+        COMMAND => {
+            let topic = command
+                .data
+                .options
+                .iter()
+                .find(|o| o.name == "tema")
+                .and_then(|o| match &o.value {
+                    CommandDataOptionValue::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let ask = Ask {
+                platform: Platform::Discord,
+                user_id: command.user.id.to_string(),
+                chat_id: command.channel_id.to_string(),
+                topic,
+            };
+            let reply = match speaker.ask(ask) {
+                Ok(reply) => reply,
+                Err(message) => {
+                    respond(&http, &command, notice(&message)).await;
+                    return;
+                }
+            };
+            let deferred =
+                CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+            if !respond(&http, &command, deferred).await {
+                return;
+            }
+            let mut surface = Reply {
+                http,
+                command,
+                followups: Vec::new(),
+            };
+            let outcome = writer::write(&mut surface, reply, config.edit_interval()).await;
+            tracing::debug!(?outcome, "discord: reply written");
+        }
+        other => {
+            tracing::warn!(command = other, "discord: unknown command");
+            respond(&http, &command, notice("Comando desconocido.")).await;
+        }
+    }
+}
+
+/// Sends the interaction's first response; false (logged) when Discord refused it.
+async fn respond(
+    http: &Http,
+    command: &CommandInteraction,
+    response: CreateInteractionResponse,
+) -> bool {
+    match command.create_response(http, response).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "discord: the interaction could not be answered");
+            false
+        }
+    }
+}
+
+/// A deferred reply and its follow-up messages.
+struct Reply {
+    http: Arc<Http>,
+    command: CommandInteraction,
+    followups: Vec<MessageId>,
+}
+
+impl Surface for Reply {
+    const LIMIT: usize = 2000;
+
+    async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
+        let result = if index == 0 {
+            let edit = EditInteractionResponse::new()
+                .content(text)
+                .allowed_mentions(no_mentions());
+            self.command.edit_response(&self.http, edit).await.map(drop)
+        } else {
+            let message = CreateInteractionResponseFollowup::new()
+                .content(text)
+                .allowed_mentions(no_mentions());
+            match self.followups.get(index - 1) {
+                Some(&id) => self
+                    .command
+                    .edit_followup(&self.http, id, message)
+                    .await
+                    .map(drop),
+                None => self
+                    .command
+                    .create_followup(&self.http, message)
+                    .await
+                    .map(|sent| self.followups.push(sent.id)),
+            }
+        };
+        result.map_err(|error| match &error {
+            serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(response))
+                if response.status_code.as_u16() == 429 =>
+            {
+                Delivery::RetryAfter(UNKNOWN_RETRY_AFTER)
+            }
+            _ => Delivery::Failed(error.to_string()),
+        })
+    }
+}

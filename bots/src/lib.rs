@@ -1,0 +1,14 @@
+//! The chat front ends of mananera: a Discord slash command (serenity) and a Telegram bot
+//! (teloxide). They know nothing of the model: they talk to the daemon through [`Speaker`],
+//! the port this crate owns, and show its text as it is written ([`writer`]).
+
+pub mod config;
+pub mod discord;
+pub mod port;
+pub mod telegram;
+pub mod writer;
+
+mod backoff;
+
+pub use config::{DiscordConfig, TelegramConfig, Token, find_token};
+pub use port::{Ask, Piece, Platform, Reply, Speaker};

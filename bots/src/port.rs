@@ -1,0 +1,73 @@
+//! The one thing the bots need from the daemon, as a trait they own: a topic and a person
+//! in, a stream of text out. The daemon implements it over its generation service; tests
+//! may implement it over anything.
+
+use futures_util::stream::BoxStream;
+
+/// Which chat platform a request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Discord,
+    Telegram,
+}
+
+impl Platform {
+    /// The lowercase name, used in user ids (`discord:<id>`) and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Discord => "discord",
+            Platform::Telegram => "telegram",
+        }
+    }
+}
+
+/// A request for a speech, as a chat platform delivers it.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub platform: Platform,
+    /// The platform's id of the person asking.
+    pub user_id: String,
+    /// The platform's id of the chat (channel, group or private chat) it was asked in.
+    pub chat_id: String,
+    /// As typed; the daemon checks and normalises it.
+    pub topic: String,
+}
+
+impl Ask {
+    /// `<platform>:<user id>`, the daemon's name for this person.
+    pub fn user(&self) -> String {
+        format!("{}:{}", self.platform.name(), self.user_id)
+    }
+}
+
+/// One piece of a speech being written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    /// More text, to append.
+    Text(String),
+    /// The speech is complete.
+    Done,
+    /// The speech could not be finished; the message is safe to show.
+    Failed(String),
+}
+
+/// How the daemon answers a request.
+pub enum Reply {
+    /// The whole speech at once (from the cache).
+    Whole(String),
+    /// A speech being written; dropping the stream cancels it.
+    Stream(BoxStream<'static, Piece>),
+}
+
+/// The daemon, as the bots see it.
+pub trait Speaker: Send + Sync + 'static {
+    /// Takes a request, quickly: either a reply or a refusal a person can act on (busy, rate
+    /// limited, bad topic…). Must be called inside a tokio runtime.
+    fn ask(&self, ask: Ask) -> Result<Reply, String>;
+
+    /// True when `user` (`<platform>:<id>`) may see the daemon's status.
+    fn is_admin(&self, user: &str) -> bool;
+
+    /// A few lines on the daemon's state, for admins.
+    fn status(&self) -> String;
+}

@@ -1,0 +1,380 @@
+//! The Telegram adapter: long polling with teloxide; `/mananera <tema>` anywhere, plain text
+//! in private chats, replies to the bot in groups. The speech is one message edited as it is
+//! written, in plain text, while the chat shows "typing…".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use teloxide::prelude::*;
+use teloxide::types::{BotCommand, ChatAction, MessageId, ReplyParameters, UpdateKind};
+use teloxide::update_listeners::{AsUpdateStream, Polling};
+use teloxide::{ApiError, RequestError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::config::{TelegramConfig, Token};
+use crate::port::{Ask, Platform, Reply, Speaker};
+use crate::writer::{self, Delivery, Surface};
+
+/// Telegram renews "typing…" for 5 s; renew a little earlier.
+const TYPING_EVERY: Duration = Duration::from_secs(4);
+/// One refusal notice per person per this long: a flood gets one answer, not fifty.
+const NOTICE_EVERY: Duration = Duration::from_secs(5);
+
+const HELP: &str = "Escribe /mananera seguido de un tema (por ejemplo: /mananera el tren maya) \
+y te respondo con un discurso al estilo de la mañanera. En un chat privado basta con escribir el tema.";
+
+/// Runs the Telegram bot until `stop` turns true, retrying with backoff when Telegram or the
+/// network fails. Replies being written are tracked by `tasks`.
+pub async fn run(
+    config: TelegramConfig,
+    token: Token,
+    speaker: Arc<dyn Speaker>,
+    tasks: TaskTracker,
+    mut stop: watch::Receiver<bool>,
+) {
+    let url = match reqwest_url(&config.api_url) {
+        Ok(url) => url,
+        Err(error) => {
+            tracing::error!(%error, api_url = %config.api_url, "telegram: telegram.api_url is not a URL; the bot is off");
+            return;
+        }
+    };
+    let bot = Bot::new(token.expose()).set_api_url(url);
+    let mut backoff = Backoff::new();
+    let state = Arc::new(Shared {
+        config: config.clone(),
+        speaker,
+        pacer: Pacer::default(),
+        notices: Mutex::default(),
+        tasks,
+    });
+    loop {
+        let result = tokio::select! {
+            result = serve(bot.clone(), Arc::clone(&state), &mut backoff) => result,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let wait = backoff.next();
+        tracing::error!(
+            error = %result.unwrap_err(),
+            retry_in_s = wait.as_secs(),
+            "telegram: the bot failed; check the token and the network"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+fn reqwest_url(url: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url).map_err(|e| e.to_string())
+}
+
+/// What every update's handler shares.
+struct Shared {
+    config: TelegramConfig,
+    speaker: Arc<dyn Speaker>,
+    pacer: Pacer,
+    /// When each person was last sent a refusal notice.
+    notices: Mutex<HashMap<String, Instant>>,
+    tasks: TaskTracker,
+}
+
+/// Registers the commands, then answers updates until polling fails.
+async fn serve(bot: Bot, state: Arc<Shared>, backoff: &mut Backoff) -> Result<(), RequestError> {
+    let me = bot.get_me().await?;
+    let username = me.username().to_string();
+    bot.set_my_commands(vec![
+        BotCommand::new("mananera", "Un discurso de la mañanera sobre un tema"),
+        BotCommand::new("help", "Cómo pedir un discurso"),
+        BotCommand::new("start", "Empezar"),
+        BotCommand::new("estado", "Estado del servidor (solo administradores)"),
+    ])
+    .await?;
+    tracing::info!(bot = %username, "telegram: connected, commands registered");
+    *backoff = Backoff::new();
+    let mut polling = Polling::builder(bot.clone())
+        .timeout(Duration::from_secs(state.config.poll_timeout_s))
+        .delete_webhook()
+        .await
+        .build();
+    let updates = polling.as_stream();
+    tokio::pin!(updates);
+    while let Some(update) = updates.next().await {
+        let update = match update {
+            Ok(update) => update,
+            Err(error) => {
+                // Polling retries by itself with its own backoff; say so.
+                tracing::warn!(%error, "telegram: getUpdates failed; retrying");
+                continue;
+            }
+        };
+        if let UpdateKind::Message(message) = update.kind {
+            let bot = bot.clone();
+            let state2 = Arc::clone(&state);
+            let username = username.clone();
+            state.tasks.spawn(async move {
+                handle(bot, state2, &username, message).await;
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a message asks of the bot.
+#[derive(Debug, PartialEq)]
+enum Intent {
+    Speech(String),
+    Help,
+    Status,
+    Ignore,
+}
+
+/// Reads a message: commands anywhere (`/mananera@bot` too), plain text only where the bot
+/// is clearly being talked to.
+fn intent(text: &str, private: bool, reply_to_bot: bool, bot_username: &str) -> Intent {
+    let Some(command_line) = text.strip_prefix('/') else {
+        return if private || reply_to_bot {
+            Intent::Speech(text.to_string())
+        } else {
+            Intent::Ignore
+        };
+    };
+    let (word, rest) = command_line
+        .split_once(char::is_whitespace)
+        .unwrap_or((command_line, ""));
+    let (name, addressee) = word.split_once('@').unwrap_or((word, ""));
+    if !addressee.is_empty() && !addressee.eq_ignore_ascii_case(bot_username) {
+        return Intent::Ignore;
+    }
+    match name.to_lowercase().as_str() {
+        "mananera" | "mañanera" => Intent::Speech(rest.trim().to_string()),
+        "start" | "help" | "ayuda" => Intent::Help,
+        "estado" | "status" => Intent::Status,
+        _ if private => Intent::Help,
+        _ => Intent::Ignore,
+    }
+}
+
+async fn handle(bot: Bot, state: Arc<Shared>, username: &str, message: Message) {
+    let Some(text) = message.text() else {
+        return;
+    };
+    let Some(from) = message.from.as_ref() else {
+        return;
+    };
+    let chat = message.chat.id;
+    let private = message.chat.is_private();
+    let reply_to_bot = message
+        .reply_to_message()
+        .and_then(|m| m.from.as_ref())
+        .is_some_and(|u| u.username.as_deref() == Some(username));
+    let user = format!("telegram:{}", from.id);
+    let intent = intent(text, private, reply_to_bot, username);
+    if intent == Intent::Ignore {
+        return;
+    }
+    let config = &state.config;
+    if !config.allowed_chats.is_empty() && !config.allowed_chats.contains(&chat.0) {
+        if private {
+            notify(
+                &bot,
+                &state,
+                &user,
+                &message,
+                "Este chat no tiene acceso a los discursos.",
+            )
+            .await;
+        }
+        return;
+    }
+    match intent {
+        Intent::Help => send_plain(&bot, &message, HELP).await,
+        Intent::Status => {
+            let text = if state.speaker.is_admin(&user) {
+                state.speaker.status()
+            } else {
+                "Solo los administradores pueden ver el estado.".to_string()
+            };
+            send_plain(&bot, &message, &text).await;
+        }
+        Intent::Speech(topic) if topic.trim().is_empty() => {
+            send_plain(&bot, &message, "Falta el tema: /mananera <tema>").await;
+        }
+        Intent::Speech(topic) => {
+            let ask = Ask {
+                platform: Platform::Telegram,
+                user_id: from.id.to_string(),
+                chat_id: chat.to_string(),
+                topic,
+            };
+            match state.speaker.ask(ask) {
+                Ok(reply) => speak(&bot, &state, &message, reply).await,
+                Err(refusal) => notify(&bot, &state, &user, &message, &refusal).await,
+            }
+        }
+        Intent::Ignore => {}
+    }
+}
+
+/// Writes a speech as a reply to `message`, showing "typing…" until it is done.
+async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
+    let typing = {
+        let bot = bot.clone();
+        let chat = message.chat.id;
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = bot.send_chat_action(chat, ChatAction::Typing).await {
+                    tracing::debug!(%error, "telegram: typing could not be shown");
+                }
+                tokio::time::sleep(TYPING_EVERY).await;
+            }
+        })
+    };
+    let mut surface = Chat {
+        bot: bot.clone(),
+        pacer: &state.pacer,
+        interval: state.config.edit_interval(),
+        chat: message.chat.id,
+        reply_to: message.id,
+        messages: Vec::new(),
+    };
+    let outcome = writer::write(&mut surface, reply, state.config.edit_interval()).await;
+    typing.abort();
+    tracing::debug!(?outcome, "telegram: reply written");
+}
+
+/// Sends a refusal, at most once per person per [`NOTICE_EVERY`].
+async fn notify(bot: &Bot, state: &Shared, user: &str, message: &Message, text: &str) {
+    {
+        let mut notices = state.notices.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        notices.retain(|_, at| now.duration_since(*at) < NOTICE_EVERY);
+        if notices.contains_key(user) {
+            tracing::debug!(user, "telegram: refusal not repeated");
+            return;
+        }
+        notices.insert(user.to_string(), now);
+    }
+    send_plain(bot, message, text).await;
+}
+
+/// One plain-text reply (no parse mode, so no markup can break it).
+async fn send_plain(bot: &Bot, message: &Message, text: &str) {
+    let sent = bot
+        .send_message(message.chat.id, text)
+        .reply_parameters(ReplyParameters::new(message.id).allow_sending_without_reply())
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, "telegram: a reply could not be sent");
+    }
+}
+
+/// Paces changes per chat: Telegram limits how often one chat may be written to, across
+/// every reply being written there.
+#[derive(Default)]
+struct Pacer {
+    next: Mutex<HashMap<ChatId, Instant>>,
+}
+
+impl Pacer {
+    /// Waits for the chat's turn and takes it; the next turn comes `interval` later.
+    async fn turn(&self, chat: ChatId, interval: Duration) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            next.retain(|_, at| *at > now);
+            let at = next.get(&chat).copied().unwrap_or(now).max(now);
+            next.insert(chat, at + interval);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Nobody writes to the chat before `until`.
+    fn hold(&self, chat: ChatId, until: Instant) {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let at = next.entry(chat).or_insert(until);
+        *at = (*at).max(until);
+    }
+}
+
+/// The messages of one reply in one chat.
+struct Chat<'a> {
+    bot: Bot,
+    pacer: &'a Pacer,
+    interval: Duration,
+    chat: ChatId,
+    reply_to: MessageId,
+    messages: Vec<MessageId>,
+}
+
+impl Surface for Chat<'_> {
+    const LIMIT: usize = 4096;
+
+    async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
+        self.pacer.turn(self.chat, self.interval).await;
+        let result = match self.messages.get(index) {
+            Some(&id) => self
+                .bot
+                .edit_message_text(self.chat, id, text)
+                .await
+                .map(drop),
+            None => {
+                let reply = ReplyParameters::new(self.reply_to).allow_sending_without_reply();
+                self.bot
+                    .send_message(self.chat, text)
+                    .reply_parameters(reply)
+                    .await
+                    .map(|sent| self.messages.push(sent.id))
+            }
+        };
+        match result {
+            Ok(()) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
+            Err(RequestError::RetryAfter(wait)) => {
+                self.pacer.hold(self.chat, Instant::now() + wait.duration());
+                Err(Delivery::RetryAfter(wait.duration()))
+            }
+            Err(error) => Err(Delivery::Failed(error.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_plain_text_and_groups() {
+        let speech = |t: &str| Intent::Speech(t.to_string());
+        assert_eq!(
+            intent("/mananera el tren", false, false, "bot"),
+            speech("el tren")
+        );
+        assert_eq!(
+            intent("/mañanera el tren", false, false, "bot"),
+            speech("el tren")
+        );
+        assert_eq!(
+            intent("/mananera@bot  agua ", false, false, "bot"),
+            speech("agua")
+        );
+        assert_eq!(
+            intent("/mananera@otro agua", false, false, "bot"),
+            Intent::Ignore
+        );
+        assert_eq!(intent("el tren", true, false, "bot"), speech("el tren"));
+        assert_eq!(intent("el tren", false, false, "bot"), Intent::Ignore);
+        assert_eq!(intent("el tren", false, true, "bot"), speech("el tren"));
+        assert_eq!(intent("/start", true, false, "bot"), Intent::Help);
+        assert_eq!(intent("/estado", false, false, "bot"), Intent::Status);
+        assert_eq!(intent("/otro", false, false, "bot"), Intent::Ignore);
+        assert_eq!(intent("/otro", true, false, "bot"), Intent::Help);
+        assert_eq!(intent("/mananera", true, false, "bot"), speech(""));
+    }
+}

@@ -1,0 +1,279 @@
+//! Shows a speech as it is written, the way both platforms need it: edits paced to at most
+//! one per interval, a platform's `retry after` honoured, and text past a message's size
+//! continued in new messages, never cut.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, sleep_until};
+
+use crate::port::{Piece, Reply};
+
+/// Why a message could not be shown.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The platform asked us to wait this long.
+    RetryAfter(Duration),
+    /// Anything else; the text is for the logs.
+    Failed(String),
+}
+
+/// Where a speech is shown: a list of messages, the first of which may already exist.
+pub trait Surface: Send {
+    /// The most characters (Unicode scalar values) one message may hold.
+    const LIMIT: usize;
+
+    /// Makes message `index` show `text`: edits it, or, when `index` is one past the last
+    /// message, creates it.
+    fn show(
+        &mut self,
+        index: usize,
+        text: &str,
+    ) -> impl Future<Output = Result<(), Delivery>> + Send;
+}
+
+/// Shown while the speech is still being written.
+const WRITING: &str = " …";
+/// Shown when the model produced no words at all.
+const EMPTY: &str = "(el modelo no escribió nada; prueba con otro tema)";
+/// Attempts at showing the final text before giving up.
+const FINAL_ATTEMPTS: u32 = 5;
+
+/// Splits `text` into messages of at most `limit` characters, breaking at the last
+/// newline or space of a full message when there is one.
+pub fn pages(text: &str, limit: usize) -> Vec<String> {
+    let mut pages = Vec::new();
+    let mut rest = text;
+    while rest.chars().count() > limit {
+        let hard = rest
+            .char_indices()
+            .nth(limit)
+            .map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..hard];
+        let cut = window
+            .rfind('\n')
+            .or_else(|| window.rfind(' '))
+            .filter(|&i| i > 0)
+            .unwrap_or(hard);
+        pages.push(window[..cut].to_string());
+        rest = rest[cut..].trim_start_matches([' ', '\n']);
+    }
+    if !rest.is_empty() || pages.is_empty() {
+        pages.push(rest.to_string());
+    }
+    pages
+}
+
+/// What a [`write`] ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole speech is shown.
+    Shown,
+    /// The speech failed; what was written and the reason are shown.
+    Failed,
+    /// The platform kept refusing; the logs say why.
+    Undelivered,
+}
+
+/// Streams `reply` onto `surface`, showing at most one change per `interval`.
+pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration) -> Outcome {
+    let mut shown: Vec<String> = Vec::new();
+    let mut next = Instant::now();
+    let (text, failure) = match reply {
+        Reply::Whole(text) => (text, None),
+        Reply::Stream(mut pieces) => {
+            let mut text = String::new();
+            let failure = loop {
+                let dirty = !text.is_empty() && rendered(&text, true, S::LIMIT) != shown;
+                let piece = tokio::select! {
+                    piece = pieces.next() => piece,
+                    () = sleep_until(next), if dirty => {
+                        let target = rendered(&text, true, S::LIMIT);
+                        next = show_one(surface, &mut shown, &target, interval).await;
+                        continue;
+                    }
+                };
+                match piece {
+                    Some(Piece::Text(delta)) => text.push_str(&delta),
+                    Some(Piece::Done) => break None,
+                    Some(Piece::Failed(reason)) => break Some(reason),
+                    None => break Some("la generación se interrumpió".to_string()),
+                }
+            };
+            (text, failure)
+        }
+    };
+    let mut full = if text.trim().is_empty() && failure.is_none() {
+        EMPTY.to_string()
+    } else {
+        text.trim_end().to_string()
+    };
+    if let Some(reason) = &failure {
+        full.push_str(&format!("\n\n⚠️ {reason}"));
+    }
+    let target = rendered(&full, false, S::LIMIT);
+    let mut failures = 0;
+    while shown != target {
+        sleep_until(next).await;
+        let before = shown.len();
+        let snapshot = shown.clone();
+        next = show_one(surface, &mut shown, &target, interval).await;
+        if shown == snapshot && shown.len() == before {
+            failures += 1;
+            if failures >= FINAL_ATTEMPTS {
+                return Outcome::Undelivered;
+            }
+        }
+    }
+    if failure.is_some() {
+        Outcome::Failed
+    } else {
+        Outcome::Shown
+    }
+}
+
+/// The messages that should show `text`; a speech still being written gets a marker.
+fn rendered(text: &str, writing: bool, limit: usize) -> Vec<String> {
+    let mut pages = pages(text, limit);
+    if writing {
+        let last = pages.last_mut().expect("pages is never empty");
+        if last.chars().count() + WRITING.chars().count() <= limit {
+            last.push_str(WRITING);
+        }
+    }
+    pages
+}
+
+/// Makes the first message that differs from `target` show its target text; returns when
+/// the next change may be made.
+async fn show_one<S: Surface>(
+    surface: &mut S,
+    shown: &mut Vec<String>,
+    target: &[String],
+    interval: Duration,
+) -> Instant {
+    let Some(index) = (0..target.len()).find(|&i| shown.get(i) != Some(&target[i])) else {
+        return Instant::now();
+    };
+    match surface.show(index, &target[index]).await {
+        Ok(()) => {
+            if index == shown.len() {
+                shown.push(target[index].clone());
+            } else {
+                shown[index] = target[index].clone();
+            }
+            Instant::now() + interval
+        }
+        Err(Delivery::RetryAfter(wait)) => {
+            tracing::warn!(
+                wait_ms = wait.as_millis() as u64,
+                "the platform asked to slow down"
+            );
+            Instant::now() + wait.max(interval)
+        }
+        Err(Delivery::Failed(reason)) => {
+            tracing::warn!(%reason, "a message could not be shown");
+            Instant::now() + interval * 2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn pages_never_cut_and_break_at_spaces() {
+        let text = "uno dos tres cuatro cinco";
+        let split = pages(text, 10);
+        assert_eq!(split, ["uno dos", "tres", "cuatro", "cinco"]);
+        assert!(split.iter().all(|p| p.chars().count() <= 10));
+        let long = "ñ".repeat(25);
+        let split = pages(&long, 10);
+        assert_eq!(split.concat(), long);
+        assert_eq!(split.len(), 3);
+        assert_eq!(pages("", 10), [""]);
+    }
+
+    /// Records every call; fails the calls whose number is in `refuse`.
+    struct Recorder {
+        calls: Arc<Mutex<Vec<(Instant, usize, String)>>>,
+        refuse: Vec<usize>,
+    }
+
+    impl Surface for Recorder {
+        const LIMIT: usize = 20;
+        async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((Instant::now(), index, text.to_string()));
+            if self.refuse.contains(&(calls.len() - 1)) {
+                return Err(Delivery::RetryAfter(Duration::from_secs(3)));
+            }
+            Ok(())
+        }
+    }
+
+    fn stream(words: usize) -> Reply {
+        let pieces = (0..words)
+            .map(|i| Piece::Text(format!("palabra{i} ")))
+            .chain([Piece::Done]);
+        let stream = futures_util::stream::iter(pieces).then(|piece| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            piece
+        });
+        Reply::Stream(stream.boxed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn edits_are_paced_retry_after_is_honoured_and_the_end_is_whole() {
+        let calls = Arc::default();
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: vec![1],
+        };
+        let outcome = write(&mut surface, stream(30), Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Shown);
+        let calls = calls.lock().unwrap();
+        for pair in calls.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(gap >= Duration::from_secs(1), "edits {gap:?} apart");
+        }
+        assert!(calls[2].0 - calls[1].0 >= Duration::from_secs(3));
+        let mut last = Vec::new();
+        for (_, index, text) in calls.iter() {
+            assert!(text.chars().count() <= Recorder::LIMIT);
+            if *index == last.len() {
+                last.push(text.clone());
+            } else {
+                last[*index] = text.clone();
+            }
+        }
+        let expected: String = (0..30).map(|i| format!("palabra{i} ")).collect();
+        assert_eq!(last.join(" "), expected.trim_end());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_shown_after_the_text() {
+        let pieces = futures_util::stream::iter([
+            Piece::Text("hola".into()),
+            Piece::Failed("sin memoria".into()),
+        ]);
+        let calls = Arc::default();
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: vec![],
+        };
+        let outcome = write(
+            &mut surface,
+            Reply::Stream(pieces.boxed()),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Failed);
+        let calls = calls.lock().unwrap();
+        let last = &calls.last().unwrap().2;
+        assert!(last.starts_with("hola"), "{last}");
+    }
+}
