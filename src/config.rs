@@ -13,6 +13,8 @@ use mananera_training::source::Source;
 use mananera_training::turns::CleaningRules;
 use mananera_training::{Cleaning, CorpusConfig};
 
+use mananera_bots::{DiscordConfig, TelegramConfig};
+
 use crate::engine::checkpoint::ModelSource;
 use crate::engine::{EngineOptions, Quantization, SamplingParams};
 use crate::service::cache::CacheConfig;
@@ -34,6 +36,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
+    pub discord: DiscordConfig,
+    pub telegram: TelegramConfig,
 }
 
 /// `[serve]`: the daemon's web server and what a request may ask for.

@@ -8,12 +8,14 @@
 //! - [`service`]: the daemon's core: generation worker with continuous batching, prompt
 //!   cache, user limits, metrics.
 //! - [`web`]: the web page and HTTP API of `mananera serve`.
+//! - [`chat_bots`]: the Discord and Telegram bots (`mananera-bots` crate) wired to the service.
 //! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `scrape`,
 //!   `corpus`, `config`).
 //!
 //! The corpus pipeline (scraping, cleaning, the corpus directory) is the `mananera-training`
 //! crate in `training/`; this crate wires it to the command line.
 
+pub mod chat_bots;
 pub mod cli;
 pub mod commands;
 pub mod config;

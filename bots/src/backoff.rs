@@ -1,4 +1,5 @@
-//! Waits between reconnection attempts: doubling from one second up to five minutes.
+//! Waiting between reconnection attempts (doubling from one second up to five minutes), and
+//! for the stop signal.
 
 use std::time::Duration;
 
@@ -21,4 +22,9 @@ impl Backoff {
         self.next = (self.next * 2).min(MOST);
         wait
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }

@@ -14,7 +14,7 @@ use serenity::async_trait;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, stopped};
 use crate::config::{DiscordConfig, Token};
 use crate::port::{Ask, Platform, Speaker};
 use crate::writer::{self, Delivery, Surface};
@@ -58,7 +58,7 @@ pub async fn run(
                 let shards = Arc::clone(&client.shard_manager);
                 tokio::select! {
                     result = client.start() => result.map_err(|e| e.to_string()),
-                    _ = stop.wait_for(|stop| *stop) => {
+                    () = stopped(&mut stop) => {
                         shards.shutdown_all().await;
                         return;
                     }
@@ -80,7 +80,7 @@ pub async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stopped(&mut stop) => return,
         }
     }
 }

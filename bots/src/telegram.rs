@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, stopped};
 use crate::config::{TelegramConfig, Token};
 use crate::port::{Ask, Platform, Reply, Speaker};
 use crate::writer::{self, Delivery, Surface};
@@ -56,7 +56,7 @@ pub async fn run(
     loop {
         let result = tokio::select! {
             result = serve(bot.clone(), Arc::clone(&state), &mut backoff) => result,
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stopped(&mut stop) => return,
         };
         let wait = backoff.next();
         tracing::error!(
@@ -66,7 +66,7 @@ pub async fn run(
         );
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stopped(&mut stop) => return,
         }
     }
 }

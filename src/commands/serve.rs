@@ -1,11 +1,13 @@
 //! `mananera serve`: the daemon. Listens at once (so `/healthz` answers while the model
 //! loads), loads the model in the background, then serves the web page, the API and the
 //! metrics until SIGTERM or SIGINT, when it stops taking requests, lets running ones finish
-//! within `queue.grace_s`, flushes the store and exits 0.
+//! within `queue.grace_s`, flushes the store and exits 0. The chat bots whose tokens are
+//! configured run alongside.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::chat_bots::Bots;
 use crate::cli::Failure;
 use crate::config::Config;
 use crate::engine::{Engine, model_version};
@@ -72,6 +74,8 @@ async fn serve(
     tracing::info!(address = %format!("http://{local}"), state_dir = %state_dir.display(), "listening");
     // A line on stdout for scripts and tests that start the daemon on port 0.
     println!("mananera listening on http://{local}");
+    let bots = Bots::start(&config, Arc::clone(&speeches), Arc::clone(&metrics));
+    println!("mananera bots: {}", bots.running.join(" "));
 
     let loading = {
         let (config, metrics, db) = (config.clone(), Arc::clone(&metrics), db.clone());
@@ -93,9 +97,11 @@ async fn serve(
     }
     tracing::info!("stopping: no new requests; finishing the running ones");
     let _ = stop_tx.send(true);
+    bots.stop_listening();
     if let Some(speeches) = speeches.get() {
         speeches.shut_down().await;
     }
+    bots.finish().await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the web server failed"),

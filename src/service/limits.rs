@@ -21,6 +21,18 @@ pub struct LimitsConfig {
     pub block: Vec<String>,
     /// Exempt from every limit.
     pub admins: Vec<String>,
+    /// `[limits.discord]`: rates for Discord users, where they differ.
+    pub discord: PlatformRates,
+    /// `[limits.telegram]`: rates for Telegram users, where they differ.
+    pub telegram: PlatformRates,
+}
+
+/// One platform's own rate and quota; an unset value falls back to `[limits]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformRates {
+    pub per_minute: Option<u32>,
+    pub per_day: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -31,6 +43,8 @@ impl Default for LimitsConfig {
             allow: Vec::new(),
             block: Vec::new(),
             admins: Vec::new(),
+            discord: PlatformRates::default(),
+            telegram: PlatformRates::default(),
         }
     }
 }
@@ -122,8 +136,22 @@ impl Limits {
         })
     }
 
+    /// The rate per minute and the daily quota for `user`, by the platform its id names.
+    fn rates(&self, user: &str) -> (u32, u32) {
+        let platform = match user.split_once(':').map(|(p, _)| p) {
+            Some("discord") => &self.config.discord,
+            Some("telegram") => &self.config.telegram,
+            _ => &PlatformRates::default(),
+        };
+        (
+            platform.per_minute.unwrap_or(self.config.per_minute),
+            platform.per_day.unwrap_or(self.config.per_day),
+        )
+    }
+
     /// Checks and records one request against the rate and the quota.
     fn count(&self, user: &str, now_ms: u64) -> Result<(), Refusal> {
+        let (per_minute, per_day) = self.rates(user);
         let mut usage: Usage = self
             .tree
             .get(user)
@@ -139,12 +167,12 @@ impl Limits {
             usage.day = day;
             usage.today = 0;
         }
-        if self.config.per_day > 0 && usage.today >= self.config.per_day {
+        if per_day > 0 && usage.today >= per_day {
             return Err(Refusal::QuotaExhausted {
                 resets_in_s: ((day + 1) * DAY_MS - now_ms).div_ceil(1000),
             });
         }
-        if self.config.per_minute > 0 && usage.recent_ms.len() >= self.config.per_minute as usize {
+        if per_minute > 0 && usage.recent_ms.len() >= per_minute as usize {
             let oldest = usage.recent_ms.iter().min().copied().unwrap_or(now_ms);
             return Err(Refusal::RateLimited {
                 retry_after_s: (oldest + 60_000)
@@ -178,6 +206,29 @@ mod tests {
         };
         let db = sled::Config::new().temporary(true).open().unwrap();
         Limits::new(config, db.open_tree("limits").unwrap())
+    }
+
+    #[test]
+    fn a_platform_may_have_its_own_rate() {
+        let config = LimitsConfig {
+            per_minute: 5,
+            telegram: PlatformRates {
+                per_minute: Some(1),
+                per_day: None,
+            },
+            ..Default::default()
+        };
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let limits = Limits::new(config, db.open_tree("limits").unwrap());
+        drop(limits.admit("telegram:1", 0).unwrap());
+        assert!(matches!(
+            limits.admit("telegram:1", 1),
+            Err(Refusal::RateLimited { .. })
+        ));
+        for t in 0..5 {
+            drop(limits.admit("discord:1", t).unwrap());
+        }
+        assert!(limits.admit("discord:1", 6).is_err());
     }
 
     #[test]

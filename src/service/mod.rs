@@ -109,6 +109,11 @@ impl Speeches {
         &self.version
     }
 
+    /// True for users exempt from the limits, who may also see the daemon's status.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.limits.is_admin(user)
+    }
+
     /// The prompt cache, when there is one.
     pub fn cache(&self) -> Option<&PromptCache> {
         self.cache.as_ref()
