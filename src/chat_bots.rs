@@ -98,8 +98,6 @@ fn tokio_stream_of(
 pub struct Bots {
     stop: watch::Sender<bool>,
     tasks: TaskTracker,
-    /// Names of the adapters that started, for the log and the status command.
-    pub running: Vec<&'static str>,
 }
 
 impl Bots {
@@ -159,11 +157,7 @@ impl Bots {
             running.join(", ")
         };
         tracing::info!(bots = %listed, "chat bots");
-        Bots {
-            stop,
-            tasks,
-            running,
-        }
+        Bots { stop, tasks }
     }
 
     /// Stops taking new requests from the platforms.

@@ -366,12 +366,20 @@ fn read_table(path: &Path) -> Result<toml::Table, String> {
 
 /// `MANANERA_<SECTION>_<KEY>` for every section of the config, e.g.
 /// `MANANERA_GENERATION_MAX_WORDS=80` or `MANANERA_MODEL_ID=/srv/bloom`.
+/// Tokens read by name, never settings (and never echoed in a settings error).
+const SECRET_VARIABLES: &[&str] = &[
+    "MANANERA_API_TOKEN",
+    "MANANERA_DISCORD_TOKEN",
+    "MANANERA_TELEGRAM_TOKEN",
+];
+
 fn env_overrides() -> Vec<Override> {
     let sections: Vec<String> = match toml::Value::try_from(Config::default()) {
         Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
         _ => Vec::new(),
     };
     let mut found: Vec<Override> = std::env::vars()
+        .filter(|(name, _)| !SECRET_VARIABLES.contains(&name.as_str()))
         .filter_map(|(name, value)| {
             let rest = name.strip_prefix(ENV_PREFIX)?;
             sections.iter().find_map(|section| {

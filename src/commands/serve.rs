@@ -75,7 +75,6 @@ async fn serve(
     // A line on stdout for scripts and tests that start the daemon on port 0.
     println!("mananera listening on http://{local}");
     let bots = Bots::start(&config, Arc::clone(&speeches), Arc::clone(&metrics));
-    println!("mananera bots: {}", bots.running.join(" "));
 
     let loading = {
         let (config, metrics, db) = (config.clone(), Arc::clone(&metrics), db.clone());

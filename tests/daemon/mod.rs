@@ -71,6 +71,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `mananera serve` with `model`, the state in `state_dir`, and extra `--set`s.
     pub fn start(model: &Path, state_dir: &Path, sets: &[&str]) -> Daemon {
+        Self::start_with_env(model, state_dir, sets, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (the bots' tokens).
+    pub fn start_with_env(
+        model: &Path,
+        state_dir: &Path,
+        sets: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let stderr = state_dir.with_extension("log");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -80,6 +90,10 @@ impl Daemon {
             .arg("--set")
             .arg(state_dir_setting(state_dir))
             .env_remove("MANANERA_API_TOKEN")
+            .env_remove("MANANERA_DISCORD_TOKEN")
+            .env_remove("MANANERA_TELEGRAM_TOKEN")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .envs(env.iter().copied())
             .env("MANANERA_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());

@@ -1,0 +1,165 @@
+//! The chat bots, end to end: the real daemon binary against loopback fakes of Discord
+//! (REST + gateway) and of the Telegram Bot API.
+
+mod daemon;
+mod fake_chat;
+
+use std::time::Duration;
+
+use daemon::{Daemon, metric, slow_model, tiny_model};
+use fake_chat::discord::{self as dc, FakeDiscord};
+use fake_chat::telegram::{self as tg, FakeTelegram};
+use serde_json::{Value, json};
+
+/// A long (about 6,900 characters, 5 s) speech from the slow model: several edits, and
+/// more than one message on both platforms.
+const LONG: &[&str] = &[
+    "generation.max_new_tokens=1200",
+    "serve.max_new_tokens=1200",
+    "generation.max_words=0",
+    "generation.seed=1",
+];
+
+fn sets<'a>(extra: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
+    extra
+        .iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
+}
+
+/// The words of a text, to compare texts split into messages at spaces.
+fn words(text: &str) -> Vec<&str> {
+    text.split_whitespace().collect()
+}
+
+/// What the bot's messages show in the end: the reply's edits, then its follow-ups in order.
+fn discord_final(calls: &[dc::Call], token: &str) -> Vec<String> {
+    let mut original = String::new();
+    let mut followups: Vec<(String, String)> = Vec::new();
+    for call in calls.iter().filter(|c| c.path.contains(token)) {
+        let content = call.body["content"].as_str().unwrap_or_default().to_string();
+        match (call.method.as_str(), call.path.rsplit('/').next().unwrap()) {
+            ("PATCH", "@original") => original = content,
+            ("PATCH", id) => {
+                if let Some(f) = followups.iter_mut().find(|(i, _)| i == id) {
+                    f.1 = content;
+                }
+            }
+            ("POST", last) if last == token => {
+                followups.push((call.created.clone().unwrap(), content));
+            }
+            _ => {}
+        }
+    }
+    std::iter::once(original)
+        .chain(followups.into_iter().map(|(_, c)| c))
+        .collect()
+}
+
+/// The speech the daemon stored for `topic`, fetched over HTTP (a cache hit).
+async fn cached_speech(daemon: &Daemon, topic: &str) -> String {
+    let reply = daemon::generate(&daemon.url, &json!({ "topic": topic })).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    reply.json["text"].as_str().unwrap().to_string()
+}
+
+fn discord_daemon(fake: &FakeDiscord, state: &std::path::Path, model: &std::path::Path, extra: &[&str]) -> Daemon {
+    let proxy = format!("discord.api_proxy={:?}", fake.rest_url);
+    let guilds = format!("discord.guilds=[{}]", dc::GUILD_ID);
+    let more = [proxy, guilds];
+    Daemon::start_with_env(
+        model,
+        state,
+        &sets(extra, &more),
+        &[("MANANERA_DISCORD_TOKEN", "discord-test-token")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_registers_defers_streams_paced_and_continues_past_2000_characters() {
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+
+    // Registration: per guild, bulk overwrite, the documented schema.
+    let registered = fake
+        .wait_for(Duration::from_secs(30), "command registration", |calls, _| {
+            calls.iter().find(|c| c.method == "PUT").cloned()
+        })
+        .await;
+    assert!(
+        registered.path.ends_with(&format!("/applications/{}/guilds/{}/commands", dc::APP_ID, dc::GUILD_ID)),
+        "{}",
+        registered.path
+    );
+    let command = registered.body.as_array().unwrap().iter().find(|c| c["name"] == "mañanera").unwrap().clone();
+    let option = &command["options"][0];
+    assert_eq!(
+        (option["name"].clone(), option["type"].clone(), option["required"].clone(), option["max_length"].clone()),
+        (json!("tema"), json!(3), json!(true), json!(200)),
+        "{command}"
+    );
+    assert!(!command["description"].as_str().unwrap().is_empty());
+
+    // The speech: deferred at once, edited at most once a second, continued in follow-ups.
+    let asked = std::time::Instant::now();
+    let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "111", true);
+    let callback = fake
+        .wait_for(Duration::from_secs(3), "deferred response", |calls, _| {
+            calls.iter().find(|c| c.path.contains(&token) && c.path.ends_with("/callback")).cloned()
+        })
+        .await;
+    assert_eq!(callback.body["type"], 5, "{:?}", callback.body);
+    assert!(callback.at - asked < Duration::from_secs(3));
+    let final_pages = fake
+        .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
+            let pages = discord_final(calls, &token);
+            (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    let stored = cached_speech(&daemon, "@everyone el agua <@&1234>").await;
+    assert_eq!(words(&final_pages.join(" ")), words(&stored));
+    assert!(stored.chars().count() > 6000);
+
+    let calls = fake.calls();
+    let edits: Vec<&dc::Call> = calls
+        .iter()
+        .filter(|c| c.path.contains(&token) && !c.path.ends_with("/callback"))
+        .collect();
+    assert!(edits.len() >= 5, "{} edits", edits.len());
+    for pair in edits.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(950), "two changes {gap:?} apart");
+    }
+    for call in &edits {
+        let content = call.body["content"].as_str().unwrap();
+        assert!(content.chars().count() <= 2000, "{} characters", content.chars().count());
+        assert_eq!(call.body["allowed_mentions"]["parse"], json!([]), "{:?}", call.body);
+        for key in ["users", "roles"] {
+            let listed = &call.body["allowed_mentions"][key];
+            assert!(listed.is_null() || listed == &json!([]), "{:?}", call.body);
+        }
+    }
+
+    // The same topic again is a cache hit: answered without the model.
+    let tokens_before = metric(&daemon.url, "mananera_generated_tokens_total").await;
+    let hits_before = metric(&daemon.url, "mananera_cache_hits_total").await;
+    let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "112", true);
+    let pages = fake
+        .wait_for(Duration::from_secs(20), "the cached speech", |calls, _| {
+            let pages = discord_final(calls, &token);
+            (pages.len() >= 4).then_some(pages)
+        })
+        .await;
+    assert_eq!(words(&pages.join(" ")), words(&stored));
+    assert_eq!(metric(&daemon.url, "mananera_generated_tokens_total").await, tokens_before);
+    assert_eq!(metric(&daemon.url, "mananera_cache_hits_total").await, hits_before + 1.0);
+    assert!(
+        metric(&daemon.url, "mananera_requests_total{frontend=\"discord\",outcome=\"cached\"}").await >= 1.0
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("discord-test-token"), "the token was logged");
+    assert!(log.contains("bots=discord"), "{log}");
+}
