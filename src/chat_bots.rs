@@ -29,7 +29,9 @@ struct Port {
 impl Speaker for Port {
     fn ask(&self, ask: Ask) -> Result<Reply, String> {
         let Some(speeches) = self.speeches.get() else {
-            return Err("El modelo todavía se está cargando; intenta de nuevo en un minuto.".into());
+            return Err(
+                "El modelo todavía se está cargando; intenta de nuevo en un minuto.".into(),
+            );
         };
         let request = Request {
             frontend: ask.platform.name(),
@@ -75,7 +77,11 @@ impl Speaker for Port {
             .clone();
         format!(
             "modelo: {}\nlisto: {}\ncola: {} en espera, {} escribiéndose\ncaché: {} aciertos, {} fallos ({ratio}), {} entradas\nbots: {}",
-            if version.is_empty() { "cargando" } else { &version },
+            if version.is_empty() {
+                "cargando"
+            } else {
+                &version
+            },
             if m.ready.get() > 0.0 { "sí" } else { "no" },
             m.queue_depth.get(),
             m.batch_size.get(),

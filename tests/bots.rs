@@ -38,7 +38,10 @@ fn discord_final(calls: &[dc::Call], token: &str) -> Vec<String> {
     let mut original = String::new();
     let mut followups: Vec<(String, String)> = Vec::new();
     for call in calls.iter().filter(|c| c.path.contains(token)) {
-        let content = call.body["content"].as_str().unwrap_or_default().to_string();
+        let content = call.body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         match (call.method.as_str(), call.path.rsplit('/').next().unwrap()) {
             ("PATCH", "@original") => original = content,
             ("PATCH", id) => {
@@ -64,7 +67,12 @@ async fn cached_speech(daemon: &Daemon, topic: &str) -> String {
     reply.json["text"].as_str().unwrap().to_string()
 }
 
-fn discord_daemon(fake: &FakeDiscord, state: &std::path::Path, model: &std::path::Path, extra: &[&str]) -> Daemon {
+fn discord_daemon(
+    fake: &FakeDiscord,
+    state: &std::path::Path,
+    model: &std::path::Path,
+    extra: &[&str],
+) -> Daemon {
     let proxy = format!("discord.api_proxy={:?}", fake.rest_url);
     let guilds = format!("discord.guilds=[{}]", dc::GUILD_ID);
     let more = [proxy, guilds];
@@ -84,19 +92,37 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
 
     // Registration: per guild, bulk overwrite, the documented schema.
     let registered = fake
-        .wait_for(Duration::from_secs(30), "command registration", |calls, _| {
-            calls.iter().find(|c| c.method == "PUT").cloned()
-        })
+        .wait_for(
+            Duration::from_secs(30),
+            "command registration",
+            |calls, _| calls.iter().find(|c| c.method == "PUT").cloned(),
+        )
         .await;
     assert!(
-        registered.path.ends_with(&format!("/applications/{}/guilds/{}/commands", dc::APP_ID, dc::GUILD_ID)),
+        registered.path.ends_with(&format!(
+            "/applications/{}/guilds/{}/commands",
+            dc::APP_ID,
+            dc::GUILD_ID
+        )),
         "{}",
         registered.path
     );
-    let command = registered.body.as_array().unwrap().iter().find(|c| c["name"] == "mañanera").unwrap().clone();
+    let command = registered
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mañanera")
+        .unwrap()
+        .clone();
     let option = &command["options"][0];
     assert_eq!(
-        (option["name"].clone(), option["type"].clone(), option["required"].clone(), option["max_length"].clone()),
+        (
+            option["name"].clone(),
+            option["type"].clone(),
+            option["required"].clone(),
+            option["max_length"].clone()
+        ),
         (json!("tema"), json!(3), json!(true), json!(200)),
         "{command}"
     );
@@ -107,7 +133,10 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "111", true);
     let callback = fake
         .wait_for(Duration::from_secs(3), "deferred response", |calls, _| {
-            calls.iter().find(|c| c.path.contains(&token) && c.path.ends_with("/callback")).cloned()
+            calls
+                .iter()
+                .find(|c| c.path.contains(&token) && c.path.ends_with("/callback"))
+                .cloned()
         })
         .await;
     assert_eq!(callback.body["type"], 5, "{:?}", callback.body);
@@ -130,12 +159,24 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     assert!(edits.len() >= 5, "{} edits", edits.len());
     for pair in edits.windows(2) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap >= Duration::from_millis(950), "two changes {gap:?} apart");
+        assert!(
+            gap >= Duration::from_millis(950),
+            "two changes {gap:?} apart"
+        );
     }
     for call in &edits {
         let content = call.body["content"].as_str().unwrap();
-        assert!(content.chars().count() <= 2000, "{} characters", content.chars().count());
-        assert_eq!(call.body["allowed_mentions"]["parse"], json!([]), "{:?}", call.body);
+        assert!(
+            content.chars().count() <= 2000,
+            "{} characters",
+            content.chars().count()
+        );
+        assert_eq!(
+            call.body["allowed_mentions"]["parse"],
+            json!([]),
+            "{:?}",
+            call.body
+        );
         for key in ["users", "roles"] {
             let listed = &call.body["allowed_mentions"][key];
             assert!(listed.is_null() || listed == &json!([]), "{:?}", call.body);
@@ -153,13 +194,242 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
         })
         .await;
     assert_eq!(words(&pages.join(" ")), words(&stored));
-    assert_eq!(metric(&daemon.url, "mananera_generated_tokens_total").await, tokens_before);
-    assert_eq!(metric(&daemon.url, "mananera_cache_hits_total").await, hits_before + 1.0);
+    assert_eq!(
+        metric(&daemon.url, "mananera_generated_tokens_total").await,
+        tokens_before
+    );
+    assert_eq!(
+        metric(&daemon.url, "mananera_cache_hits_total").await,
+        hits_before + 1.0
+    );
     assert!(
-        metric(&daemon.url, "mananera_requests_total{frontend=\"discord\",outcome=\"cached\"}").await >= 1.0
+        metric(
+            &daemon.url,
+            "mananera_requests_total{frontend=\"discord\",outcome=\"cached\"}"
+        )
+        .await
+            >= 1.0
     );
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     assert!(!log.contains("discord-test-token"), "the token was logged");
     assert!(log.contains("bots=discord"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_honours_429_and_keeps_answering_across_a_reconnect() {
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    fake.wait_for(
+        Duration::from_secs(30),
+        "READY and registration",
+        |calls, _| calls.iter().any(|c| c.method == "PUT").then_some(()),
+    )
+    .await;
+
+    // The second edit is refused with 429 (retry after 2 s): the next one waits.
+    fake.refuse_edits(0);
+    let token = fake.slash("mañanera", Some("la refinería"), "201", true);
+    fake.wait_for(Duration::from_secs(10), "a first edit", |calls, _| {
+        calls
+            .iter()
+            .any(|c| c.path.contains(&token) && c.method == "PATCH")
+            .then_some(())
+    })
+    .await;
+    fake.refuse_edits(1);
+
+    // Meanwhile the gateway asks for a reconnect: the bot resumes the same session.
+    fake.reconnect();
+    let resume = fake
+        .wait_for(Duration::from_secs(20), "RESUME", |_, frames| {
+            frames.iter().find(|f| f.op == 6).cloned()
+        })
+        .await;
+    assert_eq!(resume.d["session_id"], "session-1");
+    assert_eq!(resume.d["token"], "Bot discord-test-token");
+    assert!(resume.connection >= 2);
+    assert!(resume.d["seq"].as_u64().unwrap() >= 1);
+
+    // The speech accepted before the reconnect still finishes.
+    let pages = fake
+        .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
+            let pages = discord_final(calls, &token);
+            (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&cached_speech(&daemon, "la refinería").await)
+    );
+    let calls: Vec<dc::Call> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            c.path.contains(&token) && c.method.starts_with("PATCH")
+                || c.method == "POST" && c.path.ends_with(&token)
+        })
+        .collect();
+    let refused = calls
+        .iter()
+        .position(|c| c.method == "PATCH 429")
+        .expect("a 429");
+    let after = calls[refused + 1].at - calls[refused].at;
+    assert!(
+        after >= Duration::from_secs(2),
+        "retried {after:?} after a 429 asking for 2 s"
+    );
+
+    // And a new command on the resumed session is answered.
+    let token = fake.slash("mañanera", Some("el aeropuerto"), "202", true);
+    fake.wait_for(
+        Duration::from_secs(5),
+        "an answer after the reconnect",
+        |calls, _| {
+            calls
+                .iter()
+                .any(|c| c.path.contains(&token) && c.path.ends_with("/callback"))
+                .then_some(())
+        },
+    )
+    .await;
+    drop(daemon);
+}
+
+/// The interaction's first response, once it comes.
+async fn first_response(fake: &FakeDiscord, token: &str) -> Value {
+    fake.wait_for(
+        Duration::from_secs(10),
+        "an interaction response",
+        |calls, _| {
+            calls
+                .iter()
+                .find(|c| c.path.contains(token) && c.path.ends_with("/callback"))
+                .map(|c| c.body.clone())
+        },
+    )
+    .await
+}
+
+/// An ephemeral notice's text; panics if the response is not one.
+fn ephemeral(response: &Value) -> String {
+    assert_eq!(response["type"], 4, "{response}");
+    assert_eq!(response["data"]["flags"], 64, "{response}");
+    assert_eq!(
+        response["data"]["allowed_mentions"]["parse"],
+        json!([]),
+        "{response}"
+    );
+    response["data"]["content"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_served() {
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Telegram is configured but its server is down: Discord and the web page carry on.
+    let telegram = format!("telegram.api_url={:?}", "http://127.0.0.1:9");
+    let more = [
+        format!("discord.api_proxy={:?}", fake.rest_url),
+        "limits.admins=[\"discord:1\"]".to_string(),
+        "limits.per_minute=20".to_string(),
+        telegram,
+    ];
+    let daemon = Daemon::start_with_env(
+        &tiny_model(),
+        &dir.path().join("state"),
+        &sets(&[], &more),
+        &[
+            ("MANANERA_DISCORD_TOKEN", "discord-test-token"),
+            ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
+        ],
+    );
+    let registered = fake
+        .wait_for(Duration::from_secs(30), "registration", |calls, _| {
+            calls.iter().find(|c| c.method == "PUT").cloned()
+        })
+        .await;
+    assert!(
+        registered
+            .path
+            .ends_with(&format!("/applications/{}/commands", dc::APP_ID)),
+        "global: {}",
+        registered.path
+    );
+
+    let cases: &[(Option<&str>, &str)] = &[
+        (None, "empty"),
+        (Some(""), "empty"),
+        (Some(&"a".repeat(250)), "200"),
+        (Some("😀😀😀"), ""),
+        (Some("\u{200b}\u{200b}"), "empty"),
+        (Some("\u{202e}\u{200f}"), "empty"),
+        (Some("**negritas** <b>html</b> `código`"), ""),
+        (Some("<@123> @everyone @here <#456>"), ""),
+    ];
+    for (i, (topic, expect)) in cases.iter().enumerate() {
+        let user = format!("30{i}");
+        let token = fake.slash("mañanera", *topic, &user, true);
+        let response = first_response(&fake, &token).await;
+        if expect.is_empty() {
+            assert_eq!(response["type"], 5, "{topic:?}: {response}");
+        } else {
+            let text = ephemeral(&response);
+            assert!(text.contains(expect), "{topic:?}: {text}");
+        }
+    }
+
+    // A flood from one person: every interaction gets an answer, most of them refusals.
+    let tokens: Vec<String> = (0..50)
+        .map(|_| fake.slash("mañanera", Some("el tren maya"), "400", true))
+        .collect();
+    let mut refused = 0;
+    for token in &tokens {
+        let response = first_response(&fake, token).await;
+        if response["type"] == 4 {
+            let text = ephemeral(&response);
+            assert!(
+                text.contains("minute") || text.contains("still being written"),
+                "{text}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 30, "{refused} of 50 refused");
+    // Someone else is still served.
+    let token = fake.slash("mañanera", Some("el tren maya"), "401", true);
+    assert_eq!(first_response(&fake, &token).await["type"], 5);
+    fake.wait_for(
+        Duration::from_secs(20),
+        "the other person's speech",
+        |calls, _| {
+            let pages = discord_final(calls, &token);
+            (!pages[0].is_empty() && !pages[0].ends_with(" …")).then_some(())
+        },
+    )
+    .await;
+
+    // The status command: admins only.
+    let token = fake.slash("mañanera-estado", None, "402", true);
+    assert!(ephemeral(&first_response(&fake, &token).await).contains("administradores"));
+    let token = fake.slash("mañanera-estado", None, "1", true);
+    let status = ephemeral(&first_response(&fake, &token).await);
+    assert!(status.contains("modelo: tiny-bloom-4h"), "{status}");
+    assert!(status.contains("discord, telegram"), "{status}");
+
+    // Direct messages are answered; the telegram outage is only logged.
+    let token = fake.slash("mañanera", Some("el petróleo"), "403", false);
+    assert_eq!(first_response(&fake, &token).await["type"], 5);
+    let health = reqwest::get(format!("{}/healthz", daemon.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("telegram: the bot failed"), "{log}");
+    assert!(
+        !log.contains("telegram-test-token") && !log.contains("discord-test-token"),
+        "a token was logged"
+    );
 }

@@ -279,10 +279,7 @@ async fn rest_call(
 ) -> Response {
     let path = uri.path().to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let parts: Vec<&str> = path
-        .trim_start_matches("/api/v10/")
-        .split('/')
-        .collect();
+    let parts: Vec<&str> = path.trim_start_matches("/api/v10/").split('/').collect();
     let call = Call {
         at: Instant::now(),
         method: method.to_string(),
@@ -296,7 +293,8 @@ async fn rest_call(
             "url": gateway_url, "shards": 1,
             "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
         })),
-        ("PUT", ["applications", _, "guilds", _, "commands"]) | ("PUT", ["applications", _, "commands"]) => {
+        ("PUT", ["applications", _, "guilds", _, "commands"])
+        | ("PUT", ["applications", _, "commands"]) => {
             fake.record(call);
             let commands: Vec<Value> = body
                 .as_array()
@@ -352,7 +350,11 @@ async fn rest_call(
                 method: format!("UNKNOWN {method}"),
                 ..call
             });
-            (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Unknown route", "code": 0}))).into_response()
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "Unknown route", "code": 0})),
+            )
+                .into_response()
         }
     }
 }

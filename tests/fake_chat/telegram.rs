@@ -87,7 +87,12 @@ impl FakeTelegram {
             "text": text,
         });
         if text.starts_with('/') {
-            let len = text.split_whitespace().next().unwrap().encode_utf16().count();
+            let len = text
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .encode_utf16()
+                .count();
             message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
         }
         if let Some(id) = reply_to {
@@ -157,7 +162,11 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
     }
     let refused = {
         let mut inner = fake.inner.lock().unwrap();
-        match inner.refuse.iter_mut().find(|(m, n)| *m == method && *n > 0) {
+        match inner
+            .refuse
+            .iter_mut()
+            .find(|(m, n)| *m == method && *n > 0)
+        {
             Some((_, n)) => {
                 *n -= 1;
                 true
@@ -194,7 +203,9 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
             "supports_inline_queries": false, "can_connect_to_business": false,
             "has_main_web_app": false,
         })),
-        "getwebhookinfo" => ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0})),
+        "getwebhookinfo" => {
+            ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}))
+        }
         "deletewebhook" | "setmycommands" | "sendchataction" => ok(json!(true)),
         "sendmessage" => {
             let id = {
@@ -205,8 +216,10 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
             ok(message(id))
         }
         "editmessagetext" => ok(message(body["message_id"].as_i64().unwrap_or(0))),
-        _ => axum::Json(json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}))
-            .into_response(),
+        _ => axum::Json(
+            json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
+        )
+        .into_response(),
     }
 }
 
