@@ -28,6 +28,19 @@ fn sets<'a>(extra: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
         .collect()
 }
 
+/// A counter once the worker has recorded its last step (it counts after answering).
+async fn settled(daemon: &Daemon, series: &str) -> f64 {
+    let mut last = metric(&daemon.url, series).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = metric(&daemon.url, series).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// The words of a text, to compare texts split into messages at spaces.
 fn words(text: &str) -> Vec<&str> {
     text.split_whitespace().collect()
@@ -184,7 +197,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     }
 
     // The same topic again is a cache hit: answered without the model.
-    let tokens_before = metric(&daemon.url, "mananera_generated_tokens_total").await;
+    let tokens_before = settled(&daemon, "mananera_generated_tokens_total").await;
     let hits_before = metric(&daemon.url, "mananera_cache_hits_total").await;
     let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "112", true);
     let pages = fake
@@ -432,4 +445,369 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
         !log.contains("telegram-test-token") && !log.contains("discord-test-token"),
         "a token was logged"
     );
+}
+
+fn telegram_daemon(
+    fake: &FakeTelegram,
+    state: &std::path::Path,
+    model: &std::path::Path,
+    extra: &[&str],
+) -> Daemon {
+    let more = [
+        format!("telegram.api_url={:?}", fake.url),
+        "telegram.poll_timeout_s=2".to_string(),
+    ];
+    Daemon::start_with_env(
+        model,
+        state,
+        &sets(extra, &more),
+        &[("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token")],
+    )
+}
+
+/// What the bot's messages in `chat` show in the end, in order, and the calls that made them.
+fn telegram_final(calls: &[tg::Call], chat: i64, after: usize) -> Vec<String> {
+    let mut messages: Vec<(i64, String)> = Vec::new();
+    let mut next_id = None;
+    for call in &calls[after..] {
+        if call.body["chat_id"] != json!(chat) {
+            continue;
+        }
+        let text = call.body["text"].as_str().unwrap_or_default().to_string();
+        match call.method.as_str() {
+            "sendmessage" => {
+                messages.push((next_id.take().unwrap_or(-1), text));
+            }
+            "editmessagetext" => {
+                let id = call.body["message_id"].as_i64().unwrap();
+                if let Some(m) = messages.iter_mut().find(|(i, _)| *i == id) {
+                    m.1 = text;
+                } else if let Some(m) = messages.iter_mut().find(|(i, _)| *i == -1) {
+                    *m = (id, text);
+                }
+            }
+            _ => {}
+        }
+    }
+    messages.into_iter().map(|(_, t)| t).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_registers_types_streams_paced_and_continues_past_4096_characters() {
+    let fake = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = telegram_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    let commands = fake
+        .wait_for(Duration::from_secs(30), "setMyCommands", |calls| {
+            calls.iter().find(|c| c.method == "setmycommands").cloned()
+        })
+        .await;
+    let names: Vec<&str> = commands.body["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mananera", "help", "start", "estado"]);
+    assert_eq!(commands.token, "123:telegram-test-token");
+    fake.wait_for(Duration::from_secs(10), "long polling", |calls| {
+        calls.iter().any(|c| c.method == "getupdates").then_some(())
+    })
+    .await;
+
+    // A private chat: plain text is a topic.
+    let start = fake.calls().len();
+    let asked = std::time::Instant::now();
+    fake.user_says(42, 42, "el agua *negritas* <b>x</b> _y_", None);
+    let texts = fake
+        .wait_for(Duration::from_secs(60), "the whole speech", |calls| {
+            let texts = telegram_final(calls, 42, start);
+            (texts.len() >= 2 && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
+        })
+        .await;
+    let stored = cached_speech(&daemon, "el agua *negritas* <b>x</b> _y_").await;
+    assert_eq!(words(&texts.join(" ")), words(&stored));
+    let calls = fake.calls()[start..].to_vec();
+    let writes: Vec<&tg::Call> = calls
+        .iter()
+        .filter(|c| c.method == "sendmessage" || c.method == "editmessagetext")
+        .collect();
+    assert!(writes.len() >= 4, "{} writes", writes.len());
+    for pair in writes.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(950),
+            "two changes in one chat {gap:?} apart"
+        );
+    }
+    for write in &writes {
+        assert!(write.body["text"].as_str().unwrap().chars().count() <= 4096);
+        assert!(
+            write.body.get("parse_mode").is_none_or(Value::is_null),
+            "{:?}",
+            write.body
+        );
+    }
+    let typing: Vec<&tg::Call> = calls
+        .iter()
+        .filter(|c| c.method == "sendchataction")
+        .collect();
+    assert_eq!(typing[0].body["action"], "typing");
+    assert!(typing[0].at - asked < Duration::from_secs(2));
+    assert!(
+        typing.len() >= 2,
+        "typing shown {} times during a {:?} speech",
+        typing.len(),
+        writes.last().unwrap().at - asked
+    );
+    for pair in typing.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at <= Duration::from_millis(4800),
+            "typing lapsed"
+        );
+    }
+
+    // In a group: plain text is ignored; the command (addressed or not) and replies are not.
+    let start = fake.calls().len();
+    fake.user_says(-100, 7, "hola a todos", None);
+    fake.user_says(-100, 7, "/mananera@otro_bot el agua", None);
+    fake.user_says(-100, 8, "/mananera@mananera_bot la sequía", None);
+    fake.wait_for(Duration::from_secs(60), "the group's speech", |calls| {
+        let texts = telegram_final(calls, -100, start);
+        (!texts.is_empty() && !texts[0].ends_with(" …") && texts.len() >= 2).then_some(())
+    })
+    .await;
+    let replied_to: Vec<i64> = fake.calls()[start..]
+        .iter()
+        .filter(|c| c.method == "sendmessage")
+        .map(|c| c.body["reply_parameters"]["message_id"].as_i64().unwrap())
+        .collect();
+    assert!(!replied_to.is_empty());
+    let id_of_command = replied_to[0];
+    assert!(
+        replied_to.iter().all(|&id| id == id_of_command),
+        "{replied_to:?}"
+    );
+
+    // The same topic again: a cache hit, without the model.
+    let tokens_before = settled(&daemon, "mananera_generated_tokens_total").await;
+    let start = fake.calls().len();
+    fake.user_says(43, 43, "el agua *negritas* <b>x</b> _y_", None);
+    let texts = fake
+        .wait_for(Duration::from_secs(20), "the cached speech", |calls| {
+            let texts = telegram_final(calls, 43, start);
+            (texts.len() >= 2).then_some(texts)
+        })
+        .await;
+    assert_eq!(words(&texts.join(" ")), words(&stored));
+    assert_eq!(
+        metric(&daemon.url, "mananera_generated_tokens_total").await,
+        tokens_before
+    );
+    assert!(
+        metric(
+            &daemon.url,
+            "mananera_requests_total{frontend=\"telegram\",outcome=\"cached\"}"
+        )
+        .await
+            >= 1.0
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("telegram-test-token"), "the token was logged");
+}
+
+/// The bot's replies to chat `chat` since call number `after`.
+fn replies(fake: &FakeTelegram, chat: i64, after: usize) -> Vec<String> {
+    fake.calls()[after..]
+        .iter()
+        .filter(|c| c.method == "sendmessage" && c.body["chat_id"] == json!(chat))
+        .map(|c| c.body["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
+    let fake = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = telegram_daemon(
+        &fake,
+        &dir.path().join("state"),
+        &slow_model(),
+        &[
+            "generation.max_new_tokens=600",
+            "serve.max_new_tokens=600",
+            "generation.max_words=0",
+            "limits.admins=[\"telegram:1\"]",
+        ],
+    );
+    fake.wait_for(Duration::from_secs(30), "long polling", |calls| {
+        calls.iter().any(|c| c.method == "getupdates").then_some(())
+    })
+    .await;
+
+    // 429 on an edit: nothing is written to that chat for the 2 s asked.
+    fake.refuse("editmessagetext", 1);
+    let start = fake.calls().len();
+    fake.user_says(50, 50, "/mananera la refinería", None);
+    fake.wait_for(Duration::from_secs(60), "the speech", |calls| {
+        let texts = telegram_final(calls, 50, start);
+        (!texts.is_empty()
+            && !texts[0].ends_with(" …")
+            && calls.iter().any(|c| c.method == "editmessagetext 429"))
+        .then_some(())
+    })
+    .await;
+    let calls = fake.calls()[start..].to_vec();
+    let writes: Vec<&tg::Call> = calls
+        .iter()
+        .filter(|c| c.method.starts_with("editmessagetext") || c.method == "sendmessage")
+        .collect();
+    let refused = writes
+        .iter()
+        .position(|c| c.method == "editmessagetext 429")
+        .unwrap();
+    let after = writes[refused + 1].at - writes[refused].at;
+    assert!(
+        after >= Duration::from_secs(2),
+        "wrote {after:?} after a 429 asking for 2 s"
+    );
+
+    // Bad topics get a clear answer each.
+    let cases: &[(&str, &str)] = &[
+        ("/mananera", "Falta el tema"),
+        ("/mañanera    ", "Falta el tema"),
+        (&format!("/mananera {}", "a".repeat(250)), "200"),
+        ("\u{200b}\u{200b}", "empty"),
+        ("\u{202e}\u{200f}", "empty"),
+        ("/start", "/mananera"),
+        ("/estado", "administradores"),
+    ];
+    for (i, (text, expect)) in cases.iter().enumerate() {
+        let chat = 60 + i as i64;
+        let start = fake.calls().len();
+        fake.user_says(chat, chat, text, None);
+        let reply = fake
+            .wait_for(Duration::from_secs(10), "a reply", |calls| {
+                calls[start..]
+                    .iter()
+                    .find(|c| c.method == "sendmessage" && c.body["chat_id"] == json!(chat))
+                    .map(|c| c.body["text"].as_str().unwrap().to_string())
+            })
+            .await;
+        assert!(reply.contains(expect), "{text:?}: {reply}");
+    }
+    let start = fake.calls().len();
+    fake.user_says(1, 1, "/estado", None);
+    let status = fake
+        .wait_for(Duration::from_secs(10), "the status", |calls| {
+            calls[start..]
+                .iter()
+                .find(|c| c.method == "sendmessage")
+                .map(|c| c.body["text"].as_str().unwrap().to_string())
+        })
+        .await;
+    assert!(
+        status.contains("modelo: m-") && status.contains("bots: telegram"),
+        "{status}"
+    );
+
+    // Emoji, markup and mentions are topics like any other.
+    for (i, text) in ["😀😀😀", "@everyone <a href='x'>y</a> **z**"]
+        .iter()
+        .enumerate()
+    {
+        let chat = 80 + i as i64;
+        let start = fake.calls().len();
+        fake.user_says(chat, chat, text, None);
+        fake.wait_for(Duration::from_secs(60), "a speech", |calls| {
+            let texts = telegram_final(calls, chat, start);
+            (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
+        })
+        .await;
+    }
+
+    // A flood of 50 from one person: one speech, one refusal notice, nothing else; another
+    // person is still served.
+    let start = fake.calls().len();
+    for _ in 0..50 {
+        fake.user_says(90, 90, "el tren maya", None);
+    }
+    fake.user_says(91, 91, "el tren maya", None);
+    fake.wait_for(
+        Duration::from_secs(60),
+        "the other person's speech",
+        |calls| {
+            let texts = telegram_final(calls, 91, start);
+            (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flood = replies(&fake, 90, start);
+    let notices: Vec<&String> = flood
+        .iter()
+        .filter(|t| t.contains("still being written") || t.contains("minute"))
+        .collect();
+    assert!(!notices.is_empty(), "{flood:?}");
+    assert!(
+        notices.len() <= 2,
+        "{} notices for one flood",
+        notices.len()
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_and_finishes_speeches_at_shutdown()
+ {
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
+        calls.iter().any(|c| c.method == "PUT").then_some(())
+    })
+    .await;
+
+    // The network drops the connection and the session cannot be resumed.
+    fake.refuse_next_resume();
+    fake.drop_connection();
+    fake.wait_for(Duration::from_secs(30), "a second IDENTIFY", |_, frames| {
+        (frames.iter().filter(|f| f.op == 2).count() >= 2).then_some(())
+    })
+    .await;
+    let frames = fake.frames();
+    assert!(frames.iter().any(|f| f.op == 6), "a RESUME was tried first");
+    // READY of the new session: registration runs again and changes nothing.
+    fake.wait_for(Duration::from_secs(10), "registration again", |calls, _| {
+        (calls.iter().filter(|c| c.method == "PUT").count() >= 2).then_some(())
+    })
+    .await;
+    let puts: Vec<Value> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT")
+        .map(|c| c.body.clone())
+        .collect();
+    assert_eq!(puts[0], puts[1]);
+
+    // A speech asked on the new session; SIGTERM while it is written: it is finished
+    // and shown whole before the daemon exits.
+    let token = fake.slash("mañanera", Some("la soberanía"), "501", true);
+    fake.wait_for(Duration::from_secs(10), "a first edit", |calls, _| {
+        calls
+            .iter()
+            .any(|c| c.path.contains(&token) && c.method == "PATCH")
+            .then_some(())
+    })
+    .await;
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    let pages = discord_final(&fake.calls(), &token);
+    assert!(
+        pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
+        "{pages:?}"
+    );
+    assert!(pages.join(" ").split_whitespace().count() >= 1100);
 }

@@ -48,6 +48,8 @@ struct Inner {
     /// Senders to the live gateway connections, newest last.
     connections: Vec<mpsc::UnboundedSender<Value>>,
     seq: u64,
+    /// Answer the next RESUME with INVALID_SESSION (not resumable).
+    refuse_resume: bool,
 }
 
 /// The fake: its REST address (for `discord.api_proxy`) and what it saw.
@@ -147,6 +149,22 @@ impl FakeDiscord {
             .send(json!({"op": 7, "d": null}));
     }
 
+    /// Closes the newest gateway connection without a word, as a network failure would.
+    pub fn drop_connection(&self) {
+        let inner = self.inner.lock().unwrap();
+        let _ = inner
+            .connections
+            .last()
+            .expect("no gateway connection")
+            .send(Value::Null);
+    }
+
+    /// The next RESUME is answered with INVALID_SESSION (`d: false`): the bot must identify
+    /// again.
+    pub fn refuse_next_resume(&self) {
+        self.inner.lock().unwrap().refuse_resume = true;
+    }
+
     /// Someone typed `/<name> tema:<topic>`; returns the interaction's token.
     pub fn slash(&self, name: &str, topic: Option<&str>, user_id: &str, guild: bool) -> String {
         let id = {
@@ -227,6 +245,9 @@ impl FakeDiscord {
             tokio::select! {
                 out = rx.recv() => {
                     let Some(out) = out else { return };
+                    if out.is_null() {
+                        return;
+                    }
                     if sink.send(Message::text(out.to_string())).await.is_err() {
                         return;
                     }
@@ -260,6 +281,10 @@ impl FakeDiscord {
                         }
                         6 => {
                             let mut inner = self.inner.lock().unwrap();
+                            if std::mem::take(&mut inner.refuse_resume) {
+                                tx.send(json!({"op": 9, "d": false})).unwrap();
+                                continue;
+                            }
                             inner.seq += 1;
                             tx.send(json!({"op": 0, "t": "RESUMED", "s": inner.seq, "d": {}})).unwrap();
                         }

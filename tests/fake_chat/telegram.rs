@@ -158,6 +158,12 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
     let method = method.to_lowercase();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if method == "getupdates" {
+        fake.record(Call {
+            at: Instant::now(),
+            method: method.clone(),
+            token: token.to_string(),
+            body: body.clone(),
+        });
         return get_updates(fake, &body).await;
     }
     let refused = {
