@@ -811,3 +811,80 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
     );
     assert!(pages.join(" ").split_whitespace().count() >= 1100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_webhook_mode_takes_updates_with_the_secret_only() {
+    let fake = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The token comes from systemd's credentials directory.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(
+        credentials.join("telegram-token"),
+        "123:telegram-test-token\n",
+    )
+    .unwrap();
+    let more = [
+        format!("telegram.api_url={:?}", fake.url),
+        format!("telegram.webhook_url={:?}", "https://bot.example/tg/hook"),
+        format!("telegram.webhook_listen={:?}", format!("127.0.0.1:{port}")),
+    ];
+    let daemon = Daemon::start_with_env(
+        &tiny_model(),
+        &dir.path().join("state"),
+        &sets(&[], &more),
+        &[("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap())],
+    );
+    let set = fake
+        .wait_for(Duration::from_secs(30), "setWebhook", |calls| {
+            calls.iter().find(|c| c.method == "setwebhook").cloned()
+        })
+        .await;
+    assert_eq!(set.token, "123:telegram-test-token");
+    assert_eq!(set.body["url"], "https://bot.example/tg/hook");
+    let secret = set.body["secret_token"]
+        .as_str()
+        .expect("a secret")
+        .to_string();
+    assert!(secret.len() >= 16);
+    assert!(
+        !fake.calls().iter().any(|c| c.method == "getupdates"),
+        "no polling in webhook mode"
+    );
+
+    let client = reqwest::Client::new();
+    let hook = format!("http://127.0.0.1:{port}/tg/hook");
+    let forged = client
+        .post(&hook)
+        .json(&fake.update_for(70, "el agua"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "a post without the secret is refused");
+    let start = fake.calls().len();
+    let posted = client
+        .post(&hook)
+        .header("X-Telegram-Bot-Api-Secret-Token", &secret)
+        .json(&fake.update_for(71, "el agua"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    fake.wait_for(Duration::from_secs(20), "a speech", |calls| {
+        let texts = telegram_final(calls, 71, start);
+        (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
+    })
+    .await;
+    assert!(
+        replies(&fake, 70, 0).is_empty(),
+        "the forged update was answered"
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("telegram-test-token"), "the token was logged");
+}

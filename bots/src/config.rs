@@ -54,6 +54,11 @@ pub struct TelegramConfig {
     pub poll_timeout_s: u64,
     /// The Bot API server (a local `telegram-bot-api`, or a test's fake).
     pub api_url: String,
+    /// The public HTTPS address Telegram should post updates to; empty uses long polling.
+    pub webhook_url: String,
+    /// Where the daemon listens for those posts (behind the reverse proxy that serves
+    /// `webhook_url`).
+    pub webhook_listen: String,
 }
 
 impl Default for TelegramConfig {
@@ -64,6 +69,8 @@ impl Default for TelegramConfig {
             edit_interval_ms: 1000,
             poll_timeout_s: 30,
             api_url: "https://api.telegram.org".to_string(),
+            webhook_url: String::new(),
+            webhook_listen: "127.0.0.1:8443".to_string(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use teloxide::prelude::*;
 use teloxide::types::{BotCommand, ChatAction, MessageId, ReplyParameters, UpdateKind};
-use teloxide::update_listeners::{AsUpdateStream, Polling};
+use teloxide::update_listeners::{AsUpdateStream, Polling, webhooks};
 use teloxide::{ApiError, RequestError};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -58,9 +58,10 @@ pub async fn run(
             result = serve(bot.clone(), Arc::clone(&state), &mut backoff) => result,
             () = stopped(&mut stop) => return,
         };
+        let Err(error) = result;
         let wait = backoff.next();
         tracing::error!(
-            error = %result.unwrap_err(),
+            %error,
             retry_in_s = wait.as_secs(),
             "telegram: the bot failed; check the token and the network"
         );
@@ -85,9 +86,14 @@ struct Shared {
     tasks: TaskTracker,
 }
 
-/// Registers the commands, then answers updates until polling fails.
-async fn serve(bot: Bot, state: Arc<Shared>, backoff: &mut Backoff) -> Result<(), RequestError> {
-    let me = bot.get_me().await?;
+/// Registers the commands, then answers updates (long polling or webhook) until that fails;
+/// says why.
+async fn serve(
+    bot: Bot,
+    state: Arc<Shared>,
+    backoff: &mut Backoff,
+) -> Result<std::convert::Infallible, String> {
+    let me = bot.get_me().await.map_err(|e| e.to_string())?;
     let username = me.username().to_string();
     bot.set_my_commands(vec![
         BotCommand::new("mananera", "Un discurso de la mañanera sobre un tema"),
@@ -95,15 +101,52 @@ async fn serve(bot: Bot, state: Arc<Shared>, backoff: &mut Backoff) -> Result<()
         BotCommand::new("start", "Empezar"),
         BotCommand::new("estado", "Estado del servidor (solo administradores)"),
     ])
-    .await?;
-    tracing::info!(bot = %username, "telegram: connected, commands registered");
+    .await
+    .map_err(|e| e.to_string())?;
     *backoff = Backoff::new();
-    let mut polling = Polling::builder(bot.clone())
-        .timeout(Duration::from_secs(state.config.poll_timeout_s))
-        .delete_webhook()
+    if state.config.webhook_url.is_empty() {
+        tracing::info!(bot = %username, "telegram: connected, commands registered, long polling");
+        let mut polling = Polling::builder(bot.clone())
+            .timeout(Duration::from_secs(state.config.poll_timeout_s))
+            .delete_webhook()
+            .await
+            .build();
+        pump(polling.as_stream(), &bot, &state, &username).await;
+        return Err("long polling ended".into());
+    }
+    let url = reqwest_url(&state.config.webhook_url)
+        .map_err(|e| format!("telegram.webhook_url is not a URL: {e}"))?;
+    let address: std::net::SocketAddr = state.config.webhook_listen.parse().map_err(|e| {
+        format!(
+            "telegram.webhook_listen {:?} is not an address like 127.0.0.1:8443: {e}",
+            state.config.webhook_listen
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .build();
-    let updates = polling.as_stream();
+        .map_err(|e| format!("cannot listen on {address} (telegram.webhook_listen): {e}"))?;
+    let options = webhooks::Options::new(address, url);
+    let (mut updates, stopped, router) = webhooks::axum_to_router(bot.clone(), options)
+        .await
+        .map_err(|e| format!("setWebhook failed: {e}"))?;
+    tracing::info!(bot = %username, %address, "telegram: connected, commands registered, webhook set");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    pump(updates.as_stream(), &bot, &state, &username).await;
+    server.abort();
+    Err("the webhook server ended".into())
+}
+
+/// Hands each message to its own task, so a long speech never holds up other updates.
+async fn pump<E: std::fmt::Display>(
+    updates: impl futures_util::Stream<Item = Result<Update, E>>,
+    bot: &Bot,
+    state: &Arc<Shared>,
+    username: &str,
+) {
     tokio::pin!(updates);
     while let Some(update) = updates.next().await {
         let update = match update {
@@ -116,14 +159,13 @@ async fn serve(bot: Bot, state: Arc<Shared>, backoff: &mut Backoff) -> Result<()
         };
         if let UpdateKind::Message(message) = update.kind {
             let bot = bot.clone();
-            let state2 = Arc::clone(&state);
-            let username = username.clone();
+            let state2 = Arc::clone(state);
+            let username = username.to_string();
             state.tasks.spawn(async move {
                 handle(bot, state2, &username, message).await;
             });
         }
     }
-    Ok(())
 }
 
 /// What a message asks of the bot.

@@ -110,6 +110,14 @@ impl FakeTelegram {
         self.news.notify_waiters();
     }
 
+    /// The update a person sending `text` in private chat `chat_id` makes, as Telegram
+    /// posts it to a webhook.
+    pub fn update_for(&self, chat_id: i64, text: &str) -> Value {
+        self.user_says(chat_id, chat_id, text, None);
+        let mut inner = self.inner.lock().unwrap();
+        inner.updates.pop().unwrap()
+    }
+
     /// Waits until `check` holds for the calls so far, or panics after `limit`.
     pub async fn wait_for<T>(
         &self,
@@ -146,7 +154,29 @@ fn ok(result: Value) -> Response {
     axum::Json(json!({"ok": true, "result": result})).into_response()
 }
 
-async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Bytes) -> Response {
+/// The fields of a `multipart/form-data` body (how teloxide sends methods that may carry
+/// files), as a JSON object of strings.
+fn form_fields(content_type: &str, body: &[u8]) -> Option<Value> {
+    let boundary = content_type.split("boundary=").nth(1)?.trim_matches('"');
+    let text = String::from_utf8_lossy(body);
+    let mut fields = serde_json::Map::new();
+    for part in text.split(&format!("--{boundary}")) {
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = head.split("name=\"").nth(1)?.split('"').next()?;
+        let value = value.strip_suffix("\r\n").unwrap_or(value);
+        fields.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    Some(Value::Object(fields))
+}
+
+async fn call(
+    State(fake): State<FakeTelegram>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let path = uri.path().trim_start_matches('/');
     let Some((token, method)) = path
         .strip_prefix("bot")
@@ -156,7 +186,15 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
             .into_response();
     };
     let method = method.to_lowercase();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let body: Value = if content_type.starts_with("multipart/form-data") {
+        form_fields(content_type, &body).unwrap_or(Value::Null)
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
     if method == "getupdates" {
         fake.record(Call {
             at: Instant::now(),
@@ -212,7 +250,7 @@ async fn call(State(fake): State<FakeTelegram>, uri: Uri, body: axum::body::Byte
         "getwebhookinfo" => {
             ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}))
         }
-        "deletewebhook" | "setmycommands" | "sendchataction" => ok(json!(true)),
+        "deletewebhook" | "setwebhook" | "setmycommands" | "sendchataction" => ok(json!(true)),
         "sendmessage" => {
             let id = {
                 let mut inner = fake.inner.lock().unwrap();
