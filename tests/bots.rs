@@ -561,8 +561,9 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
         writes.last().unwrap().at - asked
     );
     for pair in typing.windows(2) {
+        // Telegram shows "typing…" for 5 s after each call.
         assert!(
-            pair[1].at - pair[0].at <= Duration::from_millis(4800),
+            pair[1].at - pair[0].at < Duration::from_secs(5),
             "typing lapsed"
         );
     }
@@ -764,7 +765,9 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
  {
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    // A grace period no loaded test machine can exhaust: the speech must finish.
+    let grace = [LONG, &["queue.grace_s=300"]].concat();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), &grace);
     fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
         calls.iter().any(|c| c.method == "PUT").then_some(())
     })
@@ -807,7 +810,7 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
     let pages = discord_final(&fake.calls(), &token);
     assert!(
         pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
-        "{pages:?}"
+        "{pages:?}\n{log}"
     );
     assert!(pages.join(" ").split_whitespace().count() >= 1100);
 }

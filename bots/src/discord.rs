@@ -29,6 +29,9 @@ pub const MAX_TOPIC_CHARS: u16 = 200;
 /// own rate limiter is off, as it must be behind a proxy).
 const UNKNOWN_RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// A connection that lasted this long was healthy: the next failure starts the backoff over.
+const HEALTHY_FOR: Duration = Duration::from_secs(60);
+
 /// Runs the Discord bot until `stop` turns true, reconnecting with backoff when Discord or
 /// the network fails. Replies being written are tracked by `tasks`.
 pub async fn run(
@@ -53,6 +56,7 @@ pub async fn run(
         let client = ClientBuilder::new_with_http(http, GatewayIntents::empty())
             .event_handler(handler)
             .await;
+        let began = tokio::time::Instant::now();
         let result = match client {
             Ok(mut client) => {
                 let shards = Arc::clone(&client.shard_manager);
@@ -66,6 +70,9 @@ pub async fn run(
             }
             Err(e) => Err(e.to_string()),
         };
+        if began.elapsed() > HEALTHY_FOR {
+            backoff = Backoff::new();
+        }
         let wait = backoff.next();
         match result {
             Ok(()) => tracing::warn!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use teloxide::prelude::*;
-use teloxide::types::{BotCommand, ChatAction, MessageId, ReplyParameters, UpdateKind};
+use teloxide::types::{BotCommand, ChatAction, Me, MessageId, ReplyParameters, UpdateKind};
 use teloxide::update_listeners::{AsUpdateStream, Polling, webhooks};
 use teloxide::{ApiError, RequestError};
 use tokio::sync::watch;
@@ -94,6 +94,7 @@ async fn serve(
     backoff: &mut Backoff,
 ) -> Result<std::convert::Infallible, String> {
     let me = bot.get_me().await.map_err(|e| e.to_string())?;
+    let me = Arc::new(me);
     let username = me.username().to_string();
     bot.set_my_commands(vec![
         BotCommand::new("mananera", "Un discurso de la mañanera sobre un tema"),
@@ -111,7 +112,7 @@ async fn serve(
             .delete_webhook()
             .await
             .build();
-        pump(polling.as_stream(), &bot, &state, &username).await;
+        pump(polling.as_stream(), &bot, &state, &me).await;
         return Err("long polling ended".into());
     }
     let url = reqwest_url(&state.config.webhook_url)
@@ -135,7 +136,7 @@ async fn serve(
             .with_graceful_shutdown(stopped)
             .await
     });
-    pump(updates.as_stream(), &bot, &state, &username).await;
+    pump(updates.as_stream(), &bot, &state, &me).await;
     server.abort();
     Err("the webhook server ended".into())
 }
@@ -145,7 +146,7 @@ async fn pump<E: std::fmt::Display>(
     updates: impl futures_util::Stream<Item = Result<Update, E>>,
     bot: &Bot,
     state: &Arc<Shared>,
-    username: &str,
+    me: &Arc<Me>,
 ) {
     tokio::pin!(updates);
     while let Some(update) = updates.next().await {
@@ -160,9 +161,9 @@ async fn pump<E: std::fmt::Display>(
         if let UpdateKind::Message(message) = update.kind {
             let bot = bot.clone();
             let state2 = Arc::clone(state);
-            let username = username.to_string();
+            let me = Arc::clone(me);
             state.tasks.spawn(async move {
-                handle(bot, state2, &username, message).await;
+                handle(bot, state2, &me, message).await;
             });
         }
     }
@@ -203,7 +204,7 @@ fn intent(text: &str, private: bool, reply_to_bot: bool, bot_username: &str) -> 
     }
 }
 
-async fn handle(bot: Bot, state: Arc<Shared>, username: &str, message: Message) {
+async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
     let Some(text) = message.text() else {
         return;
     };
@@ -215,9 +216,9 @@ async fn handle(bot: Bot, state: Arc<Shared>, username: &str, message: Message) 
     let reply_to_bot = message
         .reply_to_message()
         .and_then(|m| m.from.as_ref())
-        .is_some_and(|u| u.username.as_deref() == Some(username));
+        .is_some_and(|u| u.id == me.id);
     let user = format!("telegram:{}", from.id);
-    let intent = intent(text, private, reply_to_bot, username);
+    let intent = intent(text, private, reply_to_bot, me.username());
     if intent == Intent::Ignore {
         return;
     }
@@ -270,11 +271,13 @@ async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
         let bot = bot.clone();
         let chat = message.chat.id;
         tokio::spawn(async move {
+            // A fixed period, however long each call takes.
+            let mut every = tokio::time::interval(TYPING_EVERY);
             loop {
+                every.tick().await;
                 if let Err(error) = bot.send_chat_action(chat, ChatAction::Typing).await {
                     tracing::debug!(%error, "telegram: typing could not be shown");
                 }
-                tokio::time::sleep(TYPING_EVERY).await;
             }
         })
     };
