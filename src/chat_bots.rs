@@ -42,7 +42,7 @@ impl Speaker for Port {
         match speeches.ask(request) {
             Ok(Answer::Cached { text, .. }) => Ok(Reply::Whole(text)),
             Ok(Answer::Streaming { events, .. }) => {
-                let pieces = tokio_stream_of(events).map(|event| match event {
+                let pieces = stream_of(events).map(|event| match event {
                     Event::Delta(text) => Piece::Text(text),
                     Event::Done(_) => Piece::Done,
                     Event::Failed(message) => Piece::Failed(message),
@@ -94,7 +94,7 @@ impl Speaker for Port {
 }
 
 /// The events of a generation as a stream.
-fn tokio_stream_of(
+fn stream_of(
     mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
 ) -> impl futures_util::Stream<Item = Event> {
     futures_util::stream::poll_fn(move |cx| events.poll_recv(cx))
