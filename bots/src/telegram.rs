@@ -1,5 +1,5 @@
-//! The Telegram adapter: long polling with teloxide; `/mananera <tema>` anywhere, plain text
-//! in private chats, replies to the bot in groups. The speech is one message edited as it is
+//! The Telegram adapter: long polling (or a webhook) with teloxide; `/mananera <tema>`
+//! anywhere, plain text in private chats, replies to the bot in groups. The speech is one message edited as it is
 //! written, in plain text, while the chat shows "typing…".
 
 use std::collections::HashMap;
@@ -267,10 +267,10 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
 
 /// Writes a speech as a reply to `message`, showing "typing…" until it is done.
 async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
-    let typing = {
+    let _typing = {
         let bot = bot.clone();
         let chat = message.chat.id;
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             // A fixed period, however long each call takes.
             let mut every = tokio::time::interval(TYPING_EVERY);
             loop {
@@ -279,7 +279,7 @@ async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
                     tracing::debug!(%error, "telegram: typing could not be shown");
                 }
             }
-        })
+        }))
     };
     let mut surface = Chat {
         bot: bot.clone(),
@@ -290,8 +290,16 @@ async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
         messages: Vec::new(),
     };
     let outcome = writer::write(&mut surface, reply, state.config.edit_interval()).await;
-    typing.abort();
     tracing::debug!(?outcome, "telegram: reply written");
+}
+
+/// Stops a background task (the "typing…" loop) however its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sends a refusal, at most once per person per [`NOTICE_EVERY`].
