@@ -20,6 +20,10 @@ const LONG: &[&str] = &[
     "generation.seed=1",
 ];
 
+/// Upper bound on waiting for a speech: generous, because the tests of this file run their
+/// daemons side by side on a busy machine (a 1,200-token speech takes 5 s alone).
+const SPEECH_WITHIN: Duration = Duration::from_secs(240);
+
 fn sets<'a>(extra: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
     extra
         .iter()
@@ -155,7 +159,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     assert_eq!(callback.body["type"], 5, "{:?}", callback.body);
     assert!(callback.at - asked < Duration::from_secs(3));
     let final_pages = fake
-        .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
+        .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
             let pages = discord_final(calls, &token);
             (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
         })
@@ -201,7 +205,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     let hits_before = metric(&daemon.url, "mananera_cache_hits_total").await;
     let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "112", true);
     let pages = fake
-        .wait_for(Duration::from_secs(20), "the cached speech", |calls, _| {
+        .wait_for(SPEECH_WITHIN, "the cached speech", |calls, _| {
             let pages = discord_final(calls, &token);
             (pages.len() >= 4).then_some(pages)
         })
@@ -256,7 +260,7 @@ async fn discord_honours_429_and_keeps_answering_across_a_reconnect() {
     // Meanwhile the gateway asks for a reconnect: the bot resumes the same session.
     fake.reconnect();
     let resume = fake
-        .wait_for(Duration::from_secs(20), "RESUME", |_, frames| {
+        .wait_for(SPEECH_WITHIN, "RESUME", |_, frames| {
             frames.iter().find(|f| f.op == 6).cloned()
         })
         .await;
@@ -267,7 +271,7 @@ async fn discord_honours_429_and_keeps_answering_across_a_reconnect() {
 
     // The speech accepted before the reconnect still finishes.
     let pages = fake
-        .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
+        .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
             let pages = discord_final(calls, &token);
             (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
         })
@@ -413,14 +417,10 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
     // Someone else is still served.
     let token = fake.slash("mañanera", Some("el tren maya"), "401", true);
     assert_eq!(first_response(&fake, &token).await["type"], 5);
-    fake.wait_for(
-        Duration::from_secs(20),
-        "the other person's speech",
-        |calls, _| {
-            let pages = discord_final(calls, &token);
-            (!pages[0].is_empty() && !pages[0].ends_with(" …")).then_some(())
-        },
-    )
+    fake.wait_for(SPEECH_WITHIN, "the other person's speech", |calls, _| {
+        let pages = discord_final(calls, &token);
+        (!pages[0].is_empty() && !pages[0].ends_with(" …")).then_some(())
+    })
     .await;
 
     // The status command: admins only.
@@ -520,7 +520,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     let asked = std::time::Instant::now();
     fake.user_says(42, 42, "el agua *negritas* <b>x</b> _y_", None);
     let texts = fake
-        .wait_for(Duration::from_secs(60), "the whole speech", |calls| {
+        .wait_for(SPEECH_WITHIN, "the whole speech", |calls| {
             let texts = telegram_final(calls, 42, start);
             (texts.len() >= 2 && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
         })
@@ -573,7 +573,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     fake.user_says(-100, 7, "hola a todos", None);
     fake.user_says(-100, 7, "/mananera@otro_bot el agua", None);
     fake.user_says(-100, 8, "/mananera@mananera_bot la sequía", None);
-    fake.wait_for(Duration::from_secs(60), "the group's speech", |calls| {
+    fake.wait_for(SPEECH_WITHIN, "the group's speech", |calls| {
         let texts = telegram_final(calls, -100, start);
         (!texts.is_empty() && !texts[0].ends_with(" …") && texts.len() >= 2).then_some(())
     })
@@ -595,7 +595,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     let start = fake.calls().len();
     fake.user_says(43, 43, "el agua *negritas* <b>x</b> _y_", None);
     let texts = fake
-        .wait_for(Duration::from_secs(20), "the cached speech", |calls| {
+        .wait_for(SPEECH_WITHIN, "the cached speech", |calls| {
             let texts = telegram_final(calls, 43, start);
             (texts.len() >= 2).then_some(texts)
         })
@@ -651,7 +651,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     fake.refuse("editmessagetext", 1);
     let start = fake.calls().len();
     fake.user_says(50, 50, "/mananera la refinería", None);
-    fake.wait_for(Duration::from_secs(60), "the speech", |calls| {
+    fake.wait_for(SPEECH_WITHIN, "the speech", |calls| {
         let texts = telegram_final(calls, 50, start);
         (!texts.is_empty()
             && !texts[0].ends_with(" …")
@@ -721,7 +721,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
         let chat = 80 + i as i64;
         let start = fake.calls().len();
         fake.user_says(chat, chat, text, None);
-        fake.wait_for(Duration::from_secs(60), "a speech", |calls| {
+        fake.wait_for(SPEECH_WITHIN, "a speech", |calls| {
             let texts = telegram_final(calls, chat, start);
             (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
         })
@@ -735,14 +735,10 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
         fake.user_says(90, 90, "el tren maya", None);
     }
     fake.user_says(91, 91, "el tren maya", None);
-    fake.wait_for(
-        Duration::from_secs(60),
-        "the other person's speech",
-        |calls| {
-            let texts = telegram_final(calls, 91, start);
-            (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
-        },
-    )
+    fake.wait_for(SPEECH_WITHIN, "the other person's speech", |calls| {
+        let texts = telegram_final(calls, 91, start);
+        (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let flood = replies(&fake, 90, start);
@@ -878,7 +874,7 @@ async fn telegram_webhook_mode_takes_updates_with_the_secret_only() {
         .await
         .unwrap();
     assert_eq!(posted.status(), 200);
-    fake.wait_for(Duration::from_secs(20), "a speech", |calls| {
+    fake.wait_for(SPEECH_WITHIN, "a speech", |calls| {
         let texts = telegram_final(calls, 71, start);
         (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
     })

@@ -148,7 +148,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> (ExitStatus, String) {
         signal(self.child.id(), "TERM");
-        let status = wait_with_timeout(&mut self.child, Duration::from_secs(60));
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(300));
         let log = self.log();
         (status, log)
     }

@@ -117,10 +117,9 @@ impl FakeDiscord {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let inner = self.inner.lock().unwrap();
+                let (calls, frames) = (self.calls(), self.frames());
                 panic!(
-                    "fake discord: no {what} in {limit:?}; calls: {:#?}\nframes: {:#?}",
-                    inner.calls, inner.frames
+                    "fake discord: no {what} in {limit:?}; calls: {calls:#?}\nframes: {frames:#?}"
                 );
             }
         }

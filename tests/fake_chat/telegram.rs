@@ -132,10 +132,8 @@ impl FakeTelegram {
                 return found;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "fake telegram: no {what} in {limit:?}; calls: {:#?}",
-                    self.inner.lock().unwrap().calls
-                );
+                let calls = self.calls();
+                panic!("fake telegram: no {what} in {limit:?}; calls: {calls:#?}");
             }
         }
     }
