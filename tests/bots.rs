@@ -20,8 +20,13 @@ const LONG: &[&str] = &[
     "generation.seed=1",
 ];
 
-/// Upper bound on waiting for a speech: generous, because the tests of this file run their
-/// daemons side by side on a busy machine (a 1,200-token speech takes 5 s alone).
+/// The tests of this file take turns: several daemons decoding at once on two cores slow
+/// each other down far more than they would alone (each engine's thread pool waits on the
+/// others'), which made speeches take minutes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Upper bound on waiting for a speech: generous, for a busy machine (a 1,200-token speech
+/// takes 5 s alone).
 const SPEECH_WITHIN: Duration = Duration::from_secs(240);
 
 fn sets<'a>(extra: &'a [&'a str], more: &'a [String]) -> Vec<&'a str> {
@@ -103,6 +108,7 @@ fn discord_daemon(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_registers_defers_streams_paced_and_continues_past_2000_characters() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
@@ -235,6 +241,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_honours_429_and_keeps_answering_across_a_reconnect() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
@@ -343,6 +350,7 @@ fn ephemeral(response: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_served() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
     // Telegram is configured but its server is down: Discord and the web page carry on.
@@ -494,6 +502,7 @@ fn telegram_final(calls: &[tg::Call], chat: i64, after: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_registers_types_streams_paced_and_continues_past_4096_characters() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = telegram_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
@@ -629,6 +638,7 @@ fn replies(fake: &FakeTelegram, chat: i64, after: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = telegram_daemon(
@@ -759,6 +769,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_and_finishes_speeches_at_shutdown()
  {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
     // A grace period no loaded test machine can exhaust: the speech must finish.
@@ -813,6 +824,7 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_webhook_mode_takes_updates_with_the_secret_only() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
