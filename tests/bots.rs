@@ -50,6 +50,19 @@ async fn settled(daemon: &Daemon, series: &str) -> f64 {
     }
 }
 
+/// Consecutive changes to one reply (or chat) are at least the 1 s edit interval apart,
+/// less a little for the time between the bot's clock and the fake's.
+fn assert_paced(times: impl Iterator<Item = std::time::Instant>) {
+    let times: Vec<_> = times.collect();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(950),
+            "two changes {gap:?} apart"
+        );
+    }
+}
+
 /// The words of a text, to compare texts split into messages at spaces.
 fn words(text: &str) -> Vec<&str> {
     text.split_whitespace().collect()
@@ -180,13 +193,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
         .filter(|c| c.path.contains(&token) && !c.path.ends_with("/callback"))
         .collect();
     assert!(edits.len() >= 5, "{} edits", edits.len());
-    for pair in edits.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(
-            gap >= Duration::from_millis(950),
-            "two changes {gap:?} apart"
-        );
-    }
+    assert_paced(edits.iter().map(|c| c.at));
     for call in &edits {
         let content = call.body["content"].as_str().unwrap();
         assert!(
@@ -542,13 +549,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
         .filter(|c| c.method == "sendmessage" || c.method == "editmessagetext")
         .collect();
     assert!(writes.len() >= 4, "{} writes", writes.len());
-    for pair in writes.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(
-            gap >= Duration::from_millis(950),
-            "two changes in one chat {gap:?} apart"
-        );
-    }
+    assert_paced(writes.iter().map(|c| c.at));
     for write in &writes {
         assert!(write.body["text"].as_str().unwrap().chars().count() <= 4096);
         assert!(

@@ -24,6 +24,17 @@ impl Backoff {
     }
 }
 
+/// Sleeps `wait` unless `stop` turns true first; true when it slept the whole time.
+pub async fn sleep_unless_stopped(
+    wait: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = stopped(stop) => false,
+    }
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;

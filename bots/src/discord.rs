@@ -14,7 +14,7 @@ use serenity::async_trait;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{Backoff, stopped};
+use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{DiscordConfig, Token};
 use crate::port::{Ask, Platform, Speaker};
 use crate::writer::{self, Delivery, Surface};
@@ -85,9 +85,8 @@ pub async fn run(
                 "discord: the bot failed; check the token and the network"
             ),
         }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stopped(&mut stop) => return,
+        if !sleep_unless_stopped(wait, &mut stop).await {
+            return;
         }
     }
 }

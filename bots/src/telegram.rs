@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{Backoff, stopped};
+use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{TelegramConfig, Token};
 use crate::port::{Ask, Platform, Reply, Speaker};
 use crate::writer::{self, Delivery, Surface};
@@ -65,9 +65,8 @@ pub async fn run(
             retry_in_s = wait.as_secs(),
             "telegram: the bot failed; check the token and the network"
         );
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stopped(&mut stop) => return,
+        if !sleep_unless_stopped(wait, &mut stop).await {
+            return;
         }
     }
 }

@@ -90,7 +90,7 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
                     piece = pieces.next() => piece,
                     () = sleep_until(next), if dirty => {
                         let target = rendered(&text, true, S::LIMIT);
-                        next = show_one(surface, &mut shown, &target, interval).await;
+                        (_, next) = show_one(surface, &mut shown, &target, interval).await;
                         continue;
                     }
                 };
@@ -116,10 +116,9 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
     let mut failures = 0;
     while shown != target {
         sleep_until(next).await;
-        let before = shown.len();
-        let snapshot = shown.clone();
-        next = show_one(surface, &mut shown, &target, interval).await;
-        if shown == snapshot && shown.len() == before {
+        let done;
+        (done, next) = show_one(surface, &mut shown, &target, interval).await;
+        if !done {
             failures += 1;
             if failures >= FINAL_ATTEMPTS {
                 return Outcome::Undelivered;
@@ -145,16 +144,16 @@ fn rendered(text: &str, writing: bool, limit: usize) -> Vec<String> {
     pages
 }
 
-/// Makes the first message that differs from `target` show its target text; returns when
-/// the next change may be made.
+/// Makes the first message that differs from `target` show its target text; returns whether
+/// it did, and when the next change may be made.
 async fn show_one<S: Surface>(
     surface: &mut S,
     shown: &mut Vec<String>,
     target: &[String],
     interval: Duration,
-) -> Instant {
+) -> (bool, Instant) {
     let Some(index) = (0..target.len()).find(|&i| shown.get(i) != Some(&target[i])) else {
-        return Instant::now();
+        return (true, Instant::now());
     };
     match surface.show(index, &target[index]).await {
         Ok(()) => {
@@ -163,18 +162,18 @@ async fn show_one<S: Surface>(
             } else {
                 shown[index] = target[index].clone();
             }
-            Instant::now() + interval
+            (true, Instant::now() + interval)
         }
         Err(Delivery::RetryAfter(wait)) => {
             tracing::warn!(
                 wait_ms = wait.as_millis() as u64,
                 "the platform asked to slow down"
             );
-            Instant::now() + wait.max(interval)
+            (false, Instant::now() + wait.max(interval))
         }
         Err(Delivery::Failed(reason)) => {
             tracing::warn!(%reason, "a message could not be shown");
-            Instant::now() + interval * 2
+            (false, Instant::now() + interval * 2)
         }
     }
 }

@@ -107,22 +107,15 @@ impl FakeDiscord {
         what: &str,
         mut check: impl FnMut(&[Call], &[GatewayFrame]) -> Option<T>,
     ) -> T {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.changed.notified();
-            {
-                let inner = self.inner.lock().unwrap();
-                if let Some(found) = check(&inner.calls, &inner.frames) {
-                    return found;
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let (calls, frames) = (self.calls(), self.frames());
-                panic!(
-                    "fake discord: no {what} in {limit:?}; calls: {calls:#?}\nframes: {frames:#?}"
-                );
-            }
-        }
+        let found = super::wait_until(&self.changed, limit, || {
+            let inner = self.inner.lock().unwrap();
+            check(&inner.calls, &inner.frames)
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let (calls, frames) = (self.calls(), self.frames());
+            panic!("fake discord: no {what} in {limit:?}; calls: {calls:#?}\nframes: {frames:#?}")
+        })
     }
 
     /// Sends a dispatch event on the newest gateway connection.

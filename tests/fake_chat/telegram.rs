@@ -125,17 +125,14 @@ impl FakeTelegram {
         what: &str,
         mut check: impl FnMut(&[Call]) -> Option<T>,
     ) -> T {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.news.notified();
-            if let Some(found) = check(&self.inner.lock().unwrap().calls) {
-                return found;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let calls = self.calls();
-                panic!("fake telegram: no {what} in {limit:?}; calls: {calls:#?}");
-            }
-        }
+        let found = super::wait_until(&self.news, limit, || {
+            check(&self.inner.lock().unwrap().calls)
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let calls = self.calls();
+            panic!("fake telegram: no {what} in {limit:?}; calls: {calls:#?}")
+        })
     }
 
     fn record(&self, call: Call) {
