@@ -1,5 +1,5 @@
 //! The mañanera corpus: scrape the official transcripts, keep only the president's words,
-//! and store them as a directory of plain files; later, the fine-tune reads it.
+//! and store them as a directory of plain files; then fine-tune the model on it.
 //!
 //! # Layout
 //! - [`source`]: a transcript site as configuration (selectors, patterns, hosts).
@@ -10,6 +10,7 @@
 //! - [`store`], [`transcript`], [`fsio`]: the corpus directory and its crash-safe writes.
 //! - [`scrape`]: discovery and incremental fetching; [`import`]: archives people already have.
 //! - [`export`]: statistics and the clean corpus for other tools.
+//! - [`tune`]: fine-tuning BLOOM on the corpus (LoRA or full), with versions.
 
 pub mod date;
 pub mod export;
@@ -24,6 +25,7 @@ pub mod speakers;
 pub mod store;
 pub mod text;
 pub mod transcript;
+pub mod tune;
 pub mod turns;
 
 use jiff::civil::Date;

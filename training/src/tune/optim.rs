@@ -1,0 +1,190 @@
+//! The optimizer and its schedule, written out so that their state can be saved and resumed:
+//! AdamW exactly as `torch.optim.AdamW` (decoupled weight decay, bias correction), the
+//! warm-up + decay schedules of transformers, and `clip_grad_norm_`.
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// How the learning rate moves over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Linear warm-up, then half a cosine down to 0 (`get_cosine_schedule_with_warmup`).
+    Cosine,
+    /// Linear warm-up, then linearly down to 0 (`get_linear_schedule_with_warmup`).
+    Linear,
+    /// Linear warm-up, then constant.
+    Constant,
+}
+
+impl Schedule {
+    /// The factor on the peak learning rate for optimizer step `step` (0-based) of `total`.
+    pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let after = (step - warmup) as f64;
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        match self {
+            Schedule::Cosine => {
+                (0.5 * (1.0 + (std::f64::consts::PI * after / span).cos())).max(0.0)
+            }
+            Schedule::Linear => ((total as f64 - step as f64) / span).max(0.0),
+            Schedule::Constant => 1.0,
+        }
+    }
+}
+
+/// AdamW's hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWParams {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// AdamW with its moments, one pair per trainable tensor, in the order given at creation.
+pub struct AdamW {
+    params: AdamWParams,
+    vars: Vec<Var>,
+    first: Vec<Tensor>,
+    second: Vec<Tensor>,
+    /// Steps taken so far.
+    step: usize,
+}
+
+impl AdamW {
+    /// Fresh moments (zero) for `vars`.
+    pub fn new(vars: Vec<Var>, params: AdamWParams) -> candle_core::Result<Self> {
+        let first = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let second = first.clone();
+        Ok(Self {
+            params,
+            vars,
+            first,
+            second,
+            step: 0,
+        })
+    }
+
+    /// Continues from saved moments (same order and shapes as `vars`).
+    pub fn resume(
+        vars: Vec<Var>,
+        params: AdamWParams,
+        first: Vec<Tensor>,
+        second: Vec<Tensor>,
+        step: usize,
+    ) -> candle_core::Result<Self> {
+        for ((var, m), v) in vars.iter().zip(&first).zip(&second) {
+            if m.dims() != var.dims() || v.dims() != var.dims() {
+                candle_core::bail!(
+                    "saved optimizer moments {:?}/{:?} do not fit a tensor of shape {:?}",
+                    m.dims(),
+                    v.dims(),
+                    var.dims()
+                );
+            }
+        }
+        if first.len() != vars.len() || second.len() != vars.len() {
+            candle_core::bail!(
+                "saved optimizer state has {} tensors, the model trains {}",
+                first.len(),
+                vars.len()
+            );
+        }
+        Ok(Self {
+            params,
+            vars,
+            first,
+            second,
+            step,
+        })
+    }
+
+    /// Steps taken so far (the bias-correction count).
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+
+    /// The first and second moments, for saving.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.first, &self.second)
+    }
+
+    /// One update with learning rate `lr` from `grads` (same order as the vars).
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> candle_core::Result<()> {
+        self.step += 1;
+        let AdamWParams {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.params;
+        let t = self.step as i32;
+        let correction1 = 1.0 - beta1.powi(t);
+        let correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        for (i, (var, grad)) in self.vars.iter().zip(grads).enumerate() {
+            let m = ((&self.first[i] * beta1)? + (grad * (1.0 - beta1))?)?;
+            let v = ((&self.second[i] * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * weight_decay))?;
+            let denom = ((v.sqrt()? / correction2_sqrt)? + eps)?;
+            let update = (m.div(&denom)? * (lr / correction1))?;
+            var.set(&(decayed - update)?)?;
+            self.first[i] = m;
+            self.second[i] = v;
+        }
+        Ok(())
+    }
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm` (as
+/// `torch.nn.utils.clip_grad_norm_`: factor `max / (norm + 1e-6)` when it is below 1) and
+/// returns the norm before clipping. `max_norm` 0 only measures.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> candle_core::Result<f64> {
+    let mut sum = 0f64;
+    for grad in grads.iter() {
+        sum += grad.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let norm = sum.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if max_norm > 0.0 && coef < 1.0 {
+        for grad in grads.iter_mut() {
+            *grad = (&*grad * coef)?;
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers() {
+        // Values of transformers' schedule functions for warmup 2, total 6.
+        let cosine: Vec<f64> = (0..6).map(|s| Schedule::Cosine.factor(s, 2, 6)).collect();
+        let expected = [0.0, 0.5, 1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_2];
+        for (got, want) in cosine.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12, "{cosine:?}");
+        }
+        let linear: Vec<f64> = (0..6).map(|s| Schedule::Linear.factor(s, 2, 6)).collect();
+        assert_eq!(linear, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
+        assert_eq!(Schedule::Constant.factor(5, 2, 6), 1.0);
+        assert_eq!(Schedule::Cosine.factor(0, 0, 4), 1.0);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_bound() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let mut grads = vec![Tensor::new(&[3f32, 0.0], &dev)?, Tensor::new(&[4f32], &dev)?];
+        let norm = clip_grad_norm(&mut grads, 1.0)?;
+        assert!((norm - 5.0).abs() < 1e-9);
+        let after: f32 = grads[0].to_vec1::<f32>()?[0];
+        assert!((after - 0.6).abs() < 1e-5, "{after}");
+        Ok(())
+    }
+}
