@@ -259,6 +259,74 @@ pub enum Command {
     /// Look at or empty the prompt cache (while the daemon is stopped).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Fine-tune the model on the corpus ([training]) and write a new version, which becomes
+    /// current if its validation perplexity is no worse than the current one's.
+    Train(TrainArgs),
+    /// The fine-tuned versions, their numbers, and which one is current.
+    Versions,
+    /// Write a fine-tuned version merged into its base as a plain BLOOM checkpoint
+    /// (for transformers, or for model.id).
+    Export {
+        /// Fold the adapter into the base weights (the only export there is; adapters are
+        /// already in PEFT's layout in the version directory).
+        #[arg(long, required = true)]
+        merge: bool,
+        /// A version id (v0003) or "current".
+        version: String,
+        /// A new directory to write the checkpoint to.
+        out: PathBuf,
+        /// The base checkpoint (model.id).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+/// Flags of `mananera train`, mirroring `[training]`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Continue from the current version (weights and optimizer state) on the transcripts
+    /// it has not trained on, mixed with a replay sample of older ones.
+    #[arg(long, conflicts_with = "resume")]
+    pub incremental: bool,
+    /// Continue the run that was stopped (SIGINT/SIGTERM) from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// lora or full (training.method).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Stop after this many optimizer steps (training.max_steps).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the training data (training.epochs).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = self.model.overrides();
+        push(
+            &mut out,
+            "training.method",
+            "--method",
+            self.method.as_ref().map(|m| format!("{m:?}")),
+        );
+        push(
+            &mut out,
+            "training.max_steps",
+            "--max-steps",
+            self.max_steps.map(|s| s.to_string()),
+        );
+        push(
+            &mut out,
+            "training.epochs",
+            "--epochs",
+            self.epochs.map(|s| s.to_string()),
+        );
+        out
+    }
 }
 
 /// `mananera cache` subcommands.
@@ -351,7 +419,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 listen.as_ref().map(|l| format!("{l:?}")),
             );
         }
+        Command::Train(args) => overrides.extend(args.overrides()),
+        Command::Export { model, .. } => push(
+            &mut overrides,
+            "model.id",
+            "--model",
+            model.as_ref().map(|m| format!("{m:?}")),
+        ),
         Command::Corpus(CorpusCommand::Bench { .. })
+        | Command::Versions
         | Command::Config
         | Command::Cache(_)
         | Command::RandomModel(_) => {}
@@ -392,6 +468,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             matches!(command, CacheCommand::Clear),
             cli.format,
         ),
+        Command::Train(args) => commands::train::run(
+            &config,
+            commands::train::TrainFlags {
+                incremental: args.incremental,
+                resume: args.resume,
+            },
+            cli.format,
+        ),
+        Command::Versions => commands::train::versions_command(&config, cli.format),
+        Command::Export { version, out, .. } => {
+            commands::train::export_command(&config, &version, &out, cli.format)
+        }
     }
 }
 

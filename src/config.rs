@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 use mananera_training::fetch::Politeness;
 use mananera_training::scrape::{ScrapeConfig, select_sources};
 use mananera_training::source::Source;
+use mananera_training::tune::TrainingConfig;
 use mananera_training::turns::CleaningRules;
 use mananera_training::{Cleaning, CorpusConfig};
 
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
 use crate::engine::checkpoint::ModelSource;
+use crate::engine::finetuned::Choice;
 use crate::engine::{EngineOptions, Quantization, SamplingParams};
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
@@ -38,6 +40,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub discord: DiscordConfig,
     pub telegram: TelegramConfig,
+    pub training: TrainingConfig,
 }
 
 /// `[serve]`: the daemon's web server and what a request may ask for.
@@ -89,6 +92,8 @@ pub struct ModelConfig {
     pub cache_dir: String,
     /// Never use the network (also turned on by `HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// The fine-tuned version served on top: "current", "base" or an id such as "v0003".
+    pub version: String,
 }
 
 impl Default for ModelConfig {
@@ -98,6 +103,7 @@ impl Default for ModelConfig {
             revision: "main".into(),
             cache_dir: String::new(),
             offline: false,
+            version: "current".into(),
         }
     }
 }
@@ -205,6 +211,8 @@ impl Config {
                 "model.id is empty: set a Hub repository id or a checkpoint directory".into(),
             );
         }
+        Choice::parse(&self.model.version).map_err(|e| format!("model.version = {e}"))?;
+        self.training.validate().map_err(|e| e.to_string())?;
         self.generation
             .validate()
             .map_err(|e| format!("[generation] {e}"))?;
@@ -328,7 +336,19 @@ impl Config {
             max_context: self.engine.max_context,
             vocabulary: (!self.engine.vocabulary.is_empty())
                 .then(|| PathBuf::from(&self.engine.vocabulary)),
+            version: Choice::parse(&self.model.version).unwrap_or(Choice::Current),
+            versions_dir: self.versions_dir(),
         }
+    }
+
+    /// The versions directory (`training.dir`) with defaults and `~` resolved.
+    pub fn versions_dir(&self) -> PathBuf {
+        setting_dir(
+            &self.training.dir,
+            "XDG_DATA_HOME",
+            ".local/share",
+            "mananera/versions",
+        )
     }
 }
 

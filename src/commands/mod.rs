@@ -9,6 +9,7 @@ pub mod progress;
 pub mod random_model;
 pub mod scrape;
 pub mod serve;
+pub mod train;
 pub mod vocab;
 
 use crate::cli::{Failure, Format};

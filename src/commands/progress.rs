@@ -64,15 +64,25 @@ impl Bar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(prefix.to_string());
-        *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+        show(&bar);
         Self { bar }
     }
 
     /// Removes the bar from the terminal.
     pub fn finish(&self) {
-        ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.bar.finish_and_clear();
+        hide(&self.bar);
     }
+}
+
+/// Registers `bar` so that log lines are printed above it.
+pub fn show(bar: &ProgressBar) {
+    *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+}
+
+/// Unregisters and clears `bar`.
+pub fn hide(bar: &ProgressBar) {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    bar.finish_and_clear();
 }
 
 impl Observer for Bar {

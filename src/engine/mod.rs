@@ -5,7 +5,8 @@
 //!   `attention` (fused ALiBi attention and KV cache) and `gelu`.
 //! - [`linear`]: f32 or in-process-quantized linear layers; their kernels are `gemv` (f32),
 //!   `blocks` (Q8_0/Q4_0), `quant` (dispatch, Q4_K), all on `parallel`'s worker pool.
-//! - [`checkpoint`] / [`weights`]: finding and reading checkpoint files (local or Hub).
+//! - [`checkpoint`] / [`weights`]: finding and reading checkpoint files (local or Hub);
+//!   [`finetuned`]: the fine-tuned version served on top of them.
 //! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
 //! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
 //! - [`vocabulary`]: the opt-in trimmed vocabulary.
@@ -15,6 +16,7 @@ mod blocks;
 pub mod bloom;
 pub mod checkpoint;
 mod error;
+pub mod finetuned;
 mod gelu;
 mod gemv;
 pub mod generate;
@@ -50,6 +52,25 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// A trimmed vocabulary file (see [`vocabulary`]); `None` serves every token.
     pub vocabulary: Option<std::path::PathBuf>,
+    /// Which fine-tuned version to serve, and the versions directory it lives in.
+    pub version: finetuned::Choice,
+    pub versions_dir: std::path::PathBuf,
+}
+
+impl EngineOptions {
+    /// The checkpoint files to load and the fine-tuned version on top of them: a full
+    /// version replaces the base's weights, a LoRA version adds to them.
+    pub fn resolve(&self) -> Result<(checkpoint::CheckpointFiles, Option<finetuned::Selected>)> {
+        let mut files = self.source.resolve()?;
+        let selected = finetuned::select(&self.version, &self.versions_dir, &self.source.model)?;
+        if let Some(full) = selected
+            .as_ref()
+            .filter(|s| s.version.method == mananera_training::tune::Method::Full)
+        {
+            files.weights = vec![full.dir.join("model.safetensors")];
+        }
+        Ok((files, selected))
+    }
 }
 
 /// A loaded model and tokenizer.
@@ -79,10 +100,16 @@ impl Engine {
     /// Resolves, reads and (optionally) quantizes the checkpoint.
     pub fn load(options: &EngineOptions) -> Result<Self> {
         let started = Instant::now();
-        let files = options.source.resolve()?;
+        let (files, selected) = options.resolve()?;
         let config = checkpoint::read_config(&files.config)?;
         let codec = TextCodec::load(&files.tokenizer)?;
-        let weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
+        let mut weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
+        if let Some(lora) = selected
+            .as_ref()
+            .filter(|s| s.version.method == mananera_training::tune::Method::Lora)
+        {
+            weights.add_deltas(lora.deltas(&files.config)?);
+        }
         let head_ids = options
             .vocabulary
             .as_deref()
@@ -98,6 +125,7 @@ impl Engine {
             vocab = config.vocab_size,
             head_rows,
             quantization = %options.quantization,
+            version = selected.as_ref().map_or("base", |s| s.version.id.as_str()),
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
@@ -173,11 +201,16 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// needed, not on every load.
 pub fn model_version(options: &EngineOptions) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let files = options.source.resolve()?;
+    let (files, selected) = options.resolve()?;
+    let extra = selected
+        .as_ref()
+        .map(finetuned::Selected::files)
+        .unwrap_or_default();
     let mut hash = Sha256::new();
     let paths = [&files.config, &files.tokenizer]
         .into_iter()
         .chain(&files.weights)
+        .chain(&extra)
         .chain(options.vocabulary.as_ref());
     for path in paths {
         let mut file = std::fs::File::open(path).map_err(|e| {
@@ -201,5 +234,8 @@ pub fn model_version(options: &EngineOptions) -> Result<String> {
         .next()
         .unwrap_or("model");
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{name}-{hex}"))
+    Ok(match &selected {
+        Some(s) => format!("{name}+{}-{hex}", s.version.id),
+        None => format!("{name}-{hex}"),
+    })
 }

@@ -20,6 +20,8 @@ pub struct Weights {
     prefix: &'static str,
     random: bool,
     device: Device,
+    /// Added to the named tensors as they load (a LoRA version's `scaling · B A`).
+    deltas: HashMap<String, Tensor>,
 }
 
 /// The prefix `BloomForCausalLM.save_pretrained` puts in front of the base model's tensors.
@@ -51,6 +53,7 @@ impl Weights {
             prefix,
             random: false,
             device: device.clone(),
+            deltas: HashMap::new(),
         })
     }
 
@@ -63,7 +66,13 @@ impl Weights {
             prefix: "",
             random: true,
             device: device.clone(),
+            deltas: HashMap::new(),
         }
+    }
+
+    /// Folds `deltas` (by unprefixed name) into the tensors as they load.
+    pub fn add_deltas(&mut self, deltas: HashMap<String, Tensor>) {
+        self.deltas.extend(deltas);
     }
 
     /// The device tensors are loaded onto.
@@ -119,16 +128,22 @@ impl Weights {
             ));
         }
         let tensor = view.load(&self.device).map_err(|e| corrupt(path, e))?;
-        match tensor.dtype() {
-            DType::F32 => Ok(Some(tensor)),
-            DType::F16 | DType::BF16 => Ok(Some(tensor.to_dtype(DType::F32)?)),
-            other => Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor `{key}` is stored as {other:?}; only f32, f16 and bf16 are supported"
-                ),
-                "export the checkpoint in float32, float16 or bfloat16",
-            )),
+        let tensor = match tensor.dtype() {
+            DType::F32 => tensor,
+            DType::F16 | DType::BF16 => tensor.to_dtype(DType::F32)?,
+            other => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{key}` is stored as {other:?}; only f32, f16 and bf16 are supported"
+                    ),
+                    "export the checkpoint in float32, float16 or bfloat16",
+                ));
+            }
+        };
+        match self.deltas.get(name) {
+            Some(delta) => Ok(Some((tensor + delta)?)),
+            None => Ok(Some(tensor)),
         }
     }
 }

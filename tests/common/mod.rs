@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use mananera::engine::checkpoint::ModelSource;
+use mananera::engine::finetuned::Choice;
 use mananera::engine::{Engine, EngineOptions, Quantization};
 use serde::Deserialize;
 
@@ -87,6 +88,8 @@ pub fn options(name: &str, quantization: Quantization) -> EngineOptions {
         quantization,
         max_context: 2048,
         vocabulary: None,
+        version: Choice::Base,
+        versions_dir: PathBuf::new(),
     }
 }
 

@@ -93,6 +93,7 @@ impl Daemon {
             .env_remove("MANANERA_DISCORD_TOKEN")
             .env_remove("MANANERA_TELEGRAM_TOKEN")
             .env_remove("CREDENTIALS_DIRECTORY")
+            .env("XDG_DATA_HOME", state_dir.join("data"))
             .envs(env.iter().copied())
             .env("MANANERA_LOG", "info")
             .stdout(Stdio::piped())

@@ -81,9 +81,22 @@ fn replay_run(model: &Model, run: &Value, blocks: &[Vec<u32>], schedule: Schedul
             let picked: Vec<usize> = (k * per_step..(k + 1) * per_step).collect();
             let groups: Vec<&[usize]> = picked.chunks(micro).collect();
             let lr = run["lr"].as_f64().unwrap() * schedule.factor(k, warmup, steps);
-            close(&format!("lr of step {k}"), lr, run["steps"][k]["lr"].as_f64().unwrap(), 1e-12);
-            optimizer_step(model, &mut optimizer, blocks, &groups, lr, run["max_grad_norm"].as_f64().unwrap(), 0)
-                .unwrap()
+            close(
+                &format!("lr of step {k}"),
+                lr,
+                run["steps"][k]["lr"].as_f64().unwrap(),
+                1e-12,
+            );
+            optimizer_step(
+                model,
+                &mut optimizer,
+                blocks,
+                &groups,
+                lr,
+                run["max_grad_norm"].as_f64().unwrap(),
+                0,
+            )
+            .unwrap()
         })
         .collect()
 }
@@ -113,7 +126,11 @@ fn lora_steps_match_peft() {
     let base = base();
     let adapter = Adapter::load(&fixtures().join("training/lora-init"), &base.shape).unwrap();
     assert_eq!(adapter.vars().len(), 16, "2 layers × 4 targets × (A, B)");
-    let model = Model::lora(base.shape.clone(), model::read_weights(&base).unwrap(), adapter);
+    let model = Model::lora(
+        base.shape.clone(),
+        model::read_weights(&base).unwrap(),
+        adapter,
+    );
     let blocks = blocks(&reference);
     let validation = &blocks[24..32];
     close(
@@ -123,8 +140,17 @@ fn lora_steps_match_peft() {
         1e-4,
     );
     let stepped = replay_run(&model, run, &blocks, Schedule::Cosine);
-    for (k, (got, want)) in stepped.iter().zip(run["steps"].as_array().unwrap()).enumerate() {
-        close(&format!("loss of step {k}"), got.loss, want["loss"].as_f64().unwrap(), 1e-4);
+    for (k, (got, want)) in stepped
+        .iter()
+        .zip(run["steps"].as_array().unwrap())
+        .enumerate()
+    {
+        close(
+            &format!("loss of step {k}"),
+            got.loss,
+            want["loss"].as_f64().unwrap(),
+            1e-4,
+        );
         close(
             &format!("gradient norm of step {k}"),
             got.grad_norm,
@@ -132,7 +158,8 @@ fn lora_steps_match_peft() {
             1e-4,
         );
     }
-    let after = tensors::load(&fixtures().join("training/lora-after/adapter_model.safetensors")).unwrap();
+    let after =
+        tensors::load(&fixtures().join("training/lora-after/adapter_model.safetensors")).unwrap();
     let ours = model.adapter().unwrap();
     for (name, var) in ours.vars() {
         let (module, which) = name.rsplit_once('.').unwrap();
@@ -153,9 +180,12 @@ fn saved_adapters_round_trip_in_peft_layout() {
     let base = base();
     let dir = tempfile::tempdir().unwrap();
     let adapter = Adapter::load(&fixtures().join("training/lora-after"), &base.shape).unwrap();
-    adapter.save(dir.path(), "tests/fixtures/models/tiny-bloom-4h").unwrap();
+    adapter
+        .save(dir.path(), "tests/fixtures/models/tiny-bloom-4h")
+        .unwrap();
     let ours = tensors::load(&dir.path().join("adapter_model.safetensors")).unwrap();
-    let theirs = tensors::load(&fixtures().join("training/lora-after/adapter_model.safetensors")).unwrap();
+    let theirs =
+        tensors::load(&fixtures().join("training/lora-after/adapter_model.safetensors")).unwrap();
     let mut names: Vec<_> = ours.keys().collect();
     names.sort();
     let mut expected: Vec<_> = theirs.keys().collect();
@@ -168,8 +198,10 @@ fn saved_adapters_round_trip_in_peft_layout() {
     let size = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
     let meta: Value = serde_json::from_slice(&header[8..8 + size]).unwrap();
     assert_eq!(meta["__metadata__"]["format"], "pt");
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 4);
     assert_eq!(config["task_type"], "CAUSAL_LM");
@@ -182,8 +214,17 @@ fn full_fine_tune_steps_match_pytorch() {
     let base = base();
     let model = Model::full(base.shape.clone(), model::read_weights(&base).unwrap()).unwrap();
     let stepped = replay_run(&model, run, &blocks(&reference), Schedule::Constant);
-    for (k, (got, want)) in stepped.iter().zip(run["steps"].as_array().unwrap()).enumerate() {
-        close(&format!("loss of step {k}"), got.loss, want["loss"].as_f64().unwrap(), 1e-4);
+    for (k, (got, want)) in stepped
+        .iter()
+        .zip(run["steps"].as_array().unwrap())
+        .enumerate()
+    {
+        close(
+            &format!("loss of step {k}"),
+            got.loss,
+            want["loss"].as_f64().unwrap(),
+            1e-4,
+        );
         close(
             &format!("gradient norm of step {k}"),
             got.grad_norm,
@@ -192,7 +233,10 @@ fn full_fine_tune_steps_match_pytorch() {
         );
     }
     let after = tensors::load(&fixtures().join("training/full-after.safetensors")).unwrap();
-    let (heads, head_dim) = (base.shape.n_head, base.shape.hidden_size / base.shape.n_head);
+    let (heads, head_dim) = (
+        base.shape.n_head,
+        base.shape.hidden_size / base.shape.n_head,
+    );
     for (name, var) in model.trainable() {
         let (ours, theirs) = (var.as_tensor(), &after[&name]);
         if name.ends_with("query_key_value.bias") {
@@ -201,11 +245,17 @@ fn full_fine_tune_steps_match_pytorch() {
             // and Adam's first steps turn any noise into a ±lr move. Compare the query and
             // value biases exactly; the key bias only within Adam's largest move (2 steps × lr).
             let per_head = |t: &Tensor, part: usize| {
-                t.reshape((heads, 3, head_dim)).unwrap().narrow(1, part, 1).unwrap()
+                t.reshape((heads, 3, head_dim))
+                    .unwrap()
+                    .narrow(1, part, 1)
+                    .unwrap()
             };
             for (part, bound) in [(0, 1e-4), (1, 2.0 * 1e-3 + 1e-6), (2, 1e-4)] {
                 let diff = max_diff(&per_head(ours, part), &per_head(theirs, part));
-                assert!(diff < bound, "{name} part {part}: max |Δ| {diff:e} against PyTorch");
+                assert!(
+                    diff < bound,
+                    "{name} part {part}: max |Δ| {diff:e} against PyTorch"
+                );
             }
             continue;
         }
@@ -249,12 +299,18 @@ fn gradients_agree_with_finite_differences() {
                 .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
                 .unwrap();
             assert!(largest != 0.0, "{name}: the gradient is all zeros");
-            let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let original = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let h = 1e-2f32.max(original[index].abs() * 1e-2);
             let loss_at = |delta: f32| {
                 let mut moved = original.clone();
                 moved[index] += delta;
-                var.set(&Tensor::from_vec(moved, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(moved, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let loss = model.loss(&ids, None).unwrap().to_scalar::<f32>().unwrap() as f64;
                 var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap())
                     .unwrap();
@@ -277,7 +333,13 @@ fn adapters_for_another_model_are_refused() {
     other.n_head = 4;
     let error = Adapter::load(&fixtures().join("training/lora-init"), &other).unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("does not fit this base model"), "{message}");
+    assert!(
+        message.contains("does not fit this base model"),
+        "{message}"
+    );
     let missing = Adapter::load(Path::new("/nonexistent"), &base().shape).unwrap_err();
-    assert!(missing.to_string().contains("adapter_config.json"), "{missing}");
+    assert!(
+        missing.to_string().contains("adapter_config.json"),
+        "{missing}"
+    );
 }

@@ -89,7 +89,9 @@ pub fn tokenize(
 /// that does not fill a block is dropped (as transformers' `group_texts`).
 pub fn pack<'a>(streams: impl IntoIterator<Item = &'a [u32]>, block: usize) -> Vec<Vec<u32>> {
     let all: Vec<u32> = streams.into_iter().flatten().copied().collect();
-    all.chunks_exact(block.max(1)).map(<[u32]>::to_vec).collect()
+    all.chunks_exact(block.max(1))
+        .map(<[u32]>::to_vec)
+        .collect()
 }
 
 /// Picks old transcripts to replay next to new ones: a seeded shuffle of `old`, taken until
@@ -139,18 +141,35 @@ mod tests {
     #[test]
     fn validation_holds_the_newest_and_never_overlaps() {
         let docs: Vec<Document> = (0..200)
-            .map(|i| doc(&format!("t{i:03}"), &format!("2024-{:02}-{:02}", 1 + i / 28, 1 + i % 28)))
+            .map(|i| {
+                doc(
+                    &format!("t{i:03}"),
+                    &format!("2024-{:02}-{:02}", 1 + i / 28, 1 + i % 28),
+                )
+            })
             .collect();
         let split = split(&docs, 2, 0.05).unwrap();
         assert!(split.validation.contains(&"t199".to_string()));
         assert!(split.validation.contains(&"t198".to_string()));
-        assert!(split.validation.len() > 2 && split.validation.len() < 30, "{}", split.validation.len());
+        assert!(
+            split.validation.len() > 2 && split.validation.len() < 30,
+            "{}",
+            split.validation.len()
+        );
         assert_eq!(split.train.len() + split.validation.len(), 200);
         assert!(split.train.iter().all(|t| !split.validation.contains(t)));
         // The hashed sample does not move when transcripts are added.
-        let more: Vec<Document> = docs.iter().cloned().chain([doc("t200", "2025-01-01")]).collect();
+        let more: Vec<Document> = docs
+            .iter()
+            .cloned()
+            .chain([doc("t200", "2025-01-01")])
+            .collect();
         let later = super::split(&more, 2, 0.05).unwrap();
-        for id in split.validation.iter().filter(|id| !["t199", "t198"].contains(&id.as_str())) {
+        for id in split
+            .validation
+            .iter()
+            .filter(|id| !["t199", "t198"].contains(&id.as_str()))
+        {
             assert!(later.validation.contains(id), "{id} left the sample");
         }
     }
@@ -167,7 +186,10 @@ mod tests {
     fn packing_drops_the_partial_block() {
         let a = [1, 2, 3];
         let b = [4, 5, 6, 7, 8];
-        assert_eq!(pack([&a[..], &b[..]], 3), vec![vec![1, 2, 3], vec![4, 5, 6]]);
+        assert_eq!(
+            pack([&a[..], &b[..]], 3),
+            vec![vec![1, 2, 3], vec![4, 5, 6]]
+        );
     }
 
     #[test]

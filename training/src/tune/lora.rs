@@ -164,7 +164,8 @@ impl Adapter {
     /// Reads a PEFT adapter directory and checks it against the model it will adapt.
     pub fn load(dir: &Path, shape: &Shape) -> Result<Self, TrainError> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
         let peft: PeftConfig = serde_json::from_str(&text).map_err(|e| {
             TrainError::Model(format!(
                 "{}: not a PEFT adapter config ({e})",
@@ -207,12 +208,13 @@ impl Adapter {
         };
         spec.validate()?;
         let weights_path = dir.join(WEIGHTS_FILE);
-        let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
-            TrainError::Model(format!(
-                "{}: not a readable safetensors file ({e})",
-                weights_path.display()
-            ))
-        })?;
+        let mut tensors =
+            candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+                TrainError::Model(format!(
+                    "{}: not a readable safetensors file ({e})",
+                    weights_path.display()
+                ))
+            })?;
         let mismatch = |problem: String| {
             TrainError::Model(format!(
                 "the adapter in {} does not fit this base model: {problem}; train it again on \
@@ -244,7 +246,9 @@ impl Adapter {
             pairs.insert(module, spec.pair(a, b));
         }
         if let Some(extra) = tensors.keys().next() {
-            return Err(mismatch(format!("tensor `{extra}` belongs to no layer of this model")));
+            return Err(mismatch(format!(
+                "tensor `{extra}` belongs to no layer of this model"
+            )));
         }
         Ok(Self { spec, pairs })
     }
@@ -278,8 +282,14 @@ impl Adapter {
             .iter()
             .flat_map(|(module, pair)| {
                 [
-                    (format!("{PEFT_PREFIX}{module}.lora_A.weight"), pair.a.as_tensor().clone()),
-                    (format!("{PEFT_PREFIX}{module}.lora_B.weight"), pair.b.as_tensor().clone()),
+                    (
+                        format!("{PEFT_PREFIX}{module}.lora_A.weight"),
+                        pair.a.as_tensor().clone(),
+                    ),
+                    (
+                        format!("{PEFT_PREFIX}{module}.lora_B.weight"),
+                        pair.b.as_tensor().clone(),
+                    ),
                 ]
             })
             .collect();

@@ -41,7 +41,10 @@ pub fn export_merged(
             ..base.clone()
         })?,
     };
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     let staged = tempfile::Builder::new()
         .prefix(".tmp-merge-")
@@ -72,9 +75,18 @@ pub fn copy_checkpoint_files(base: &BaseCheckpoint, dir: &Path) -> Result<(), Tr
     for (from, name) in [
         (base.config.clone(), "config.json"),
         (base.tokenizer.clone(), "tokenizer.json"),
-        (source.join("tokenizer_config.json"), "tokenizer_config.json"),
-        (source.join("special_tokens_map.json"), "special_tokens_map.json"),
-        (source.join("generation_config.json"), "generation_config.json"),
+        (
+            source.join("tokenizer_config.json"),
+            "tokenizer_config.json",
+        ),
+        (
+            source.join("special_tokens_map.json"),
+            "special_tokens_map.json",
+        ),
+        (
+            source.join("generation_config.json"),
+            "generation_config.json",
+        ),
     ] {
         if from.is_file() {
             let bytes = std::fs::read(&from).map_err(|e| TrainError::io(&from, e))?;

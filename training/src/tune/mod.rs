@@ -139,7 +139,9 @@ impl TrainingConfig {
             ));
         }
         if self.batch_size == 0 || self.grad_accumulation == 0 || self.epochs == 0 {
-            return bad("training.batch_size, grad_accumulation and epochs must be at least 1".into());
+            return bad(
+                "training.batch_size, grad_accumulation and epochs must be at least 1".into(),
+            );
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return bad(format!(
@@ -163,16 +165,6 @@ impl TrainingConfig {
             self.lora_spec().validate()?;
         }
         Ok(())
-    }
-
-    /// The versions directory with its default resolved against `data_home`
-    /// (`$XDG_DATA_HOME` or `~/.local/share`).
-    pub fn versions_dir(&self, data_home: &Path) -> PathBuf {
-        if self.dir.is_empty() {
-            data_home.join("mananera/versions")
-        } else {
-            PathBuf::from(&self.dir)
-        }
     }
 }
 

@@ -144,7 +144,10 @@ pub fn read_weights(base: &BaseCheckpoint) -> Result<HashMap<String, Tensor>, Tr
             ))
         })?;
         for (name, tensor) in tensors {
-            let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+            let name = name
+                .strip_prefix("transformer.")
+                .unwrap_or(&name)
+                .to_string();
             found.insert(name, tensor);
         }
     }
@@ -269,7 +272,11 @@ impl Model {
     }
 
     /// `[batch, seq, vocab]` logits.
-    pub fn logits(&self, ids: &Tensor, dropout: Option<DropoutSeed>) -> candle_core::Result<Tensor> {
+    pub fn logits(
+        &self,
+        ids: &Tensor,
+        dropout: Option<DropoutSeed>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let h = self.shape.hidden_size;
         let embeddings = self.w("word_embeddings.weight");
@@ -341,7 +348,11 @@ impl Model {
         let x = (attention + residual)?;
         let ln = self.layer_norm(&x, &format!("h.{i}.post_attention_layernorm"))?;
         let residual = if post_ln { &ln } else { &x };
-        let up = self.linear(&ln, &format!("h.{i}.mlp.dense_h_to_4h"), seeds.as_deref_mut())?;
+        let up = self.linear(
+            &ln,
+            &format!("h.{i}.mlp.dense_h_to_4h"),
+            seeds.as_deref_mut(),
+        )?;
         let down = self.linear(&up.gelu()?, &format!("h.{i}.mlp.dense_4h_to_h"), seeds)?;
         down + residual
     }
@@ -369,8 +380,8 @@ impl Model {
                 .contiguous()
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?
-            .broadcast_add(bias)?;
+        let scores =
+            (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(bias)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = probs
             .matmul(&v)?
@@ -430,9 +441,7 @@ fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
 pub fn alibi_slopes(n_head: usize) -> Vec<f32> {
     let closest = 1usize << (usize::BITS - 1 - n_head.leading_zeros());
     let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
-    let mut slopes: Vec<f32> = (1..=closest)
-        .map(|i| base.powi(i as i32) as f32)
-        .collect();
+    let mut slopes: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32) as f32).collect();
     if closest != n_head {
         let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
         let extra = (n_head - closest).min(closest);

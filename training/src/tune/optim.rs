@@ -167,7 +167,14 @@ mod tests {
     fn schedules_match_transformers() {
         // Values of transformers' schedule functions for warmup 2, total 6.
         let cosine: Vec<f64> = (0..6).map(|s| Schedule::Cosine.factor(s, 2, 6)).collect();
-        let expected = [0.0, 0.5, 1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_2];
+        let expected = [
+            0.0,
+            0.5,
+            1.0,
+            0.853_553_390_593_273_8,
+            0.5,
+            0.146_446_609_406_726_2,
+        ];
         for (got, want) in cosine.iter().zip(expected) {
             assert!((got - want).abs() < 1e-12, "{cosine:?}");
         }
@@ -180,7 +187,10 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_bound() -> candle_core::Result<()> {
         let dev = candle_core::Device::Cpu;
-        let mut grads = vec![Tensor::new(&[3f32, 0.0], &dev)?, Tensor::new(&[4f32], &dev)?];
+        let mut grads = vec![
+            Tensor::new(&[3f32, 0.0], &dev)?,
+            Tensor::new(&[4f32], &dev)?,
+        ];
         let norm = clip_grad_norm(&mut grads, 1.0)?;
         assert!((norm - 5.0).abs() < 1e-9);
         let after: f32 = grads[0].to_vec1::<f32>()?[0];

@@ -53,7 +53,10 @@ pub enum Event {
     /// A phase without steps started (tokenizing, validating, saving).
     Phase(&'static str),
     /// The step count is known.
-    Start { total: usize, tokens_per_step: usize },
+    Start {
+        total: usize,
+        tokens_per_step: usize,
+    },
     /// An optimizer step finished.
     Step {
         step: usize,
@@ -122,7 +125,11 @@ pub fn train(
     let (mut state, plan, model, optimizer) = if job.resume {
         resume(job, &versions, on)?
     } else {
-        let parent = if job.incremental { current.clone() } else { None };
+        let parent = if job.incremental {
+            current.clone()
+        } else {
+            None
+        };
         let settings = &job.settings;
         on(Event::Phase("tokenizing"));
         let plan = plan(job, documents, parent.as_ref())?;
@@ -679,7 +686,10 @@ fn save_checkpoint(
     tensors::save(
         &dir.join(BLOCKS),
         &[
-            ("train".to_string(), blocks_tensor(&plan.train, state.settings.block_size)?),
+            (
+                "train".to_string(),
+                blocks_tensor(&plan.train, state.settings.block_size)?,
+            ),
             (
                 "validation".to_string(),
                 blocks_tensor(&plan.validation, state.settings.block_size)?,
@@ -780,6 +790,10 @@ fn resume(
         Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
     };
     let optimizer = load_optimizer(&dir, &model, &state.settings)?;
-    tracing::info!(step = state.step, total = state.total, "resuming a stopped run");
+    tracing::info!(
+        step = state.step,
+        total = state.total,
+        "resuming a stopped run"
+    );
     Ok((state, plan, model, optimizer))
 }

@@ -16,8 +16,14 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError>
     let mut raw = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let (dtype, bytes) = match tensor.dtype() {
-            DType::F32 => (Dtype::F32, bytes_of(tensor.flatten_all()?.to_vec1::<f32>()?)),
-            DType::U32 => (Dtype::U32, bytes_of(tensor.flatten_all()?.to_vec1::<u32>()?)),
+            DType::F32 => (
+                Dtype::F32,
+                bytes_of(tensor.flatten_all()?.to_vec1::<f32>()?),
+            ),
+            DType::U32 => (
+                Dtype::U32,
+                bytes_of(tensor.flatten_all()?.to_vec1::<u32>()?),
+            ),
             other => {
                 return Err(TrainError::Model(format!(
                     "cannot save tensor `{name}` of type {other:?}"

@@ -154,15 +154,7 @@ impl Versions {
 
     /// Every finished version, oldest first.
     pub fn list(&self) -> Result<Vec<Version>, TrainError> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, e))? {
-            let entry = entry.map_err(|e| TrainError::io(&self.dir, e))?;
-            if entry.path().join(RECORD).is_file() {
-                out.push(read_record(&entry.path())?);
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        list(&self.dir)
     }
 
     /// The id the next version gets.
@@ -185,7 +177,11 @@ impl Versions {
     }
 
     /// Seals a staged version: records, syncs, names it, and if accepted makes it current.
-    pub fn commit(&self, staged: tempfile::TempDir, record: &Version) -> Result<PathBuf, TrainError> {
+    pub fn commit(
+        &self,
+        staged: tempfile::TempDir,
+        record: &Version,
+    ) -> Result<PathBuf, TrainError> {
         let path = staged.path();
         fsio::write_atomic(&path.join(METRICS), pretty(&record.metrics).as_bytes())
             .map_err(|e| TrainError::io(path, e))?;
@@ -210,13 +206,47 @@ impl Versions {
             )));
         }
         let path = self.dir.join(CURRENT);
-        fsio::write_atomic(&path, format!("{id}\n").as_bytes()).map_err(|e| TrainError::io(&path, e))
+        fsio::write_atomic(&path, format!("{id}\n").as_bytes())
+            .map_err(|e| TrainError::io(&path, e))
     }
 
     /// The version `id`.
     pub fn get(&self, id: &str) -> Result<Version, TrainError> {
-        read_record(&self.dir.join(id))
+        get(&self.dir, id)
     }
+}
+
+/// Every finished version in `dir`, oldest first, read without the lock (version
+/// directories never change once named).
+pub fn list(dir: &Path) -> Result<Vec<Version>, TrainError> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with('.') && entry.path().join(RECORD).is_file() {
+            out.push(read_record(&entry.path())?);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The version `id` in `dir`.
+pub fn get(dir: &Path, id: &str) -> Result<Version, TrainError> {
+    if id.is_empty()
+        || id.contains(['/', '\\'])
+        || id.starts_with('.')
+        || !dir.join(id).join(RECORD).is_file()
+    {
+        return Err(TrainError::Config(format!(
+            "there is no version `{id}` in {}; `mananera versions` lists them",
+            dir.display()
+        )));
+    }
+    read_record(&dir.join(id))
 }
 
 /// The current version of the versions directory `dir`, read without taking its lock (the

@@ -1,0 +1,412 @@
+//! `mananera train`, `mananera versions` and `mananera export --merge`: fine-tune the model
+//! on the corpus, list what was trained, and hand a version to other tools.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use mananera_training::tune::TrainError;
+use mananera_training::tune::data::Document;
+use mananera_training::tune::merge::export_merged;
+use mananera_training::tune::model::{BaseCheckpoint, Shape};
+use mananera_training::tune::run::{Event, Job, Outcome, train};
+use mananera_training::tune::versions::{self, Status, Version};
+use serde::Serialize;
+
+use super::corpus::open as open_corpus;
+use super::print_json;
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+use crate::engine::finetuned::Choice;
+use crate::engine::{EngineOptions, Quantization, model_version};
+
+/// Flags of `mananera train`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainFlags {
+    /// Continue from the current version on the transcripts it has not seen.
+    pub incremental: bool,
+    /// Continue the stopped run.
+    pub resume: bool,
+}
+
+/// Exit code of a run whose version was trained but rejected by validation.
+const REJECTED: u8 = 6;
+/// Exit code of a run stopped by a signal (resumable).
+const STOPPED: u8 = 130;
+
+/// Exit codes: settings and data 2, an unusable model 3, a busy versions directory 5,
+/// anything else 1.
+fn failure(e: TrainError) -> Failure {
+    let code = match &e {
+        TrainError::Config(_) | TrainError::Data(_) => 2,
+        TrainError::Model(_) => 3,
+        TrainError::Busy(_) => 5,
+        TrainError::Io { .. } | TrainError::Tensor(_) => 1,
+    };
+    Failure {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// The base checkpoint (no fine-tuned version on top) and its content version.
+fn base(config: &Config) -> Result<(BaseCheckpoint, String), Failure> {
+    let options = EngineOptions {
+        version: Choice::Base,
+        quantization: Quantization::None,
+        vocabulary: None,
+        ..config.engine_options()
+    };
+    let files = options.source.resolve()?;
+    let shape = Shape::read(&files.config).map_err(failure)?;
+    let version = model_version(&options)?;
+    Ok((
+        BaseCheckpoint {
+            config: files.config,
+            tokenizer: files.tokenizer,
+            weights: files.weights,
+            shape,
+        },
+        version,
+    ))
+}
+
+/// Every transcript of the corpus, read while holding the corpus lock.
+fn documents(config: &Config) -> Result<Vec<Document>, Failure> {
+    let corpus = open_corpus(config)?;
+    corpus
+        .entries()
+        .into_iter()
+        .map(|entry| {
+            let transcript = corpus.read(entry).map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            Ok(Document {
+                id: entry.id.clone(),
+                date: entry.date.to_string(),
+                text: transcript.text,
+            })
+        })
+        .collect()
+}
+
+/// Sets `stop` on SIGINT or SIGTERM (a second signal exits at once).
+fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(super::no_runtime)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(mut terminate) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    return;
+                };
+                for _ in 0..2 {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    if stop.swap(true, Ordering::SeqCst) {
+                        tracing::warn!("second stop signal: exiting without a checkpoint");
+                        std::process::exit(i32::from(STOPPED));
+                    }
+                    tracing::info!(
+                        "stopping at the next step boundary (a checkpoint will be saved)"
+                    );
+                }
+            });
+        })
+        .map(drop)
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot watch for signals: {e}"),
+        })
+}
+
+/// The JSON summary of `train`.
+#[derive(Serialize)]
+struct Summary<'a> {
+    outcome: &'static str,
+    version: Option<&'a Version>,
+    step: Option<usize>,
+    total_steps: Option<usize>,
+    current: Option<&'a str>,
+}
+
+/// `mananera train`.
+pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Failure> {
+    let (base, base_version) = base(config)?;
+    let documents = if flags.resume {
+        Vec::new()
+    } else {
+        documents(config)?
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone())?;
+    let job = Job {
+        base,
+        base_model: config.model.id.clone(),
+        base_version,
+        settings: config.training.clone(),
+        versions_dir: config.versions_dir(),
+        incremental: flags.incremental,
+        resume: flags.resume,
+        stop: &stop,
+    };
+    let mut reporter = Reporter::new();
+    let outcome = train(&job, &documents, &mut |event| reporter.event(event));
+    reporter.finish();
+    let outcome = outcome.map_err(failure)?;
+    let summary = match &outcome {
+        Outcome::Finished(version) => Summary {
+            outcome: match version.status {
+                Status::Accepted => "accepted",
+                Status::Rejected => "rejected",
+            },
+            version: Some(version),
+            step: Some(version.metrics.steps),
+            total_steps: Some(version.metrics.steps),
+            current: None,
+        },
+        Outcome::Stopped { step, total } => Summary {
+            outcome: "stopped",
+            version: None,
+            step: Some(*step),
+            total_steps: Some(*total),
+            current: None,
+        },
+        Outcome::NothingNew { current } => Summary {
+            outcome: "nothing_new",
+            version: None,
+            step: None,
+            total_steps: None,
+            current: Some(current),
+        },
+    };
+    match format {
+        Format::Json | Format::Jsonl => print_json(&summary)?,
+        Format::Text => print_summary(&outcome),
+    }
+    match outcome {
+        Outcome::Finished(v) if v.status == Status::Rejected => Err(Failure {
+            code: REJECTED,
+            message: format!(
+                "version {} was rejected: validation perplexity {:.3} against {:.3} now \
+                 (training.tolerance {}); the current version is unchanged",
+                v.id,
+                v.metrics.perplexity_after,
+                v.metrics.perplexity_before,
+                config.training.tolerance
+            ),
+        }),
+        Outcome::Stopped { .. } => Err(Failure {
+            code: STOPPED,
+            message: "stopped; continue with `mananera train --resume`".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn print_summary(outcome: &Outcome) {
+    match outcome {
+        Outcome::Finished(v) => {
+            let m = &v.metrics;
+            println!(
+                "version {} {}: validation perplexity {:.3} → {:.3}, train loss {:.4} → {:.4}",
+                v.id,
+                match v.status {
+                    Status::Accepted => "accepted (now current)",
+                    Status::Rejected => "rejected (current unchanged)",
+                },
+                m.perplexity_before,
+                m.perplexity_after,
+                m.train_loss_first,
+                m.train_loss_last
+            );
+            println!(
+                "{} steps, {} tokens in {:.1} s ({:.0} tokens/s); {} new transcripts, data {} … {}",
+                m.steps,
+                m.tokens,
+                m.wall_s,
+                m.tokens_per_s,
+                v.new_transcripts.len(),
+                m.data_window.0,
+                m.data_window.1
+            );
+        }
+        Outcome::Stopped { step, total } => {
+            println!("stopped after step {step} of {total}; `mananera train --resume` continues");
+        }
+        Outcome::NothingNew { current } => {
+            println!("no new transcripts since version {current}; nothing to train");
+        }
+    }
+}
+
+/// Draws a bar with loss, tokens/s and ETA at a terminal, and logs progress every 30 s
+/// (for journald and other non-terminals).
+struct Reporter {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Phase(phase) => {
+                tracing::info!(phase, "training");
+                if let Some(bar) = &self.bar {
+                    bar.set_message(phase);
+                }
+            }
+            Event::Start { total, .. } => {
+                let bar = ProgressBar::new(total as u64);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                super::progress::show(&bar);
+                self.started = Instant::now();
+                self.bar = Some(bar);
+            }
+            Event::Step {
+                step,
+                total,
+                loss,
+                lr,
+                grad_norm,
+                tokens,
+            } => {
+                let rate = tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                if let Some(bar) = &self.bar {
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("loss {loss:.4}  {rate:.0} tok/s"));
+                }
+                if self.last_log.elapsed() >= Duration::from_secs(30) || step == total {
+                    self.last_log = Instant::now();
+                    tracing::info!(
+                        step,
+                        total,
+                        loss,
+                        lr,
+                        grad_norm,
+                        tokens_per_s = rate,
+                        "training step"
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            super::progress::hide(bar);
+        }
+    }
+}
+
+/// `mananera versions`: every version, which is current, and its numbers.
+pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> {
+    let dir = config.versions_dir();
+    let list = versions::list(&dir).map_err(failure)?;
+    let current = versions::current(&dir).map_err(failure)?.map(|v| v.id);
+    match format {
+        Format::Json | Format::Jsonl => {
+            #[derive(Serialize)]
+            struct Out<'a> {
+                dir: String,
+                current: Option<&'a str>,
+                versions: &'a [Version],
+            }
+            print_json(&Out {
+                dir: dir.display().to_string(),
+                current: current.as_deref(),
+                versions: &list,
+            })
+        }
+        Format::Text => {
+            println!("versions {}", dir.display());
+            println!(
+                "{:<2}{:<7} {:<9} {:<6} {:>10} {:>10} {:>7} {:>5}  parent",
+                "", "id", "status", "method", "ppl before", "ppl after", "steps", "new"
+            );
+            for v in &list {
+                println!(
+                    "{:<2}{:<7} {:<9} {:<6} {:>10.3} {:>10.3} {:>7} {:>5}  {}",
+                    if current.as_deref() == Some(v.id.as_str()) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                    v.id,
+                    format!("{:?}", v.status).to_lowercase(),
+                    v.method,
+                    v.metrics.perplexity_before,
+                    v.metrics.perplexity_after,
+                    v.metrics.steps,
+                    v.new_transcripts.len(),
+                    v.parent.as_deref().unwrap_or("-")
+                );
+            }
+            if list.is_empty() {
+                println!("(none yet: run `mananera train`)");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `mananera export --merge VERSION OUT`: the version folded into its base, as a plain
+/// BLOOM checkpoint for transformers (or for `model.id`).
+pub fn export_command(
+    config: &Config,
+    version: &str,
+    out: &Path,
+    format: Format,
+) -> Result<(), Failure> {
+    let (base, _) = base(config)?;
+    let dir = config.versions_dir();
+    let record = match version {
+        "current" => versions::current(&dir).map_err(failure)?.ok_or_else(|| {
+            Failure::usage(format!(
+                "{} has no current version; train one first",
+                dir.display()
+            ))
+        })?,
+        id => versions::get(&dir, id).map_err(failure)?,
+    };
+    export_merged(&base, &dir, &record, out).map_err(failure)?;
+    match format {
+        Format::Json | Format::Jsonl => print_json(&serde_json::json!({
+            "version": record.id,
+            "out": out.display().to_string(),
+        })),
+        Format::Text => {
+            println!(
+                "wrote version {} merged with {} to {}",
+                record.id,
+                record.base_model,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Which fine-tuned version the engine serves on top of the base checkpoint: none, the
+//! current accepted version of the versions directory, or a named one. A LoRA version is
+//! folded into the weights as they load (no merged copy on disk); a full version is a
+//! checkpoint directory of its own.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use mananera_training::tune::lora::Adapter;
+use mananera_training::tune::model::Shape;
+use mananera_training::tune::versions::{self, Method, Version};
+
+use super::{Error, Result};
+
+/// `model.version`: what to serve on top of the base model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// The base checkpoint alone.
+    Base,
+    /// The current accepted version, or the base when nothing was trained yet.
+    Current,
+    /// One version by id (`v0003`).
+    Named(String),
+}
+
+impl Choice {
+    /// Parses the setting's value.
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        match value {
+            "current" => Ok(Choice::Current),
+            "base" => Ok(Choice::Base),
+            id if id.starts_with('v')
+                && id[1..].chars().all(|c| c.is_ascii_digit())
+                && id.len() > 1 =>
+            {
+                Ok(Choice::Named(id.to_string()))
+            }
+            other => Err(format!(
+                "`{other}` is not a version: use \"current\", \"base\" or a version id such as \"v0003\""
+            )),
+        }
+    }
+}
+
+/// The fine-tuned version options select, with its directory.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub version: Version,
+    pub dir: PathBuf,
+}
+
+impl Selected {
+    /// The files that make this version, for the model version hash.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self.version.method {
+            Method::Lora => vec![
+                self.dir.join("adapter_config.json"),
+                self.dir.join("adapter_model.safetensors"),
+            ],
+            Method::Full => vec![self.dir.join("model.safetensors")],
+        }
+    }
+
+    /// `scaling · B A` per weight name, for a LoRA version; checks that the adapter fits.
+    pub fn deltas(&self, config: &Path) -> Result<HashMap<String, Tensor>> {
+        let shape = Shape::read(config).map_err(|e| unusable(&self.dir, e))?;
+        let adapter = Adapter::load(&self.dir, &shape).map_err(|e| unusable(&self.dir, e))?;
+        adapter.deltas().map_err(|e| unusable(&self.dir, e))
+    }
+}
+
+/// Finds the version `choice` names in `versions_dir`, checking it was trained on `model`.
+pub fn select(choice: &Choice, versions_dir: &Path, model: &str) -> Result<Option<Selected>> {
+    let version = match choice {
+        Choice::Base => return Ok(None),
+        Choice::Current => {
+            versions::current(versions_dir).map_err(|e| unusable(versions_dir, e))?
+        }
+        Choice::Named(id) => {
+            let dir = versions_dir.join(id);
+            if !dir.join("version.json").is_file() {
+                return Err(Error::checkpoint(
+                    &dir,
+                    format!("there is no version {id}"),
+                    "list the versions with `mananera versions`, or set model.version = \"current\"",
+                ));
+            }
+            let record = std::fs::read_to_string(dir.join("version.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Version>(&t).ok())
+                .ok_or_else(|| {
+                    Error::checkpoint(&dir, "version.json is damaged", "pick another version")
+                })?;
+            Some(record)
+        }
+    };
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    if version.base_model != model {
+        return Err(Error::checkpoint(
+            versions_dir.join(&version.id),
+            format!(
+                "version {} was fine-tuned from {}, but model.id is {model}",
+                version.id, version.base_model
+            ),
+            format!(
+                "set model.id = \"{}\", or model.version = \"base\" to serve the base alone",
+                version.base_model
+            ),
+        ));
+    }
+    let dir = versions_dir.join(&version.id);
+    Ok(Some(Selected { version, dir }))
+}
+
+fn unusable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::checkpoint(
+        path,
+        e.to_string(),
+        "serve the base model (model.version = \"base\"), pick another version, or train again",
+    )
+}
