@@ -12,6 +12,11 @@ fn mananera(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mananera"))
         .args(args)
         .env_remove("MANANERA_CONFIG")
+        // No fine-tuned version of the developer's own is served on top of the fixtures.
+        .env(
+            "XDG_DATA_HOME",
+            std::env::temp_dir().join("mananera-tests-no-versions"),
+        )
         .env("MANANERA_LOG", "warn")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -382,7 +382,6 @@ pub fn export_command(
     out: &Path,
     format: Format,
 ) -> Result<(), Failure> {
-    let (base, _) = base(config)?;
     let dir = config.versions_dir();
     let record = match version {
         "current" => versions::current(&dir).map_err(failure)?.ok_or_else(|| {
@@ -393,6 +392,7 @@ pub fn export_command(
         })?,
         id => versions::get(&dir, id).map_err(failure)?,
     };
+    let (base, _) = base(config)?;
     export_merged(&base, &dir, &record, out).map_err(failure)?;
     match format {
         Format::Json | Format::Jsonl => print_json(&serde_json::json!({

@@ -176,6 +176,12 @@ pub fn train(
     let mut optimizer = optimizer;
     let settings = state.settings.clone();
     let per_step = settings.batch_size * settings.grad_accumulation;
+    tracing::info!(
+        step = state.step,
+        total = state.total,
+        train_blocks = plan.train.len(),
+        "training started"
+    );
     on(Event::Start {
         total: state.total,
         tokens_per_step: per_step * settings.block_size,
