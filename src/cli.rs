@@ -214,6 +214,8 @@ pub enum Command {
     },
     /// Prefill and decode speed and memory on a model of bloom-560m's shape with random weights.
     Bench(commands::bench::BenchArgs),
+    /// Training speed and memory (LoRA and full) on a model of bloom-560m's shape with random weights.
+    BenchTrain(commands::bench_train::BenchTrainArgs),
     /// Write the trimmed vocabulary of a corpus (for engine.vocabulary).
     Vocab {
         /// UTF-8 text files whose tokens to keep.
@@ -428,6 +430,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         ),
         Command::Corpus(CorpusCommand::Bench { .. })
         | Command::Versions
+        | Command::BenchTrain(_)
         | Command::Config
         | Command::Cache(_)
         | Command::RandomModel(_) => {}
@@ -477,6 +480,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cli.format,
         ),
         Command::Versions => commands::train::versions_command(&config, cli.format),
+        Command::BenchTrain(args) => commands::bench_train::run(&args, cli.format),
         Command::Export { version, out, .. } => {
             commands::train::export_command(&config, &version, &out, cli.format)
         }

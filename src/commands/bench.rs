@@ -186,7 +186,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// A `/proc/self/status` memory line in MB (0 where unavailable).
-fn memory_mb(field: &str) -> f64 {
+pub(crate) fn memory_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
@@ -199,6 +199,6 @@ fn memory_mb(field: &str) -> f64 {
 }
 
 /// Starts a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM).
-fn reset_peak_memory() {
+pub(crate) fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

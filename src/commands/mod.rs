@@ -2,6 +2,7 @@
 //! as text or JSON.
 
 pub mod bench;
+pub mod bench_train;
 pub mod corpus;
 pub mod eval;
 pub mod generate;

@@ -4,6 +4,7 @@
 //! only when validation perplexity does not get worse.
 //!
 //! - [`model`]: BLOOM from differentiable operations, with LoRA on its linear layers.
+//! - [`ops`]: a frozen-weight matmul and a fused cross-entropy with their own backward.
 //! - [`lora`]: adapters in PEFT's layout; [`tensors`]: safetensors files PyTorch reads.
 //! - [`optim`]: AdamW, schedules and clipping with savable state.
 //! - [`data`]: tokenizing, packing and the validation split.
@@ -14,6 +15,7 @@ pub mod data;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod run;
 pub mod tensors;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::TrainError;
 use super::lora::Adapter;
+use super::ops;
 
 /// The fields of a BLOOM `config.json` that training needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -266,9 +267,8 @@ impl Model {
         let logits = self.logits(ids, dropout)?;
         let v = logits.dim(D::Minus1)?;
         let predicted = logits.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?;
-        let targets = ids.narrow(1, 1, s - 1)?.reshape((b * (s - 1), 1))?;
-        let logp = candle_nn::ops::log_softmax(&predicted, D::Minus1)?;
-        logp.gather(&targets.contiguous()?, 1)?.mean_all()?.neg()
+        let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<u32>()?;
+        ops::cross_entropy(&predicted, &targets)
     }
 
     /// `[batch, seq, vocab]` logits.
@@ -290,9 +290,17 @@ impl Model {
             x = self.block(&x, i, &bias, seeds.as_mut())?;
         }
         let x = self.layer_norm(&x, "ln_f")?;
-        x.reshape((b * s, h))?
-            .matmul(&embeddings.t()?)?
+        self.matmul_t(&x.reshape((b * s, h))?, embeddings)?
             .reshape((b, s, self.shape.vocab_size))
+    }
+
+    /// `x Wᵀ`: through candle's graph when `W` is trained, else without its gradient.
+    fn matmul_t(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        if self.vars.is_empty() {
+            ops::frozen_linear(x, weight)
+        } else {
+            x.matmul(&weight.t()?)
+        }
     }
 
     fn w(&self, name: &str) -> &Tensor {
@@ -318,8 +326,8 @@ impl Model {
         let (b, s, inp) = x.dims3()?;
         let flat = x.reshape((b * s, inp))?;
         let weight = self.w(&format!("{module}.weight"));
-        let mut y = flat
-            .matmul(&weight.t()?)?
+        let mut y = self
+            .matmul_t(&flat, weight)?
             .broadcast_add(self.w(&format!("{module}.bias")))?;
         if let Some(pair) = self.adapter.as_ref().and_then(|a| a.pair(module)) {
             let input = match (pair.dropout, seeds) {
