@@ -264,19 +264,19 @@ impl Model {
     /// `labels = input_ids`: position i predicts token i + 1.
     pub fn loss(&self, ids: &Tensor, dropout: Option<DropoutSeed>) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let logits = self.logits(ids, dropout)?;
-        let v = logits.dim(D::Minus1)?;
-        let predicted = logits.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?;
+        // The last position predicts nothing: leave it out before the vocabulary-wide head.
+        let hidden = self.hidden(ids, dropout)?.narrow(1, 0, s - 1)?;
+        let h = self.shape.hidden_size;
+        let predicted = self.matmul_t(
+            &hidden.contiguous()?.reshape((b * (s - 1), h))?,
+            self.w("word_embeddings.weight"),
+        )?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<u32>()?;
         ops::cross_entropy(&predicted, &targets)
     }
 
-    /// `[batch, seq, vocab]` logits.
-    pub fn logits(
-        &self,
-        ids: &Tensor,
-        dropout: Option<DropoutSeed>,
-    ) -> candle_core::Result<Tensor> {
+    /// `[batch, seq, hidden]`: the final LayerNorm's output.
+    fn hidden(&self, ids: &Tensor, dropout: Option<DropoutSeed>) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let h = self.shape.hidden_size;
         let embeddings = self.w("word_embeddings.weight");
@@ -289,9 +289,7 @@ impl Model {
         for i in 0..self.shape.n_layer {
             x = self.block(&x, i, &bias, seeds.as_mut())?;
         }
-        let x = self.layer_norm(&x, "ln_f")?;
-        self.matmul_t(&x.reshape((b * s, h))?, embeddings)?
-            .reshape((b, s, self.shape.vocab_size))
+        self.layer_norm(&x, "ln_f")
     }
 
     /// `x Wᵀ`: through candle's graph when `W` is trained, else without its gradient.
