@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 
 use super::TrainError;
@@ -270,6 +270,7 @@ impl Model {
         let predicted = self.matmul_t(
             &hidden.contiguous()?.reshape((b * (s - 1), h))?,
             self.w("word_embeddings.weight"),
+            None,
         )?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<u32>()?;
         ops::cross_entropy(&predicted, &targets)
@@ -292,12 +293,20 @@ impl Model {
         self.layer_norm(&x, "ln_f")
     }
 
-    /// `x Wᵀ`: through candle's graph when `W` is trained, else without its gradient.
-    fn matmul_t(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x Wᵀ + b`: through candle's graph when `W` is trained, else without its gradient.
+    fn matmul_t(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         if self.vars.is_empty() {
-            ops::frozen_linear(x, weight)
-        } else {
-            x.matmul(&weight.t()?)
+            return ops::frozen_linear(x, weight, bias);
+        }
+        let y = x.matmul(&weight.t()?)?;
+        match bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
         }
     }
 
@@ -306,11 +315,11 @@ impl Model {
     }
 
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm_slow(
+        ops::layer_norm(
             x,
             self.w(&format!("{prefix}.weight")),
             self.w(&format!("{prefix}.bias")),
-            self.shape.layer_norm_epsilon as f32,
+            self.shape.layer_norm_epsilon,
         )
     }
 
@@ -324,9 +333,7 @@ impl Model {
         let (b, s, inp) = x.dims3()?;
         let flat = x.reshape((b * s, inp))?;
         let weight = self.w(&format!("{module}.weight"));
-        let mut y = self
-            .matmul_t(&flat, weight)?
-            .broadcast_add(self.w(&format!("{module}.bias")))?;
+        let mut y = self.matmul_t(&flat, weight, Some(self.w(&format!("{module}.bias"))))?;
         if let Some(pair) = self.adapter.as_ref().and_then(|a| a.pair(module)) {
             let input = match (pair.dropout, seeds) {
                 (p, Some(seeds)) if p > 0.0 => dropout(&flat, p, seeds.take())?,
@@ -359,7 +366,7 @@ impl Model {
             &format!("h.{i}.mlp.dense_h_to_4h"),
             seeds.as_deref_mut(),
         )?;
-        let down = self.linear(&up.gelu()?, &format!("h.{i}.mlp.dense_4h_to_h"), seeds)?;
+        let down = self.linear(&ops::gelu(&up)?, &format!("h.{i}.mlp.dense_4h_to_h"), seeds)?;
         down + residual
     }
 
@@ -386,9 +393,8 @@ impl Model {
                 .contiguous()
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores =
-            (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
+        let probs = ops::softmax(&scores, 1.0 / (hd as f32).sqrt(), Some(bias))?;
         let context = probs
             .matmul(&v)?
             .transpose(1, 2)?

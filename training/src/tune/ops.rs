@@ -7,19 +7,29 @@
 //!   per step; this op only propagates to `x`.
 //! - [`cross_entropy`]: mean next-token loss straight from the logits, one pass per row in
 //!   parallel, instead of a log-softmax graph that keeps four vocabulary-wide copies alive.
+//! - [`gelu`], [`softmax`], [`layer_norm`]: one fused pass forward and one backward, rows in
+//!   parallel; candle's versions are chains of single-threaded elementwise ops whose
+//!   backward visits (and allocates) every link, which dominated a training step.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `x` (`[n, in]`) times `weightᵀ` (`weight`: `[out, in]`), with a gradient for `x` only.
-pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    x.apply_op1(FrozenLinear {
+/// `x` (`[n, in]`) times `weightᵀ` (`weight`: `[out, in]`) plus `bias`, with a gradient for
+/// `x` only.
+pub fn frozen_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenLinear {
         weight: weight.clone(),
+        bias: bias.map(values).transpose()?,
     })
 }
 
 struct FrozenLinear {
     weight: Tensor,
+    bias: Option<Vec<f32>>,
 }
 
 /// The contiguous f32 data of an op's input.
@@ -50,7 +60,13 @@ impl CustomOp1 for FrozenLinear {
         )?;
         let y = x.matmul(&self.weight.t()?)?;
         let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let mut out = y.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bias) = &self.bias {
+            out.par_chunks_mut(bias.len()).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            });
+        }
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -133,6 +149,224 @@ impl CustomOp1 for CrossEntropy {
     }
 }
 
+/// The f32 data of a tensor (copied), for a backward pass.
+fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// BLOOM's GELU (the tanh approximation).
+pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_input(storage, layout)?;
+        let y: Vec<f32> = x
+            .par_iter()
+            .map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh()))
+            .collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (x_values, g) = (values(x)?, values(grad)?);
+        let dx: Vec<f32> = x_values
+            .par_iter()
+            .zip(g.par_iter())
+            .map(|(&x, &g)| {
+                let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Softmax over the last dimension of `scale · x + bias`, where `bias` (attention masks,
+/// ALiBi) has the shape of `x`'s trailing dimensions and repeats over the leading ones.
+pub fn softmax(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        scale,
+        bias: bias.map(values).transpose()?,
+    })
+}
+
+struct Softmax {
+    scale: f32,
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_input(storage, layout)?;
+        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let bias = self.bias.as_deref();
+        if bias.is_some_and(|b| b.is_empty() || x.len() % b.len() != 0 || b.len() % n != 0) {
+            candle_core::bail!(
+                "softmax: the bias does not repeat over {:?}",
+                layout.shape()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .enumerate()
+            .for_each(|(r, (y, x))| {
+                let b = bias.map(|b| &b[(r * n) % b.len()..][..n]);
+                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    *y = self.scale * x + b.map_or(0.0, |b| b[i]);
+                }
+                let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for y in y.iter_mut() {
+                    *y = (*y - max).exp();
+                    sum += *y;
+                }
+                y.iter_mut().for_each(|y| *y /= sum);
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let n = x.dims().last().copied().unwrap_or(1).max(1);
+        let (y, g) = (values(y)?, values(grad)?);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(dx, (y, g))| {
+                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                    *dx = self.scale * y * (g - dot);
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// LayerNorm over the last dimension with gain and bias (as `torch.nn.LayerNorm`).
+pub fn layer_norm(
+    x: &Tensor,
+    gain: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&gain.contiguous()?, &bias.contiguous()?, LayerNorm { eps })
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and 1/σ of one row (f64 sums).
+fn moments(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, gain, bias) = (f32_input(s1, l1)?, f32_input(s2, l2)?, f32_input(s3, l3)?);
+        let n = gain.len();
+        if n == 0 || x.len() % n != 0 || bias.len() != n {
+            candle_core::bail!(
+                "layer norm: gain {n}, bias {} for rows of {:?}",
+                bias.len(),
+                l1.shape()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
+            let (mean, rstd) = moments(x, self.eps);
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gain).zip(bias) {
+                *y = (x - mean) * rstd * g + b;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gain: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = gain.elem_count();
+        let (xs, gs, g) = (values(x)?, values(gain)?, values(grad)?);
+        let mut dx = vec![0f32; xs.len()];
+        // Per row: dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂)), with dx̂ = g ⊙ gain.
+        dx.par_chunks_mut(n)
+            .zip(xs.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(dx, (x, g))| {
+                let (mean, rstd) = moments(x, self.eps);
+                let (mut sum, mut dot) = (0f32, 0f32);
+                for ((&x, &g), &gain) in x.iter().zip(g).zip(&gs) {
+                    let dxhat = g * gain;
+                    sum += dxhat;
+                    dot += dxhat * (x - mean) * rstd;
+                }
+                let (sum, dot) = (sum / n as f32, dot / n as f32);
+                for (((dx, &x), &g), &gain) in dx.iter_mut().zip(x).zip(g).zip(&gs) {
+                    let xhat = (x - mean) * rstd;
+                    *dx = rstd * (g * gain - sum - xhat * dot);
+                }
+            });
+        let mut dgain = vec![0f32; n];
+        let mut dbias = vec![0f32; n];
+        for (x, g) in xs.chunks(n).zip(g.chunks(n)) {
+            let (mean, rstd) = moments(x, self.eps);
+            for (i, (&x, &g)) in x.iter().zip(g).enumerate() {
+                dgain[i] += g * (x - mean) * rstd;
+                dbias[i] += g;
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dgain, gain.shape(), dev)?),
+            Some(Tensor::from_vec(dbias, gain.shape(), dev)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{D, Device, Var};
@@ -145,7 +379,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 7), &dev)?)?;
         let w = Tensor::randn(0f32, 1.0, (11, 7), &dev)?;
         let targets = [3u32, 0, 10, 7, 1];
-        let ours = cross_entropy(&frozen_linear(x.as_tensor(), &w)?, &targets)?;
+        let ours = cross_entropy(&frozen_linear(x.as_tensor(), &w, None)?, &targets)?;
         let logits = x.as_tensor().matmul(&w.t()?)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let ids = Tensor::new(&targets, &dev)?.unsqueeze(1)?;
@@ -160,6 +394,85 @@ mod tests {
             .max(0)?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "gradients differ by {diff}");
+        Ok(())
+    }
+
+    /// Gradients of `Σ w ⊙ f(x)` (random `w`) by the fused op and by candle's graph.
+    fn same_gradients(
+        fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        generic: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        shape: (usize, usize, usize),
+    ) -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, shape, &dev)?))?;
+        let a = fused(x.as_tensor())?;
+        let b = generic(x.as_tensor())?;
+        let w = Tensor::randn(0f32, 1.0, a.shape(), &dev)?;
+        let max = |t: Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
+        assert!(max((&a - &b)?)? < 1e-5, "forward differs");
+        let ga = (a * &w)?
+            .sum_all()?
+            .backward()?
+            .get(x.as_tensor())
+            .cloned()
+            .unwrap();
+        let gb = (b * &w)?
+            .sum_all()?
+            .backward()?
+            .get(x.as_tensor())
+            .cloned()
+            .unwrap();
+        let diff = max((ga - gb)?)?;
+        assert!(diff < 1e-4, "gradients differ by {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_elementwise_ops_equal_candles_graph() -> candle_core::Result<()> {
+        same_gradients(gelu, |x| x.gelu(), (2, 3, 50))?;
+        let dev = Device::Cpu;
+        let mask = Tensor::randn(0f32, 1.0, (3, 50), &dev)?;
+        same_gradients(
+            |x| softmax(x, 0.5, Some(&mask)),
+            |x| candle_nn::ops::softmax(&(x * 0.5)?.broadcast_add(&mask)?, D::Minus1),
+            (2, 3, 50),
+        )?;
+        let w = Tensor::randn(0f32, 1.0, (7, 50), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 7, &dev)?;
+        same_gradients(
+            |x| frozen_linear(&x.reshape((6, 50))?, &w, Some(&b))?.reshape((2, 3, 7)),
+            |x| {
+                x.reshape((6, 50))?
+                    .matmul(&w.t()?)?
+                    .broadcast_add(&b)?
+                    .reshape((2, 3, 7))
+            },
+            (2, 3, 50),
+        )?;
+        let gain = Var::from_tensor(&Tensor::randn(1f32, 0.3, 50, &dev)?)?;
+        let bias = Var::from_tensor(&Tensor::randn(0f32, 0.3, 50, &dev)?)?;
+        same_gradients(
+            |x| layer_norm(x, gain.as_tensor(), bias.as_tensor(), 1e-5),
+            |x| candle_nn::ops::layer_norm_slow(x, gain.as_tensor(), bias.as_tensor(), 1e-5),
+            (2, 3, 50),
+        )?;
+        // The gain and bias gradients too.
+        let x = Tensor::randn(0f32, 2.0, (4, 50), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (4, 50), &dev)?;
+        let fused = (layer_norm(&x, gain.as_tensor(), bias.as_tensor(), 1e-5)? * &w)?
+            .sum_all()?
+            .backward()?;
+        let generic =
+            (candle_nn::ops::layer_norm_slow(&x, gain.as_tensor(), bias.as_tensor(), 1e-5)? * &w)?
+                .sum_all()?
+                .backward()?;
+        for var in [&gain, &bias] {
+            let d = (fused.get(var.as_tensor()).unwrap() - generic.get(var.as_tensor()).unwrap())?
+                .abs()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-4, "gain/bias gradient differs by {d}");
+        }
         Ok(())
     }
 }
