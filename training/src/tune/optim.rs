@@ -3,6 +3,7 @@
 //! warm-up + decay schedules of transformers, and `clip_grad_norm_`.
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How the learning rate moves over a run.
@@ -45,22 +46,24 @@ pub struct AdamWParams {
 }
 
 /// AdamW with its moments, one pair per trainable tensor, in the order given at creation.
+/// The moments are plain vectors updated in place, and the weights are rewritten in row
+/// chunks: a full fine-tune of bloom-560m holds no weight-sized temporaries.
 pub struct AdamW {
     params: AdamWParams,
     vars: Vec<Var>,
-    first: Vec<Tensor>,
-    second: Vec<Tensor>,
+    first: Vec<Vec<f32>>,
+    second: Vec<Vec<f32>>,
     /// Steps taken so far.
     step: usize,
 }
 
+/// Elements updated per chunk of rows.
+const CHUNK: usize = 1 << 20;
+
 impl AdamW {
     /// Fresh moments (zero) for `vars`.
     pub fn new(vars: Vec<Var>, params: AdamWParams) -> candle_core::Result<Self> {
-        let first = vars
-            .iter()
-            .map(|v| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let first: Vec<Vec<f32>> = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
         let second = first.clone();
         Ok(Self {
             params,
@@ -79,6 +82,13 @@ impl AdamW {
         second: Vec<Tensor>,
         step: usize,
     ) -> candle_core::Result<Self> {
+        if first.len() != vars.len() || second.len() != vars.len() {
+            candle_core::bail!(
+                "saved optimizer state has {} tensors, the model trains {}",
+                first.len(),
+                vars.len()
+            );
+        }
         for ((var, m), v) in vars.iter().zip(&first).zip(&second) {
             if m.dims() != var.dims() || v.dims() != var.dims() {
                 candle_core::bail!(
@@ -89,18 +99,16 @@ impl AdamW {
                 );
             }
         }
-        if first.len() != vars.len() || second.len() != vars.len() {
-            candle_core::bail!(
-                "saved optimizer state has {} tensors, the model trains {}",
-                first.len(),
-                vars.len()
-            );
-        }
+        let flat = |ts: Vec<Tensor>| -> candle_core::Result<Vec<Vec<f32>>> {
+            ts.iter()
+                .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                .collect()
+        };
         Ok(Self {
             params,
+            first: flat(first)?,
+            second: flat(second)?,
             vars,
-            first,
-            second,
             step,
         })
     }
@@ -110,12 +118,19 @@ impl AdamW {
         self.step
     }
 
-    /// The first and second moments, for saving.
-    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
-        (&self.first, &self.second)
+    /// The first and second moments as tensors shaped like their weights, for saving.
+    pub fn moments(&self) -> candle_core::Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let shaped = |all: &[Vec<f32>]| -> candle_core::Result<Vec<Tensor>> {
+            all.iter()
+                .zip(&self.vars)
+                .map(|(m, var)| Tensor::from_slice(m, var.shape(), var.device()))
+                .collect()
+        };
+        Ok((shaped(&self.first)?, shaped(&self.second)?))
     }
 
-    /// One update with learning rate `lr` from `grads` (same order as the vars).
+    /// One update with learning rate `lr` from `grads` (same order as the vars), as
+    /// `torch.optim.AdamW`: decay, moments, bias-corrected step.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> candle_core::Result<()> {
         self.step += 1;
         let AdamWParams {
@@ -125,17 +140,40 @@ impl AdamW {
             weight_decay,
         } = self.params;
         let t = self.step as i32;
-        let correction1 = 1.0 - beta1.powi(t);
-        let correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = (lr / (1.0 - beta1.powi(t))) as f32;
+        let correction2_sqrt = (1.0 - beta2.powi(t)).sqrt() as f32;
+        let decay = (1.0 - lr * weight_decay) as f32;
+        let (b1, b2, eps) = (beta1 as f32, beta2 as f32, eps as f32);
         for (i, (var, grad)) in self.vars.iter().zip(grads).enumerate() {
-            let m = ((&self.first[i] * beta1)? + (grad * (1.0 - beta1))?)?;
-            let v = ((&self.second[i] * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * weight_decay))?;
-            let denom = ((v.sqrt()? / correction2_sqrt)? + eps)?;
-            let update = (m.div(&denom)? * (lr / correction1))?;
-            var.set(&(decayed - update)?)?;
-            self.first[i] = m;
-            self.second[i] = v;
+            let weight = var.as_tensor();
+            let rows = weight.dims().first().copied().unwrap_or(1).max(1);
+            let row_len = weight.elem_count() / rows;
+            let per_chunk = (CHUNK / row_len.max(1)).max(1);
+            let mut row = 0;
+            while row < rows {
+                let n = per_chunk.min(rows - row);
+                let chunk = |t: &Tensor| t.narrow(0, row, n)?.flatten_all()?.to_vec1::<f32>();
+                let mut p = chunk(weight)?;
+                let g = chunk(grad)?;
+                let range = row * row_len..(row + n) * row_len;
+                let m = &mut self.first[i][range.clone()];
+                let v = &mut self.second[i][range];
+                p.par_iter_mut()
+                    .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+                    .zip(g.par_iter())
+                    .for_each(|((p, (m, v)), &g)| {
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        let denom = v.sqrt() / correction2_sqrt + eps;
+                        *p = *p * decay - step_size * *m / denom;
+                    });
+                let mut dims = weight.dims().to_vec();
+                if let Some(first) = dims.first_mut() {
+                    *first = n;
+                }
+                weight.slice_set(&Tensor::from_vec(p, dims, weight.device())?, 0, row)?;
+                row += n;
+            }
         }
         Ok(())
     }

@@ -678,12 +678,12 @@ fn write_trained(
             tensors::save(&dir.join(FULL_WEIGHTS), &tensors)?;
         }
     }
-    let (first, second) = optimizer.moments();
+    let (first, second) = optimizer.moments()?;
     let names = model.trainable();
     let mut state = Vec::with_capacity(2 * names.len() + 1);
     for (((name, _), m), v) in names.iter().zip(first).zip(second) {
-        state.push((format!("{name}.exp_avg"), m.clone()));
-        state.push((format!("{name}.exp_avg_sq"), v.clone()));
+        state.push((format!("{name}.exp_avg"), m));
+        state.push((format!("{name}.exp_avg_sq"), v));
     }
     state.push((
         "step".to_string(),
