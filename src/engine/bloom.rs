@@ -88,22 +88,8 @@ impl BloomConfig {
     }
 }
 
-/// ALiBi slopes for any head count, exactly as `build_alibi_tensor` computes them: a geometric
-/// series for the largest power of two ≤ `n_head`, then every other slope of the series for
-/// twice that power to fill the remaining heads (bloom-176b has 112 heads).
-pub fn alibi_slopes(n_head: usize) -> Vec<f32> {
-    let closest_power_of_2 = 1usize << n_head.ilog2();
-    let base = 2f64.powf(-(2f64.powf(-((closest_power_of_2 as f64).log2() - 3.0))));
-    let mut slopes: Vec<f32> = (1..=closest_power_of_2)
-        .map(|p| base.powi(p as i32) as f32)
-        .collect();
-    if closest_power_of_2 != n_head {
-        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest_power_of_2 as f64).log2() - 3.0))));
-        let remaining = (n_head - closest_power_of_2).min(closest_power_of_2);
-        slopes.extend((0..remaining).map(|i| extra_base.powi(2 * i as i32 + 1) as f32));
-    }
-    slopes
-}
+/// ALiBi slopes (shared with the training model, which must use the same ones).
+pub use mananera_training::tune::model::alibi_slopes;
 
 /// LayerNorm over the last dimension with weight and bias, as `torch.nn.LayerNorm`.
 #[derive(Debug, Clone)]

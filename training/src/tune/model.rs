@@ -49,7 +49,10 @@ impl Shape {
                 path.display()
             ))
         })?;
-        if shape.n_head == 0 || shape.hidden_size % shape.n_head != 0 || shape.n_layer == 0 {
+        if shape.n_head == 0
+            || !shape.hidden_size.is_multiple_of(shape.n_head)
+            || shape.n_layer == 0
+        {
             return Err(TrainError::Model(format!(
                 "{}: hidden_size {} is not a multiple of n_head {} (or no layers)",
                 path.display(),
@@ -449,15 +452,19 @@ fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
     x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 
-/// ALiBi slopes as transformers computes them (also for head counts that are not powers of 2).
+/// ALiBi slopes for any head count, exactly as transformers' `build_alibi_tensor` computes
+/// them: a geometric series for the largest power of two ≤ `n_head`, then every other slope
+/// of the series for twice that power to fill the remaining heads (bloom-176b has 112 heads).
 pub fn alibi_slopes(n_head: usize) -> Vec<f32> {
-    let closest = 1usize << (usize::BITS - 1 - n_head.leading_zeros());
-    let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
-    let mut slopes: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32) as f32).collect();
-    if closest != n_head {
-        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
-        let extra = (n_head - closest).min(closest);
-        slopes.extend((0..extra).map(|i| extra_base.powi((1 + 2 * i) as i32) as f32));
+    let closest_power_of_2 = 1usize << n_head.ilog2();
+    let base = 2f64.powf(-(2f64.powf(-((closest_power_of_2 as f64).log2() - 3.0))));
+    let mut slopes: Vec<f32> = (1..=closest_power_of_2)
+        .map(|p| base.powi(p as i32) as f32)
+        .collect();
+    if closest_power_of_2 != n_head {
+        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest_power_of_2 as f64).log2() - 3.0))));
+        let remaining = (n_head - closest_power_of_2).min(closest_power_of_2);
+        slopes.extend((0..remaining).map(|i| extra_base.powi(2 * i as i32 + 1) as f32));
     }
     slopes
 }

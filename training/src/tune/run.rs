@@ -134,12 +134,10 @@ pub fn train(
         let settings = &job.settings;
         on(Event::Phase("tokenizing"));
         let plan = plan(job, documents, parent.as_ref())?;
-        if plan.record.new.is_empty() {
-            if let Some(parent) = &parent {
-                return Ok(Outcome::NothingNew {
-                    current: parent.id.clone(),
-                });
-            }
+        if let (true, Some(parent)) = (plan.record.new.is_empty(), &parent) {
+            return Ok(Outcome::NothingNew {
+                current: parent.id.clone(),
+            });
         }
         let model = start_model(job, &versions, parent.as_ref())?;
         let optimizer = match parent.as_ref() {
