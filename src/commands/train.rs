@@ -275,7 +275,7 @@ impl Reporter {
                     bar.set_message(phase);
                 }
             }
-            Event::Start { total, .. } => {
+            Event::Start { total } => {
                 let bar = ProgressBar::new(total as u64);
                 bar.set_style(
                     ProgressStyle::with_template(

@@ -78,21 +78,7 @@ pub fn select(choice: &Choice, versions_dir: &Path, model: &str) -> Result<Optio
             versions::current(versions_dir).map_err(|e| unusable(versions_dir, e))?
         }
         Choice::Named(id) => {
-            let dir = versions_dir.join(id);
-            if !dir.join("version.json").is_file() {
-                return Err(Error::checkpoint(
-                    &dir,
-                    format!("there is no version {id}"),
-                    "list the versions with `mananera versions`, or set model.version = \"current\"",
-                ));
-            }
-            let record = std::fs::read_to_string(dir.join("version.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Version>(&t).ok())
-                .ok_or_else(|| {
-                    Error::checkpoint(&dir, "version.json is damaged", "pick another version")
-                })?;
-            Some(record)
+            Some(versions::get(versions_dir, id).map_err(|e| unusable(versions_dir, e))?)
         }
     };
     let Some(version) = version else {

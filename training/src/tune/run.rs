@@ -180,10 +180,7 @@ pub fn train(
         train_blocks = plan.train.len(),
         "training started"
     );
-    on(Event::Start {
-        total: state.total,
-        tokens_per_step: per_step * settings.block_size,
-    });
+    on(Event::Start { total: state.total });
     let warmup = settings.warmup_steps.min(state.total);
     let epoch_len = plan.train.len().div_ceil(per_step);
     while state.step < state.total {
