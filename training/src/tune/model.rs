@@ -336,17 +336,22 @@ impl Model {
         let (b, s, inp) = x.dims3()?;
         let flat = x.reshape((b * s, inp))?;
         let weight = self.w(&format!("{module}.weight"));
-        let mut y = self.matmul_t(&flat, weight, Some(self.w(&format!("{module}.bias"))))?;
-        if let Some(pair) = self.adapter.as_ref().and_then(|a| a.pair(module)) {
-            let input = match (pair.dropout, seeds) {
-                (p, Some(seeds)) if p > 0.0 => dropout(&flat, p, seeds.take())?,
-                _ => flat,
-            };
-            let delta = input
-                .matmul(&pair.a.as_tensor().t()?)?
-                .matmul(&pair.b.as_tensor().t()?)?;
-            y = (y + (delta * pair.scaling)?)?;
-        }
+        let bias = self.w(&format!("{module}.bias"));
+        let y = match self.adapter.as_ref().and_then(|a| a.pair(module)) {
+            Some(pair) => ops::LoraLinear {
+                weight,
+                bias,
+                a: pair.a.as_tensor(),
+                b: pair.b.as_tensor(),
+                scaling: pair.scaling,
+                mask: match (pair.dropout, seeds) {
+                    (p, Some(seeds)) if p > 0.0 => Some(dropout_mask(b * s * inp, p, seeds.take())),
+                    _ => None,
+                },
+            }
+            .forward(&flat)?,
+            None => self.matmul_t(&flat, weight, Some(bias))?,
+        };
         y.reshape((b, s, weight.dim(0)?))
     }
 
@@ -440,16 +445,15 @@ impl Seeds {
     }
 }
 
-/// Inverted dropout with a seeded mask (candle's own dropout draws from an unseeded
-/// generator, which would make resumed runs differ).
-fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
+/// An inverted-dropout mask (0 or 1/(1-p)) from a seeded generator (candle's own dropout
+/// draws from an unseeded one, which would make resumed runs differ).
+fn dropout_mask(len: usize, p: f32, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..len)
         .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
-    x * Tensor::from_vec(mask, x.shape(), x.device())?
+        .collect()
 }
 
 /// ALiBi slopes for any head count, exactly as transformers' `build_alibi_tensor` computes

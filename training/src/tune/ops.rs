@@ -74,6 +74,101 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
+/// A frozen linear layer with a LoRA adapter: `x Wᵀ + bias + scaling · (mask ⊙ x) Aᵀ Bᵀ`,
+/// with gradients for `x`, `A` and `B` only. `mask` is LoRA dropout's (already scaled) mask.
+pub struct LoraLinear<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub scaling: f64,
+    pub mask: Option<Vec<f32>>,
+}
+
+impl LoraLinear<'_> {
+    /// Applies the layer to `x` (`[n, in]`).
+    pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mask = self
+            .mask
+            .map(|m| Tensor::from_vec(m, x.shape(), x.device()))
+            .transpose()?;
+        x.contiguous()?.apply_op3(
+            &self.a.contiguous()?,
+            &self.b.contiguous()?,
+            LoraOp {
+                weight: self.weight.clone(),
+                bias: values(self.bias)?,
+                scaling: self.scaling,
+                mask,
+            },
+        )
+    }
+}
+
+struct LoraOp {
+    weight: Tensor,
+    bias: Vec<f32>,
+    scaling: f64,
+    mask: Option<Tensor>,
+}
+
+impl LoraOp {
+    fn dropped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.mask {
+            Some(mask) => x * mask,
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+impl CustomOp3 for LoraOp {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dev = self.weight.device();
+        let x = Tensor::from_slice(f32_input(s1, l1)?, l1.shape(), dev)?;
+        let a = Tensor::from_slice(f32_input(s2, l2)?, l2.shape(), dev)?;
+        let b = Tensor::from_slice(f32_input(s3, l3)?, l3.shape(), dev)?;
+        let delta = (self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?;
+        let y = (x.matmul(&self.weight.t()?)? + delta)?;
+        let shape = y.shape().clone();
+        let mut out = y.flatten_all()?.to_vec1::<f32>()?;
+        out.par_chunks_mut(self.bias.len()).for_each(|row| {
+            row.iter_mut().zip(&self.bias).for_each(|(y, b)| *y += b);
+        });
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b, grad) = (x.detach(), a.detach(), b.detach(), grad.detach());
+        let dropped = self.dropped(&x)?;
+        let grad_b = grad.matmul(&b)?;
+        let low = dropped.matmul(&a.t()?)?;
+        let through_adapter = self.dropped(&(grad_b.matmul(&a)? * self.scaling)?)?;
+        let dx = (grad.matmul(&self.weight)? + through_adapter)?;
+        let da = (grad_b.t()?.matmul(&dropped)? * self.scaling)?;
+        let db = (grad.t()?.matmul(&low)? * self.scaling)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 /// Mean over rows of `-log softmax(logits[i])[targets[i]]`; `logits` is `[n, vocab]`.
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
     let (n, _) = logits.dims2()?;
@@ -456,6 +551,46 @@ mod tests {
             |x| candle_nn::ops::layer_norm_slow(x, gain.as_tensor(), bias.as_tensor(), 1e-5),
             (2, 3, 50),
         )?;
+        // LoRA with dropout: the input, A and B gradients.
+        let weight = Tensor::randn(0f32, 1.0, (7, 50), &dev)?;
+        let lora_bias = Tensor::randn(0f32, 1.0, 7, &dev)?;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 50), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 3), &dev)?)?;
+        let mask: Vec<f32> = (0..300)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
+            .collect();
+        let mask_t = Tensor::from_slice(&mask, (6, 50), &dev)?;
+        let lora = |x: &Tensor| {
+            LoraLinear {
+                weight: &weight,
+                bias: &lora_bias,
+                a: a.as_tensor(),
+                b: b.as_tensor(),
+                scaling: 2.0,
+                mask: Some(mask.clone()),
+            }
+            .forward(&x.reshape((6, 50))?)
+        };
+        let graph = |x: &Tensor| {
+            let x = x.reshape((6, 50))?;
+            let base = x.matmul(&weight.t()?)?.broadcast_add(&lora_bias)?;
+            let delta = (&x * &mask_t)?
+                .matmul(&a.as_tensor().t()?)?
+                .matmul(&b.as_tensor().t()?)?;
+            base + (delta * 2.0)?
+        };
+        same_gradients(lora, graph, (2, 3, 50))?;
+        let x = Tensor::randn(0f32, 1.0, (6, 50), &dev)?;
+        let fused = lora(&x)?.sum_all()?.backward()?;
+        let generic = graph(&x)?.sum_all()?.backward()?;
+        for var in [&a, &b] {
+            let d = (fused.get(var.as_tensor()).unwrap() - generic.get(var.as_tensor()).unwrap())?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-3, "LoRA gradient differs by {d}");
+        }
         // The gain and bias gradients too.
         let x = Tensor::randn(0f32, 2.0, (4, 50), &dev)?;
         let w = Tensor::randn(0f32, 1.0, (4, 50), &dev)?;

@@ -53,10 +53,7 @@ pub enum Event {
     /// A phase without steps started (tokenizing, validating, saving).
     Phase(&'static str),
     /// The step count is known.
-    Start {
-        total: usize,
-        tokens_per_step: usize,
-    },
+    Start { total: usize },
     /// An optimizer step finished.
     Step {
         step: usize,
