@@ -373,7 +373,8 @@ impl From<engine::Error> for Failure {
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.set = every_set(std::env::args_os());
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -382,6 +383,29 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Every `--set` value in command-line order, before and after the subcommand: clap keeps
+/// only the subcommand's occurrences of a global option given on both sides, which silently
+/// dropped the settings given before it. (Parsing already succeeded, so each `--set` token
+/// before a `--` is the option.)
+fn every_set(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = args
+        .into_iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--set" {
+            out.extend(args.next());
+        } else if let Some(value) = arg.strip_prefix("--set=") {
+            out.push(value.to_string());
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -517,5 +541,34 @@ fn configure_threads(threads: usize) {
         {
             tracing::warn!(error = %e, "could not size the thread pool");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::every_set;
+
+    #[test]
+    fn settings_before_and_after_the_subcommand_all_count() {
+        let args = [
+            "mananera",
+            "--set",
+            "corpus.chunk_chars=500",
+            "train",
+            "--set=training.seed=7",
+            "--set",
+            "training.epochs=2",
+            "--",
+            "--set",
+        ]
+        .map(std::ffi::OsString::from);
+        assert_eq!(
+            every_set(args),
+            [
+                "corpus.chunk_chars=500",
+                "training.seed=7",
+                "training.epochs=2"
+            ]
+        );
     }
 }

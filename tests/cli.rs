@@ -318,3 +318,23 @@ fn vocab_writes_a_trimmed_vocabulary_that_generate_uses() {
         ],
     );
 }
+
+#[test]
+fn settings_on_both_sides_of_the_subcommand_are_all_applied() {
+    let out = mananera(&[
+        "--set",
+        "corpus.chunk_chars=500",
+        "--format",
+        "json",
+        "config",
+        "--set",
+        "training.seed=7",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        config["corpus"]["chunk_chars"], 500,
+        "the setting before `config` was lost"
+    );
+    assert_eq!(config["training"]["seed"], 7);
+}

@@ -65,7 +65,9 @@ pub struct Metrics {
     pub validation_loss_after: f64,
     pub perplexity_before: f64,
     pub perplexity_after: f64,
+    /// Seconds of the whole run, loading and validation included.
     pub wall_s: f64,
+    /// Trained tokens per second of `wall_s`.
     pub tokens_per_s: f64,
     /// The oldest and newest conference dates trained on.
     pub data_window: (String, String),
