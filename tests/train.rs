@@ -198,14 +198,17 @@ fn a_trained_version_is_served_and_exports_as_a_merged_checkpoint() {
 
     // Exported merged, loaded as a plain checkpoint: the same model.
     let merged = ws.path("merged");
-    let out = ws.run(&[
-        "export",
-        "--merge",
-        &id,
-        merged.to_str().unwrap(),
-        "--model",
-        base_model.to_str().unwrap(),
-    ]);
+    let export = || {
+        ws.run(&[
+            "export",
+            "--merge",
+            &id,
+            merged.to_str().unwrap(),
+            "--model",
+            base_model.to_str().unwrap(),
+        ])
+    };
+    let out = export();
     assert!(out.status.success(), "export: {}", stderr(&out));
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(
@@ -227,14 +230,7 @@ fn a_trained_version_is_served_and_exports_as_a_merged_checkpoint() {
         "merged {exported} vs served {tuned}"
     );
     // Exporting over an existing directory is refused.
-    let again = ws.run(&[
-        "export",
-        "--merge",
-        &id,
-        merged.to_str().unwrap(),
-        "--model",
-        base_model.to_str().unwrap(),
-    ]);
+    let again = export();
     assert_fails(&again, 2, "already exists");
 }
 

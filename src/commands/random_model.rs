@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use mananera_training::tune::model::{self, Shape};
 use tokenizers::Tokenizer;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
 use crate::cli::{Failure, Format};
 use crate::engine::bloom::BloomConfig;
-use crate::engine::weights::Weights;
 
 /// The shape to write.
 #[derive(Debug, clap::Args)]
@@ -72,40 +72,23 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Every tensor a BLOOM checkpoint holds (tied head), drawn like transformers' initialisation.
-fn random_weights(c: &BloomConfig) -> crate::engine::Result<HashMap<String, Tensor>> {
-    let (v, h) = (c.vocab_size, c.hidden_size);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("word_embeddings.weight".into(), vec![v, h]),
-        ("word_embeddings_layernorm.weight".into(), vec![h]),
-        ("word_embeddings_layernorm.bias".into(), vec![h]),
-        ("ln_f.weight".into(), vec![h]),
-        ("ln_f.bias".into(), vec![h]),
-    ];
-    for i in 0..c.n_layer {
-        let layer: [(&str, Vec<usize>); 12] = [
-            ("input_layernorm.weight", vec![h]),
-            ("input_layernorm.bias", vec![h]),
-            ("self_attention.query_key_value.weight", vec![3 * h, h]),
-            ("self_attention.query_key_value.bias", vec![3 * h]),
-            ("self_attention.dense.weight", vec![h, h]),
-            ("self_attention.dense.bias", vec![h]),
-            ("post_attention_layernorm.weight", vec![h]),
-            ("post_attention_layernorm.bias", vec![h]),
-            ("mlp.dense_h_to_4h.weight", vec![4 * h, h]),
-            ("mlp.dense_h_to_4h.bias", vec![4 * h]),
-            ("mlp.dense_4h_to_h.weight", vec![h, 4 * h]),
-            ("mlp.dense_4h_to_h.bias", vec![h]),
-        ];
-        shapes.extend(layer.map(|(n, s)| (format!("h.{i}.{n}"), s)));
-    }
-    let random = Weights::random(&Device::Cpu);
-    shapes
+/// Every tensor a BLOOM checkpoint holds (tied head), drawn like transformers'
+/// initialisation (the training model's list and draw), stored as bf16.
+fn random_weights(
+    c: &BloomConfig,
+) -> Result<HashMap<String, Tensor>, mananera_training::tune::TrainError> {
+    let shape = Shape {
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        n_layer: c.n_layer,
+        n_head: c.n_head,
+        layer_norm_epsilon: c.layer_norm_epsilon,
+        apply_residual_connection_post_layernorm: c.apply_residual_connection_post_layernorm,
+        eos_token_id: c.eos_token_id,
+    };
+    model::random_weights(&shape)?
         .into_iter()
-        .map(|(name, shape)| {
-            let t = random.get(&name, &shape)?.to_dtype(DType::BF16)?;
-            Ok((name, t))
-        })
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::BF16)?)))
         .collect()
 }
 

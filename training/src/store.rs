@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-use crate::fsio::write_atomic;
+use crate::fsio::{self, write_atomic};
 use crate::segment::chunks;
 use crate::text::{fingerprint, sha256_hex};
 use crate::transcript::Transcript;
@@ -184,19 +184,11 @@ impl Corpus {
     /// manifest up to date with the transcript files.
     pub fn open(dir: &Path, chunk_chars: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir.join("transcripts")).map_err(io(dir))?;
-        let lock_path = dir.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => StoreError::Locked {
+        let lock = fsio::lock_dir(dir)
+            .map_err(io(&dir.join(".lock")))?
+            .ok_or_else(|| StoreError::Locked {
                 dir: dir.to_path_buf(),
-            },
-            std::fs::TryLockError::Error(e) => io(&lock_path)(e),
-        })?;
+            })?;
         let mut corpus = Self {
             dir: dir.to_path_buf(),
             chunk_chars,

@@ -3,33 +3,22 @@
 //! gradient norms and final weights to 1e-4; and every trainable tensor must get a
 //! gradient that agrees with finite differences.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use common::{base, fixtures};
 use mananera_training::tune::lora::Adapter;
-use mananera_training::tune::model::{self, BaseCheckpoint, Model, Shape};
+use mananera_training::tune::model::{self, Model};
 use mananera_training::tune::optim::{AdamW, AdamWParams, Schedule};
 use mananera_training::tune::run::{Stepped, evaluate, optimizer_step};
 use mananera_training::tune::{data, tensors};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 fn reference() -> Value {
     let path = fixtures().join("training/reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn base() -> BaseCheckpoint {
-    let dir = fixtures().join("models/tiny-bloom-4h");
-    BaseCheckpoint {
-        shape: Shape::read(&dir.join("config.json")).unwrap(),
-        config: dir.join("config.json"),
-        tokenizer: dir.join("tokenizer.json"),
-        weights: vec![dir.join("model.safetensors")],
-    }
 }
 
 fn blocks(reference: &Value) -> Vec<Vec<u32>> {
@@ -101,6 +90,28 @@ fn replay_run(model: &Model, run: &Value, blocks: &[Vec<u32>], schedule: Schedul
         .collect()
 }
 
+/// Each step's loss and pre-clip gradient norm equal the reference's to 1e-4.
+fn assert_steps_match(stepped: &[Stepped], run: &Value) {
+    for (k, (got, want)) in stepped
+        .iter()
+        .zip(run["steps"].as_array().unwrap())
+        .enumerate()
+    {
+        close(
+            &format!("loss of step {k}"),
+            got.loss,
+            want["loss"].as_f64().unwrap(),
+            1e-4,
+        );
+        close(
+            &format!("gradient norm of step {k}"),
+            got.grad_norm,
+            want["grad_norm"].as_f64().unwrap(),
+            1e-4,
+        );
+    }
+}
+
 #[test]
 fn packing_matches_the_reference_blocks() {
     let reference = reference();
@@ -140,24 +151,7 @@ fn lora_steps_match_peft() {
         1e-4,
     );
     let stepped = replay_run(&model, run, &blocks, Schedule::Cosine);
-    for (k, (got, want)) in stepped
-        .iter()
-        .zip(run["steps"].as_array().unwrap())
-        .enumerate()
-    {
-        close(
-            &format!("loss of step {k}"),
-            got.loss,
-            want["loss"].as_f64().unwrap(),
-            1e-4,
-        );
-        close(
-            &format!("gradient norm of step {k}"),
-            got.grad_norm,
-            want["grad_norm"].as_f64().unwrap(),
-            1e-4,
-        );
-    }
+    assert_steps_match(&stepped, run);
     let after =
         tensors::load(&fixtures().join("training/lora-after/adapter_model.safetensors")).unwrap();
     let ours = model.adapter().unwrap();
@@ -214,24 +208,7 @@ fn full_fine_tune_steps_match_pytorch() {
     let base = base();
     let model = Model::full(base.shape.clone(), model::read_weights(&base).unwrap()).unwrap();
     let stepped = replay_run(&model, run, &blocks(&reference), Schedule::Constant);
-    for (k, (got, want)) in stepped
-        .iter()
-        .zip(run["steps"].as_array().unwrap())
-        .enumerate()
-    {
-        close(
-            &format!("loss of step {k}"),
-            got.loss,
-            want["loss"].as_f64().unwrap(),
-            1e-4,
-        );
-        close(
-            &format!("gradient norm of step {k}"),
-            got.grad_norm,
-            want["grad_norm"].as_f64().unwrap(),
-            1e-4,
-        );
-    }
+    assert_steps_match(&stepped, run);
     let after = tensors::load(&fixtures().join("training/full-after.safetensors")).unwrap();
     // Adam's first steps move each weight by about ±lr whatever the size of its gradient
     // (m̂/√v̂ = sign(g) at step 1). Where the true gradient is 0 (the key bias, which softmax

@@ -2,31 +2,19 @@
 //! resuming to the same weights, incremental runs, and bad input that leaves the current
 //! version alone.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
+use common::{base, fixtures};
 use mananera_training::tune::data::Document;
 use mananera_training::tune::lora::{Adapter, LoraSpec};
-use mananera_training::tune::model::{self, BaseCheckpoint, Model, Shape};
+use mananera_training::tune::model::{self, Model};
 use mananera_training::tune::optim::{AdamW, AdamWParams};
 use mananera_training::tune::run::{Event, Job, Outcome, optimizer_step, train};
 use mananera_training::tune::versions::{self, Status};
 use mananera_training::tune::{Schedule, TrainError, TrainingConfig, tensors};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn base() -> BaseCheckpoint {
-    let dir = fixtures().join("models/tiny-bloom-4h");
-    BaseCheckpoint {
-        shape: Shape::read(&dir.join("config.json")).unwrap(),
-        config: dir.join("config.json"),
-        tokenizer: dir.join("tokenizer.json"),
-        weights: vec![dir.join("model.safetensors")],
-    }
-}
 
 /// `count` transcripts of 40 corpus lines each, one a day from 2023-03-01.
 fn documents(count: usize) -> Vec<Document> {

@@ -274,7 +274,7 @@ impl Adapter {
             alpha_pattern: serde_json::Map::new(),
             layers_to_transform: serde_json::Value::Null,
         };
-        let json = serde_json::to_string_pretty(&config).expect("plain data serializes");
+        let json = super::versions::pretty(&config);
         fsio::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
             .map_err(|e| TrainError::io(&dir.join(CONFIG_FILE), e))?;
         let tensors: Vec<(String, Tensor)> = self

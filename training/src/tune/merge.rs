@@ -3,12 +3,9 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
-
 use super::TrainError;
 use super::lora::Adapter;
 use super::model::{self, BaseCheckpoint};
-use super::tensors;
 use super::versions::{self, Method, Version};
 use crate::fsio;
 
@@ -50,16 +47,11 @@ pub fn export_merged(
         .prefix(".tmp-merge-")
         .tempdir_in(parent)
         .map_err(|e| TrainError::io(parent, e))?;
-    let tensors: Vec<(String, Tensor)> = base
-        .shape
-        .tensors()
-        .into_iter()
-        .map(|(name, _)| {
-            let tensor = weights[&name].clone();
-            (name, tensor)
-        })
-        .collect();
-    tensors::save(&staged.path().join("model.safetensors"), &tensors)?;
+    model::save_weights(
+        &staged.path().join("model.safetensors"),
+        &base.shape,
+        &weights,
+    )?;
     copy_checkpoint_files(base, staged.path())?;
     if out.exists() {
         std::fs::remove_dir(out).map_err(|e| TrainError::io(out, e))?;

@@ -177,6 +177,24 @@ pub fn read_weights(base: &BaseCheckpoint) -> Result<HashMap<String, Tensor>, Tr
     Ok(out)
 }
 
+/// Writes `weights` as a checkpoint's `model.safetensors` (unprefixed names, in
+/// [`Shape::tensors`] order), atomically.
+pub fn save_weights(
+    path: &Path,
+    shape: &Shape,
+    weights: &HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    let ordered: Vec<(String, Tensor)> = shape
+        .tensors()
+        .into_iter()
+        .map(|(name, _)| {
+            let tensor = weights[&name].clone();
+            (name, tensor)
+        })
+        .collect();
+    super::tensors::save(path, &ordered)
+}
+
 /// Random weights in bloom's initialisation (N(0, 0.02²), LayerNorm 1/0), for benchmarks.
 pub fn random_weights(shape: &Shape) -> Result<HashMap<String, Tensor>, TrainError> {
     let mut out = HashMap::new();

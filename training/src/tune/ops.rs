@@ -32,6 +32,27 @@ struct FrozenLinear {
     bias: Option<Vec<f32>>,
 }
 
+/// An op's input as a tensor (a copy of its contiguous f32 data).
+fn input_tensor(
+    storage: &CpuStorage,
+    layout: &Layout,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(f32_input(storage, layout)?, layout.shape(), device)
+}
+
+/// An op's output: `y` (rows of `bias.len()`) plus `bias` on every row.
+fn with_bias(y: Tensor, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    let shape = y.shape().clone();
+    let mut out = y.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(bias) = bias {
+        out.par_chunks_mut(bias.len()).for_each(|row| {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        });
+    }
+    Ok((CpuStorage::F32(out), shape))
+}
+
 /// The contiguous f32 data of an op's input.
 fn f32_input<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -53,20 +74,8 @@ impl CustomOp1 for FrozenLinear {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = Tensor::from_slice(
-            f32_input(storage, layout)?,
-            layout.shape(),
-            self.weight.device(),
-        )?;
-        let y = x.matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        let mut out = y.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(bias) = &self.bias {
-            out.par_chunks_mut(bias.len()).for_each(|row| {
-                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-            });
-        }
-        Ok((CpuStorage::F32(out), shape))
+        let x = input_tensor(storage, layout, self.weight.device())?;
+        with_bias(x.matmul(&self.weight.t()?)?, self.bias.as_deref())
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -136,17 +145,13 @@ impl CustomOp3 for LoraOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dev = self.weight.device();
-        let x = Tensor::from_slice(f32_input(s1, l1)?, l1.shape(), dev)?;
-        let a = Tensor::from_slice(f32_input(s2, l2)?, l2.shape(), dev)?;
-        let b = Tensor::from_slice(f32_input(s3, l3)?, l3.shape(), dev)?;
+        let (x, a, b) = (
+            input_tensor(s1, l1, dev)?,
+            input_tensor(s2, l2, dev)?,
+            input_tensor(s3, l3, dev)?,
+        );
         let delta = (self.dropped(&x)?.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?;
-        let y = (x.matmul(&self.weight.t()?)? + delta)?;
-        let shape = y.shape().clone();
-        let mut out = y.flatten_all()?.to_vec1::<f32>()?;
-        out.par_chunks_mut(self.bias.len()).for_each(|row| {
-            row.iter_mut().zip(&self.bias).for_each(|(y, b)| *y += b);
-        });
-        Ok((CpuStorage::F32(out), shape))
+        with_bias((x.matmul(&self.weight.t()?)? + delta)?, Some(&self.bias))
     }
 
     fn bwd(

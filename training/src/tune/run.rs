@@ -657,18 +657,7 @@ fn write_trained(
 ) -> Result<(), TrainError> {
     match model.adapter() {
         Some(adapter) => adapter.save(dir, base_model)?,
-        None => {
-            let tensors: Vec<(String, Tensor)> = model
-                .shape()
-                .tensors()
-                .into_iter()
-                .map(|(name, _)| {
-                    let tensor = model.weights()[&name].clone();
-                    (name, tensor)
-                })
-                .collect();
-            tensors::save(&dir.join(FULL_WEIGHTS), &tensors)?;
-        }
+        None => model::save_weights(&dir.join(FULL_WEIGHTS), model.shape(), model.weights())?,
     }
     let (first, second) = optimizer.moments()?;
     let names = model.trainable();

@@ -114,17 +114,9 @@ impl Versions {
     /// Opens `dir` (creating it), takes its lock, and removes half-written versions.
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        let lock_path = dir.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| TrainError::io(&lock_path, e))?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => TrainError::Busy(dir.to_path_buf()),
-            std::fs::TryLockError::Error(e) => TrainError::io(&lock_path, e),
-        })?;
+        let lock = fsio::lock_dir(dir)
+            .map_err(|e| TrainError::io(&dir.join(".lock"), e))?
+            .ok_or_else(|| TrainError::Busy(dir.to_path_buf()))?;
         for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
             let entry = entry.map_err(|e| TrainError::io(dir, e))?;
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
