@@ -1,34 +1,34 @@
 //! Wires the chat bots (the `mananera-bots` crate) to the daemon: the [`Speaker`] port over
 //! [`Speeches`], token discovery, and the adapters' start and stop.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mananera_bots::{Ask, Piece, Reply, Speaker, discord, find_token, telegram};
+use mananera_bots::{AdminAction, Ask, Piece, Reply, Speaker, discord, find_token, telegram};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{Admin, Request as AdminRequest};
 use crate::config::Config;
 use crate::engine::SamplingParams;
-use crate::service::metrics::Metrics;
+use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
-use crate::service::{Answer, Request, Speeches};
+use crate::service::{Answer, Request};
 
 /// How long, after the generations have finished, the bots get to show their last edits.
 const FINAL_EDITS_WITHIN: Duration = Duration::from_secs(10);
 
 /// The daemon as the bots see it.
 struct Port {
-    speeches: Arc<OnceLock<Arc<Speeches>>>,
-    metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
     defaults: SamplingParams,
     adapters: Vec<&'static str>,
 }
 
 impl Speaker for Port {
     fn ask(&self, ask: Ask) -> Result<Reply, String> {
-        let Some(speeches) = self.speeches.get() else {
+        let Some(speeches) = self.admin.live.speeches() else {
             return Err(
                 "El modelo todavía se está cargando; intenta de nuevo en un minuto.".into(),
             );
@@ -54,43 +54,89 @@ impl Speaker for Port {
     }
 
     fn is_admin(&self, user: &str) -> bool {
-        self.speeches
-            .get()
+        self.admin
+            .live
+            .speeches()
             .is_some_and(|speeches| speeches.is_admin(user))
     }
 
+    fn admin(&self, user: &str, action: AdminAction) -> String {
+        let request = match action {
+            AdminAction::Status => return self.status(),
+            AdminAction::Retrain => AdminRequest::Retrain,
+            AdminAction::Cancel => AdminRequest::Cancel,
+        };
+        let admin = Arc::clone(&self.admin);
+        let by = user.to_string();
+        // The bots call from async code; a retrain or cancel answers without waiting.
+        let result = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(admin.handle(request, &by))
+        });
+        match (action, result) {
+            (AdminAction::Retrain, Ok(_)) => {
+                "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into()
+            }
+            (_, Ok(_)) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
+            (_, Err(refused)) => format!("No se pudo: {}", refused.error),
+        }
+    }
+}
+
+impl Port {
+    /// The daemon's state in Spanish, for the admins' status command.
     fn status(&self) -> String {
-        let m = &self.metrics;
-        let (hits, misses) = (m.cache_hits.get(), m.cache_misses.get());
+        let s = self.admin.status();
+        let (hits, misses) = (s.cache_hits, s.cache_misses);
         let ratio = if hits + misses > 0.0 {
             format!("{:.0} %", 100.0 * hits / (hits + misses))
         } else {
             "—".to_string()
         };
-        if let Some(speeches) = self.speeches.get() {
-            speeches.refresh_gauges();
-        }
-        let version = m
-            .model_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        format!(
-            "modelo: {}\nlisto: {}\ncola: {} en espera, {} escribiéndose\ncaché: {} aciertos, {} fallos ({ratio}), {} entradas\nbots: {}",
-            if version.is_empty() {
-                "cargando"
-            } else {
-                &version
-            },
-            if m.ready.get() > 0.0 { "sí" } else { "no" },
-            m.queue_depth.get(),
-            m.batch_size.get(),
+        let mut text = format!(
+            "modelo: {}\nlisto: {}\ncola: {} en espera, {} escribiéndose\ncaché: {} aciertos, {} fallos ({ratio}), {} entradas\nbots: {}\nreentrenamiento: {}; próximo: {}",
+            s.model_version.as_deref().unwrap_or("cargando"),
+            if s.ready { "sí" } else { "no" },
+            s.queue_depth,
+            s.batch_size,
             hits,
             misses,
-            m.cache_entries.get(),
+            s.cache_entries,
             self.adapters.join(", "),
-        )
+            s.schedule,
+            s.next_run.as_deref().unwrap_or("sin programar"),
+        );
+        if let Some(run) = s.runs.first() {
+            text.push_str(&format!("\núltimo: {}", describe_run(run)));
+        }
+        text
     }
+}
+
+/// A run in a line of Spanish.
+fn describe_run(r: &RunRecord) -> String {
+    let outcome = match r.outcome {
+        Outcome::Running => format!("en curso ({})", r.phase),
+        Outcome::Accepted => "aceptado".into(),
+        Outcome::Rejected => "rechazado (peor validación)".into(),
+        Outcome::NothingNew => "nada nuevo".into(),
+        Outcome::Cancelled => "cancelado".into(),
+        Outcome::Failed => "falló".into(),
+        Outcome::Interrupted => "interrumpido".into(),
+    };
+    let mut line = format!(
+        "{} ({}), {outcome}, {} transcripciones nuevas",
+        r.started, r.trigger, r.new_transcripts
+    );
+    if let Some(t) = &r.trained {
+        line.push_str(&format!(
+            ", {} perplejidad {:.2} → {:.2}",
+            t.version, t.perplexity_before, t.perplexity_after
+        ));
+    }
+    if let Some(e) = &r.error {
+        line.push_str(&format!("; {e}"));
+    }
+    line
 }
 
 /// The events of a generation as a stream.
@@ -109,11 +155,7 @@ pub struct Bots {
 impl Bots {
     /// Starts each adapter whose token is configured. A token that cannot be read stops
     /// that adapter only (logged); the daemon and the other adapter carry on.
-    pub fn start(
-        config: &Config,
-        speeches: Arc<OnceLock<Arc<Speeches>>>,
-        metrics: Arc<Metrics>,
-    ) -> Bots {
+    pub fn start(config: &Config, admin: Arc<Admin>) -> Bots {
         let discord_token = token(
             "discord",
             "MANANERA_DISCORD_TOKEN",
@@ -132,8 +174,7 @@ impl Bots {
         .filter_map(|(name, on)| on.then_some(name))
         .collect();
         let port: Arc<dyn Speaker> = Arc::new(Port {
-            speeches,
-            metrics,
+            admin,
             defaults: config.generation.clone(),
             adapters: running.clone(),
         });

@@ -266,6 +266,20 @@ pub enum Command {
     Train(TrainArgs),
     /// The fine-tuned versions, their numbers, and which one is current.
     Versions,
+    /// The running daemon's state: model version, queue, cache, the nightly schedule and
+    /// the last runs (over the control socket).
+    Status(ControlArgs),
+    /// Start the nightly run (scrape, fine-tune, serve) on the running daemon now, or
+    /// cancel the one in progress.
+    Retrain(RetrainArgs),
+    /// Make an earlier accepted version current (default: the one before the current one);
+    /// a running daemon serves it at once.
+    Rollback {
+        /// A version id such as v0002.
+        version: Option<String>,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Write a fine-tuned version merged into its base as a plain BLOOM checkpoint
     /// (for transformers, or for model.id).
     Export {
@@ -329,6 +343,46 @@ impl TrainArgs {
         );
         out
     }
+}
+
+/// How to reach the running daemon.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// The daemon's control socket (serve.control_socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        push(
+            &mut out,
+            "serve.control_socket",
+            "--socket",
+            self.socket
+                .as_ref()
+                .map(|d| format!("{:?}", d.display().to_string())),
+        );
+        out
+    }
+}
+
+/// Flags of `mananera retrain`.
+#[derive(Debug, clap::Args)]
+pub struct RetrainArgs {
+    /// Start a run now.
+    #[arg(long, required_unless_present = "cancel", conflicts_with = "cancel")]
+    pub now: bool,
+    /// Cancel the run in progress (its training checkpoint is resumed by the next run).
+    #[arg(long)]
+    pub cancel: bool,
+    /// Wait for the run to end and exit by its outcome (0 accepted or nothing new, 6
+    /// rejected, 130 cancelled, 1 failed).
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// `mananera cache` subcommands.
@@ -446,6 +500,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Command::Train(args) => overrides.extend(args.overrides()),
+        Command::Status(control)
+        | Command::Retrain(RetrainArgs { control, .. })
+        | Command::Rollback { control, .. } => overrides.extend(control.overrides()),
         Command::Export { model, .. } => push(
             &mut overrides,
             "model.id",
@@ -460,6 +517,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::RandomModel(_) => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
+    let source = commands::serve::SettingsSource {
+        path: cli.config.clone(),
+        overrides,
+    };
     configure_threads(config.engine.threads);
     match cli.command {
         Command::Generate { topic, .. } => commands::generate::run(&config, &topic, cli.format),
@@ -488,7 +549,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         },
         Command::Config => commands::show_config(&config, cli.format),
-        Command::Serve { .. } => commands::serve::run(&config),
+        Command::Serve { .. } => commands::serve::run(&config, source),
+        Command::Status(_) => commands::admin::status(&config, cli.format),
+        Command::Retrain(args) => commands::admin::retrain(&config, &args, cli.format),
+        Command::Rollback { version, .. } => {
+            commands::admin::rollback(&config, version.as_deref(), cli.format)
+        }
         Command::RandomModel(args) => commands::random_model::run(&args, cli.format),
         Command::Cache(command) => commands::serve::cache_command(
             &config,

@@ -19,6 +19,7 @@ use mananera_bots::{DiscordConfig, TelegramConfig};
 use crate::engine::checkpoint::ModelSource;
 use crate::engine::finetuned::Choice;
 use crate::engine::{EngineOptions, Quantization, SamplingParams};
+use crate::nightly::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
@@ -41,6 +42,7 @@ pub struct Config {
     pub discord: DiscordConfig,
     pub telegram: TelegramConfig,
     pub training: TrainingConfig,
+    pub nightly: NightlyConfig,
 }
 
 /// `[serve]`: the daemon's web server and what a request may ask for.
@@ -63,6 +65,10 @@ pub struct ServeConfig {
     pub max_new_tokens: usize,
     /// Highest temperature a request may ask for.
     pub max_temperature: f64,
+    /// Unix socket for `mananera status|retrain|rollback`; empty means
+    /// `$RUNTIME_DIRECTORY/control.sock`, else `$XDG_RUNTIME_DIR/mananera/control.sock`,
+    /// else `control.sock` in the state directory.
+    pub control_socket: String,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +82,7 @@ impl Default for ServeConfig {
             max_topic_chars: 200,
             max_new_tokens: 512,
             max_temperature: 2.0,
+            control_socket: String::new(),
         }
     }
 }
@@ -213,6 +220,7 @@ impl Config {
         }
         Choice::parse(&self.model.version).map_err(|e| format!("model.version = {e}"))?;
         self.training.validate().map_err(|e| e.to_string())?;
+        self.nightly.validate()?;
         self.generation
             .validate()
             .map_err(|e| format!("[generation] {e}"))?;
@@ -269,23 +277,29 @@ impl Config {
     }
 
     /// The API's bearer token: `$MANANERA_API_TOKEN`, else the contents of
-    /// `serve.api_token_file`; `None` leaves the API open.
+    /// `serve.api_token_file`, else systemd's credential `api-token`; `None` leaves the API
+    /// open (and the admin API off).
     pub fn api_token(&self) -> Result<Option<String>, String> {
         if let Ok(token) = std::env::var("MANANERA_API_TOKEN")
             && !token.trim().is_empty()
         {
             return Ok(Some(token.trim().to_string()));
         }
-        if self.serve.api_token_file.is_empty() {
-            return Ok(None);
-        }
-        let path = &self.serve.api_token_file;
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join("api-token"))
+            .filter(|path| path.exists());
+        let path = match (self.serve.api_token_file.as_str(), credential) {
+            ("", None) => return Ok(None),
+            ("", Some(credential)) => credential.display().to_string(),
+            (file, _) => file.to_string(),
+        };
+        let path = &path;
         let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("serve.api_token_file = \"{path}\": cannot read it ({e})"))?;
+            .map_err(|e| format!("API token file \"{path}\" (serve.api_token_file or the api-token credential): cannot read it ({e})"))?;
         let token = token.trim();
         if token.is_empty() {
             return Err(format!(
-                "serve.api_token_file = \"{path}\": the file is empty"
+                "API token file \"{path}\" (serve.api_token_file or the api-token credential): the file is empty"
             ));
         }
         Ok(Some(token.to_string()))

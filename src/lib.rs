@@ -9,16 +9,25 @@
 //!   cache, user limits, metrics.
 //! - [`web`]: the web page and HTTP API of `mananera serve`.
 //! - [`chat_bots`]: the Discord and Telegram bots (`mananera-bots` crate) wired to the service.
+//! - [`live`]: the settings in force and the model served, changed without a restart.
+//! - [`nightly`]: the scheduled re-scrape and incremental fine-tune inside the daemon.
+//! - [`admin`], [`control`]: what admins see and do, and the control socket they reach it on.
+//! - [`systemd`]: readiness, status and watchdog notifications to the service manager.
 //! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `scrape`,
 //!   `corpus`, `config`).
 //!
 //! The corpus pipeline (scraping, cleaning, the corpus directory) is the `mananera-training`
 //! crate in `training/`; this crate wires it to the command line.
 
+pub mod admin;
 pub mod chat_bots;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod engine;
+pub mod live;
+pub mod nightly;
 pub mod service;
+pub mod systemd;
 pub mod web;

@@ -16,13 +16,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{DiscordConfig, Token};
-use crate::port::{Ask, Platform, Speaker};
+use crate::port::{AdminAction, Ask, Platform, Speaker};
 use crate::writer::{self, Delivery, Surface};
 
 /// The command's name: Discord allows lowercase letters of any script.
 pub const COMMAND: &str = "mañanera";
 /// The admins' status command.
 pub const STATUS_COMMAND: &str = "mañanera-estado";
+/// The status command's option: what the admin wants done (`AdminAction::WORDS`).
+pub const ACTION_OPTION: &str = "accion";
 /// The longest topic the command accepts.
 pub const MAX_TOPIC_CHARS: u16 = 200;
 /// Used when a 429 reaches us without its `retry_after` (serenity drops the body when its
@@ -102,7 +104,16 @@ pub fn commands() -> Vec<CreateCommand> {
                     .max_length(MAX_TOPIC_CHARS),
             ),
         CreateCommand::new(STATUS_COMMAND)
-            .description("Estado del servidor de discursos (solo administradores)"),
+            .description("Estado del servidor de discursos (solo administradores)")
+            .add_option(
+                CreateCommandOption::new(
+                    CommandOptionType::String,
+                    ACTION_OPTION,
+                    "reentrenar ahora, o cancelar el reentrenamiento en curso",
+                )
+                .add_string_choice("reentrenar", "reentrenar")
+                .add_string_choice("cancelar", "cancelar"),
+            ),
     ]
 }
 
@@ -201,24 +212,21 @@ async fn answer(
     }
     match command.data.name.as_str() {
         STATUS_COMMAND => {
-            let text = if speaker.is_admin(&user) {
-                speaker.status()
-            } else {
-                "Solo los administradores pueden ver el estado.".to_string()
+            let word = string_option(&command, ACTION_OPTION);
+            let text = match AdminAction::parse(&word) {
+                _ if !speaker.is_admin(&user) => {
+                    "Solo los administradores pueden ver el estado.".to_string()
+                }
+                Some(action) => speaker.admin(&user, action),
+                None => format!(
+                    "No conozco «{word}»: usa {}.",
+                    AdminAction::WORDS.join(", ")
+                ),
             };
             respond(&http, &command, notice(&text)).await;
         }
         COMMAND => {
-            let topic = command
-                .data
-                .options
-                .iter()
-                .find(|o| o.name == "tema")
-                .and_then(|o| match &o.value {
-                    CommandDataOptionValue::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let topic = string_option(&command, "tema");
             let ask = Ask {
                 platform: Platform::Discord,
                 user_id: command.user.id.to_string(),
@@ -309,4 +317,18 @@ impl Surface for Reply {
             _ => Delivery::Failed(error.to_string()),
         })
     }
+}
+
+/// A string option of a slash command ("" when absent).
+fn string_option(command: &CommandInteraction, name: &str) -> String {
+    command
+        .data
+        .options
+        .iter()
+        .find(|o| o.name == name)
+        .and_then(|o| match &o.value {
+            CommandDataOptionValue::String(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }

@@ -11,4 +11,4 @@ pub mod writer;
 mod backoff;
 
 pub use config::{DiscordConfig, TelegramConfig, Token, find_token};
-pub use port::{Ask, Piece, Platform, Reply, Speaker};
+pub use port::{AdminAction, Ask, Piece, Platform, Reply, Speaker};

@@ -65,9 +65,37 @@ pub trait Speaker: Send + Sync + 'static {
     /// limited, bad topic…). Must be called inside a tokio runtime.
     fn ask(&self, ask: Ask) -> Result<Reply, String>;
 
-    /// True when `user` (`<platform>:<id>`) may see the daemon's status.
+    /// True when `user` (`<platform>:<id>`) may see the daemon's status and retrain it.
     fn is_admin(&self, user: &str) -> bool;
 
-    /// A few lines on the daemon's state, for admins.
-    fn status(&self) -> String;
+    /// Carries out an admin's `action` and says how it went, in a few lines (the status,
+    /// or a run started, cancelled or refused). Must be called inside a tokio runtime.
+    fn admin(&self, user: &str, action: AdminAction) -> String;
+}
+
+/// What an admin asks of the daemon through a bot: `estado`, `estado reentrenar`, `estado
+/// cancelar`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// The daemon's state and its last nightly runs.
+    Status,
+    /// Start the nightly run (scrape, fine-tune, serve) now.
+    Retrain,
+    /// Cancel the run in progress.
+    Cancel,
+}
+
+impl AdminAction {
+    /// The words an admin may type after the status command (Spanish, or English).
+    pub const WORDS: [&str; 3] = ["reentrenar", "cancelar", "estado"];
+
+    /// Reads the word after the status command (none: the status).
+    pub fn parse(word: &str) -> Option<Self> {
+        match word.trim().to_lowercase().as_str() {
+            "" | "estado" | "status" => Some(Self::Status),
+            "reentrenar" | "retrain" => Some(Self::Retrain),
+            "cancelar" | "cancel" => Some(Self::Cancel),
+            _ => None,
+        }
+    }
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{TelegramConfig, Token};
-use crate::port::{Ask, Platform, Reply, Speaker};
+use crate::port::{AdminAction, Ask, Platform, Reply, Speaker};
 use crate::writer::{self, Delivery, Surface};
 
 /// Telegram renews "typing…" for 5 s; renew a little earlier.
@@ -99,7 +99,10 @@ async fn serve(
         BotCommand::new("mananera", "Un discurso de la mañanera sobre un tema"),
         BotCommand::new("help", "Cómo pedir un discurso"),
         BotCommand::new("start", "Empezar"),
-        BotCommand::new("estado", "Estado del servidor (solo administradores)"),
+        BotCommand::new(
+            "estado",
+            "Estado del servidor; «reentrenar» o «cancelar» (solo administradores)",
+        ),
     ])
     .await
     .map_err(|e| e.to_string())?;
@@ -173,7 +176,8 @@ async fn pump<E: std::fmt::Display>(
 enum Intent {
     Speech(String),
     Help,
-    Status,
+    /// The status command and the word after it (`AdminAction::parse`).
+    Admin(String),
     Ignore,
 }
 
@@ -197,7 +201,7 @@ fn intent(text: &str, private: bool, reply_to_bot: bool, bot_username: &str) -> 
     match name.to_lowercase().as_str() {
         "mananera" | "mañanera" => Intent::Speech(rest.trim().to_string()),
         "start" | "help" | "ayuda" => Intent::Help,
-        "estado" | "status" => Intent::Status,
+        "estado" | "status" => Intent::Admin(rest.trim().to_string()),
         _ if private => Intent::Help,
         _ => Intent::Ignore,
     }
@@ -237,11 +241,15 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
     }
     match intent {
         Intent::Help => send_plain(&bot, &message, HELP).await,
-        Intent::Status => {
-            let text = if state.speaker.is_admin(&user) {
-                state.speaker.status()
-            } else {
-                "Solo los administradores pueden ver el estado.".to_string()
+        Intent::Admin(word) => {
+            let text = match AdminAction::parse(&word) {
+                _ if !state.speaker.is_admin(&user) => {
+                    "Solo los administradores pueden ver el estado.".to_string()
+                }
+                Some(action) => state.speaker.admin(&user, action),
+                None => format!(
+                    "No conozco «{word}»: usa /estado, /estado reentrenar o /estado cancelar."
+                ),
             };
             send_plain(&bot, &message, &text).await;
         }
@@ -424,7 +432,14 @@ mod tests {
         assert_eq!(intent("el tren", false, false, "bot"), Intent::Ignore);
         assert_eq!(intent("el tren", false, true, "bot"), speech("el tren"));
         assert_eq!(intent("/start", true, false, "bot"), Intent::Help);
-        assert_eq!(intent("/estado", false, false, "bot"), Intent::Status);
+        assert_eq!(
+            intent("/estado", false, false, "bot"),
+            Intent::Admin(String::new())
+        );
+        assert_eq!(
+            intent("/estado reentrenar", false, false, "bot"),
+            Intent::Admin("reentrenar".into())
+        );
         assert_eq!(intent("/otro", false, false, "bot"), Intent::Ignore);
         assert_eq!(intent("/otro", true, false, "bot"), Intent::Help);
         assert_eq!(intent("/mananera", true, false, "bot"), speech(""));

@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns settings into engine calls and prints the result
 //! as text or JSON.
 
+pub mod admin;
 pub mod bench;
 pub mod bench_train;
 pub mod corpus;

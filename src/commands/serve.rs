@@ -1,28 +1,38 @@
 //! `mananera serve`: the daemon. Listens at once (so `/healthz` answers while the model
-//! loads), loads the model in the background, then serves the web page, the API and the
-//! metrics until SIGTERM or SIGINT, when it stops taking requests, lets running ones finish
-//! within `queue.grace_s`, flushes the store and exits 0. The chat bots whose tokens are
-//! configured run alongside.
+//! loads), loads the model in the background, then serves the web page, the API, the
+//! metrics, the chat bots and the control socket, and runs the nightly re-scrape and
+//! fine-tune, until SIGTERM or SIGINT: then it stops taking requests, cancels a nightly run
+//! (its checkpoint is resumed next time), lets running speeches finish within
+//! `queue.grace_s`, flushes the store and exits 0. SIGHUP re-reads the settings.
 
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::Admin;
 use crate::chat_bots::Bots;
 use crate::cli::Failure;
-use crate::config::Config;
-use crate::engine::{Engine, model_version};
+use crate::config::{Config, Override};
+use crate::live::Live;
+use crate::nightly::Nightly;
+use crate::service::Speeches;
 use crate::service::cache::PromptCache;
-use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
-use crate::service::queue::Generator;
-use crate::service::{RequestBounds, Speeches, store};
+use crate::service::store;
 use crate::web::{self, AppState};
+use crate::{control, systemd};
 
 /// How often expired entries and those of older models are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Where the settings came from, to read them again on SIGHUP.
+pub struct SettingsSource {
+    pub path: Option<PathBuf>,
+    pub overrides: Vec<Override>,
+}
+
 /// Runs the daemon until a stop signal.
-pub fn run(config: &Config) -> Result<(), Failure> {
+pub fn run(config: &Config, source: SettingsSource) -> Result<(), Failure> {
     let addr = config.listen_addr().map_err(Failure::usage)?;
     let api_token = config.api_token().map_err(Failure::usage)?;
     if !addr.ip().is_loopback() && api_token.is_none() {
@@ -33,13 +43,14 @@ pub fn run(config: &Config) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(super::no_runtime)?;
-    runtime.block_on(serve(config.clone(), addr, api_token))
+    runtime.block_on(serve(config.clone(), addr, api_token, source))
 }
 
 async fn serve(
     config: Config,
     addr: std::net::SocketAddr,
     api_token: Option<String>,
+    source: SettingsSource,
 ) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Failure::usage(format!(
@@ -58,11 +69,22 @@ async fn serve(
         ))
     })?;
     let db = store::open(&state_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    let socket_path = control::socket_path(&config);
+    let control_listener = control::listen(&socket_path)
+        .await
+        .map_err(Failure::usage)?;
     let metrics = Arc::new(Metrics::default());
-    let speeches = Arc::new(OnceLock::new());
+    let live = Arc::new(Live::new(config.clone(), Arc::clone(&metrics), db.clone()));
+    let nightly =
+        Nightly::new(Arc::clone(&live)).map_err(|message| Failure { code: 1, message })?;
+    let admin = Arc::new(Admin {
+        live: Arc::clone(&live),
+        nightly: Arc::clone(&nightly),
+    });
     let state = AppState {
-        speeches: Arc::clone(&speeches),
+        speeches: Arc::clone(&live.speeches),
         metrics: Arc::clone(&metrics),
+        admin: Arc::clone(&admin),
         defaults: config.generation.clone(),
         api_token,
         max_body_bytes: config.serve.max_body_bytes,
@@ -71,41 +93,53 @@ async fn serve(
     let server = tokio::spawn(web::serve(listener, state, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
-    tracing::info!(address = %format!("http://{local}"), state_dir = %state_dir.display(), "listening");
+    let control = tokio::spawn(control::serve(control_listener, Arc::clone(&admin)));
+    tracing::info!(address = %format!("http://{local}"), state_dir = %state_dir.display(), control_socket = %socket_path.display(), "listening");
     // A line on stdout for scripts and tests that start the daemon on port 0.
     println!("mananera listening on http://{local}");
-    let bots = Bots::start(&config, Arc::clone(&speeches), Arc::clone(&metrics));
+    systemd::status("loading the model");
+    systemd::spawn_watchdog();
+    let bots = Bots::start(&config, Arc::clone(&admin));
+    let reloads = tokio::spawn(reload_on_hangup(
+        source,
+        Arc::clone(&live),
+        Arc::clone(&nightly),
+    ));
 
-    let loading = {
-        let (config, metrics, db) = (config.clone(), Arc::clone(&metrics), db.clone());
-        tokio::task::spawn_blocking(move || build(&config, metrics, db))
-    };
     let mut signal = std::pin::pin!(stop_signal());
     tokio::select! {
-        built = loading => {
-            let built = built.map_err(|e| Failure { code: 1, message: format!("model loading stopped: {e}") })??;
-            let version = built.version().to_string();
-            let built = Arc::new(built);
-            let _ = speeches.set(Arc::clone(&built));
+        built = live.load_first() => {
+            let built = built?;
+            let version = built.version();
             metrics.ready.set(1.0);
             tracing::info!(version = %version, "ready");
-            tokio::spawn(purge_regularly(Arc::clone(&built)));
+            systemd::ready(&format!("serving {version}"));
+            nightly.start_schedule();
+            tokio::spawn(purge_regularly(built));
             (&mut signal).await;
         }
         () = &mut signal => {}
     }
     tracing::info!("stopping: no new requests; finishing the running ones");
+    systemd::stopping();
+    reloads.abort();
+    control.abort();
     let _ = stop_tx.send(true);
     bots.stop_listening();
-    if let Some(speeches) = speeches.get() {
-        speeches.shut_down().await;
-    }
+    let speeches = live.speeches();
+    let finish_speeches = async {
+        if let Some(speeches) = &speeches {
+            speeches.shut_down().await;
+        }
+    };
+    tokio::join!(finish_speeches, nightly.stop());
     bots.finish().await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the web server failed"),
         Err(e) => tracing::error!(error = %e, "the web server task failed"),
     }
+    let _ = std::fs::remove_file(&socket_path);
     if let Err(e) = store::close(&db, &state_dir) {
         tracing::error!(error = %e, "the state store could not be flushed");
     }
@@ -113,40 +147,43 @@ async fn serve(
     Ok(())
 }
 
-/// Loads the model and wires the service around it (runs on a blocking thread).
-fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeches, Failure> {
-    let options = config.engine_options();
-    let engine = Engine::load(&options)?;
-    let version = model_version(&options)?;
-    let cache = if config.cache.enabled {
-        match PromptCache::new(db.clone(), config.cache.clone(), &version) {
-            Ok(cache) => Some(cache),
-            Err(e) => {
-                tracing::warn!(error = %e, "the prompt cache is unavailable; serving without it");
-                None
-            }
+/// Re-reads the settings on each SIGHUP and puts them in force; a bad file is reported and
+/// the settings in force stay.
+async fn reload_on_hangup(source: SettingsSource, live: Arc<Live>, nightly: Arc<Nightly>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; settings reload only at restart");
+            return;
         }
-    } else {
-        None
     };
-    let limits_tree = db.open_tree("limits").map_err(|e| Failure {
-        code: 1,
-        message: format!("the state store cannot hold user limits: {e}"),
-    })?;
-    let limits = Limits::new(config.limits.clone(), limits_tree);
-    let generator = Generator::start(Arc::new(engine), config.queue.clone(), Arc::clone(&metrics))
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the generation thread: {e}"),
-        })?;
-    let bounds = RequestBounds {
-        max_topic_chars: config.serve.max_topic_chars,
-        max_new_tokens: config.serve.max_new_tokens,
-        max_temperature: config.serve.max_temperature,
-    };
-    Ok(Speeches::new(
-        generator, cache, limits, metrics, version, bounds,
-    ))
+    while hangups.recv().await.is_some() {
+        systemd::reloading();
+        tracing::info!("SIGHUP: re-reading the settings");
+        match Config::load(source.path.as_deref(), &source.overrides) {
+            Err(error) => {
+                tracing::error!(%error, "the settings were not reloaded; the ones in force stay");
+            }
+            Ok(new) => match live.replace_config(new).await {
+                Ok(restart) => {
+                    nightly.settings_changed();
+                    if restart.is_empty() {
+                        tracing::info!("settings reloaded");
+                    } else {
+                        tracing::warn!(settings = %restart.join(", "), "settings reloaded; these changes apply only after a restart");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the settings were reloaded but the model could not be");
+                }
+            },
+        }
+        let serving = live.speeches().map_or_else(
+            || "loading the model".to_string(),
+            |s| format!("serving {}", s.version()),
+        );
+        systemd::ready(&serving);
+    }
 }
 
 /// Purges stale cache entries now and every hour.
@@ -156,9 +193,7 @@ async fn purge_regularly(speeches: Arc<Speeches>) {
         every.tick().await;
         let s = Arc::clone(&speeches);
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(cache) = s.cache() {
-                cache.purge_stale();
-            }
+            s.purge_stale_cache();
             s.refresh_gauges();
         })
         .await;

@@ -109,6 +109,29 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     pub ready: Gauge,
     pub model_version: Mutex<String>,
+    /// Times a new model version replaced the served one without a restart.
+    pub model_swaps: Counter,
+    /// The nightly runs' outcomes and numbers.
+    pub retrain: Mutex<RetrainMetrics>,
+}
+
+/// What `/metrics` shows of the nightly re-scrape and fine-tune.
+#[derive(Debug, Default, Clone)]
+pub struct RetrainMetrics {
+    /// Finished runs by outcome.
+    pub runs: BTreeMap<String, u64>,
+    /// 1 while a run is in progress.
+    pub running: bool,
+    /// Unix seconds of the last run's start and end (0: none yet).
+    pub last_start: f64,
+    pub last_end: f64,
+    /// New transcripts the last run found.
+    pub last_new_transcripts: f64,
+    /// The last trained version's validation perplexity before and after (NaN: none).
+    pub last_perplexity_before: f64,
+    pub last_perplexity_after: f64,
+    /// Unix seconds of the next scheduled run (0: none scheduled).
+    pub next_run: f64,
 }
 
 impl Metrics {
@@ -126,6 +149,11 @@ impl Metrics {
             .entry(frontend.to_string())
             .or_default()
             .observe(seconds);
+    }
+
+    /// Records the model version being served.
+    pub fn set_model_version(&self, version: &str) {
+        *self.model_version.lock().unwrap_or_else(|p| p.into_inner()) = version.to_string();
     }
 
     /// Counts a decoding step of `batch` sequences that took `seconds`.
@@ -278,6 +306,14 @@ impl Metrics {
             head(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        head(
+            &mut out,
+            "mananera_model_swaps_total",
+            "counter",
+            "New model versions served without a restart.",
+        );
+        let _ = writeln!(out, "mananera_model_swaps_total {}", self.model_swaps.get());
+        self.render_retrain(&mut out, &head);
         let version = self
             .model_version
             .lock()
@@ -295,5 +331,66 @@ impl Metrics {
             version.replace(['"', '\\', '\n'], "_")
         );
         out
+    }
+
+    fn render_retrain(&self, out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {
+        let r = self
+            .retrain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        head(
+            out,
+            "mananera_retrain_runs_total",
+            "counter",
+            "Finished nightly runs (scrape and fine-tune) by outcome.",
+        );
+        for (outcome, n) in &r.runs {
+            let _ = writeln!(
+                out,
+                "mananera_retrain_runs_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let gauges: [(&str, &str, f64); 7] = [
+            (
+                "mananera_retrain_running",
+                "1 while a nightly run is in progress.",
+                f64::from(u8::from(r.running)),
+            ),
+            (
+                "mananera_retrain_last_start_timestamp_seconds",
+                "Unix time the last run started.",
+                r.last_start,
+            ),
+            (
+                "mananera_retrain_last_end_timestamp_seconds",
+                "Unix time the last run ended.",
+                r.last_end,
+            ),
+            (
+                "mananera_retrain_last_new_transcripts",
+                "New transcripts the last run scraped.",
+                r.last_new_transcripts,
+            ),
+            (
+                "mananera_retrain_last_perplexity_before",
+                "Validation perplexity of the served model before the last trained version.",
+                r.last_perplexity_before,
+            ),
+            (
+                "mananera_retrain_last_perplexity_after",
+                "Validation perplexity of the last trained version.",
+                r.last_perplexity_after,
+            ),
+            (
+                "mananera_retrain_next_run_timestamp_seconds",
+                "Unix time of the next scheduled run.",
+                r.next_run,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            head(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 }

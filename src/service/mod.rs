@@ -15,8 +15,8 @@ pub mod queue;
 pub mod store;
 pub mod topic;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -41,14 +41,19 @@ pub struct Request {
     pub params: SamplingParams,
 }
 
-/// How a request is answered.
+/// How a request is answered, and by which model version.
 pub enum Answer {
     /// From the cache, whole.
-    Cached { topic: String, text: String },
+    Cached {
+        topic: String,
+        text: String,
+        version: String,
+    },
     /// Being written: deltas, then `Done` or `Failed`.
     Streaming {
         topic: String,
         events: UnboundedReceiver<Event>,
+        version: String,
     },
 }
 
@@ -68,45 +73,101 @@ pub struct RequestBounds {
     pub max_temperature: f64,
 }
 
-/// Everything a front end needs to answer a request.
-pub struct Speeches {
+/// One loaded model version with its generation worker and its part of the prompt cache:
+/// the unit that is swapped when a new version is served.
+pub struct Model {
     generator: Generator,
     cache: Option<PromptCache>,
+    version: String,
+}
+
+impl Model {
+    /// `cache` is `None` when it is turned off or unusable.
+    pub fn new(generator: Generator, cache: Option<PromptCache>, version: String) -> Self {
+        Self {
+            generator,
+            cache,
+            version,
+        }
+    }
+
+    /// The version this model's answers report (and its cache keys carry).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// How often a replaced model is checked for having finished its last generations.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// Everything a front end needs to answer a request.
+pub struct Speeches {
+    /// The model new requests go to; requests already running keep the one they started on.
+    model: RwLock<Arc<Model>>,
+    /// Replaced models still finishing their generations.
+    draining: Mutex<Vec<Arc<Model>>>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    version: String,
     bounds: RequestBounds,
 }
 
 impl Speeches {
-    /// Wires the parts together; `cache` is `None` when it is turned off or unusable.
-    pub fn new(
-        generator: Generator,
-        cache: Option<PromptCache>,
-        limits: Limits,
-        metrics: Arc<Metrics>,
-        version: String,
-        bounds: RequestBounds,
-    ) -> Self {
-        *metrics
-            .model_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = version.clone();
+    /// Wires the parts together.
+    pub fn new(model: Model, limits: Limits, metrics: Arc<Metrics>, bounds: RequestBounds) -> Self {
+        metrics.set_model_version(&model.version);
         let speeches = Self {
-            generator,
-            cache,
+            model: RwLock::new(Arc::new(model)),
+            draining: Mutex::new(Vec::new()),
             limits,
             metrics,
-            version,
             bounds,
         };
         speeches.refresh_gauges();
         speeches
     }
 
-    /// The model version every answer comes from.
-    pub fn version(&self) -> &str {
-        &self.version
+    /// The model new requests go to.
+    fn model(&self) -> Arc<Model> {
+        Arc::clone(&self.model.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The model version new requests are answered by.
+    pub fn version(&self) -> String {
+        self.model().version.clone()
+    }
+
+    /// Serves `model` to every new request from now on. Generations already running (or
+    /// queued) finish on the model they started on, whose worker then stops and whose memory
+    /// is freed; the cache keys move with the version, so no answer of the old one is served.
+    /// Returns the version that was replaced.
+    pub fn swap(self: &Arc<Self>, model: Model) -> String {
+        let new_version = model.version.clone();
+        let old = std::mem::replace(
+            &mut *self.model.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(model),
+        );
+        self.metrics.set_model_version(&new_version);
+        self.metrics.model_swaps.inc();
+        let old_version = old.version.clone();
+        tracing::info!(from = %old_version, to = %new_version, "now serving a new model version");
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&old));
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let running = old.generator.batch_size() + old.generator.queue_depth();
+            old.generator.close();
+            while !old.generator.is_stopped() {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            this.draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|m| !Arc::ptr_eq(m, &old));
+            tracing::info!(version = %old.version, running_at_swap = running, "the replaced model finished its last speeches");
+        });
+        old_version
     }
 
     /// True for users exempt from the limits, who may also see the daemon's status.
@@ -114,9 +175,11 @@ impl Speeches {
         self.limits.is_admin(user)
     }
 
-    /// The prompt cache, when there is one.
-    pub fn cache(&self) -> Option<&PromptCache> {
-        self.cache.as_ref()
+    /// Removes cache entries that are expired or belong to other model versions.
+    pub fn purge_stale_cache(&self) {
+        if let Some(cache) = &self.model().cache {
+            cache.purge_stale();
+        }
     }
 
     /// Checks, limits, then answers from the cache or starts a generation.
@@ -152,19 +215,25 @@ impl Speeches {
             .limits
             .admit(&request.user, now_ms())
             .map_err(Rejection::Refused)?;
-        let key = self.cache.as_ref().map(|c| c.key(&topic, &request.params));
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+        let model = self.model();
+        let version = model.version.clone();
+        let key = model.cache.as_ref().map(|c| c.key(&topic, &request.params));
+        if let (Some(cache), Some(key)) = (&model.cache, &key) {
             if let Some(text) = cache.lookup(key, &request.params) {
                 self.metrics.cache_hits.inc();
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics.time_to_first_token.observe(seconds);
                 self.metrics
                     .record_request(request.frontend, "cached", seconds);
-                return Ok(Answer::Cached { topic, text });
+                return Ok(Answer::Cached {
+                    topic,
+                    text,
+                    version,
+                });
             }
             self.metrics.cache_misses.inc();
         }
-        let worker_events = self
+        let worker_events = model
             .generator
             .submit(topic.clone(), request.params.clone())
             .map_err(Rejection::Busy)?;
@@ -173,22 +242,25 @@ impl Speeches {
         let params = request.params;
         let frontend = request.frontend;
         tokio::spawn(async move {
-            this.relay(worker_events, tx, slot, key, params, frontend, started)
+            let stored = Stored { model, key, params };
+            this.relay(worker_events, tx, slot, stored, frontend, started)
                 .await;
         });
-        Ok(Answer::Streaming { topic, events })
+        Ok(Answer::Streaming {
+            topic,
+            events,
+            version,
+        })
     }
 
     /// Passes the worker's events to the caller, stores the finished speech and counts the
     /// outcome. A caller that goes away drops the worker's channel, which cancels the work.
-    #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
         mut from_worker: UnboundedReceiver<Event>,
         to_caller: tokio::sync::mpsc::UnboundedSender<Event>,
         slot: Slot,
-        key: Option<Vec<u8>>,
-        params: SamplingParams,
+        stored: Stored,
         frontend: &'static str,
         started: Instant,
     ) {
@@ -210,7 +282,7 @@ impl Speeches {
             let outcome = match &event {
                 Event::Delta(_) => None,
                 Event::Done(generation) => {
-                    self.keep(key.as_deref(), &params, generation);
+                    self.keep(&stored, generation);
                     Some(if generation.stop_reason == StopReason::Cancelled {
                         "cancelled"
                     } else {
@@ -231,26 +303,31 @@ impl Speeches {
             .record_request(frontend, outcome, started.elapsed().as_secs_f64());
     }
 
-    /// Stores a complete speech in the cache (never a cancelled one).
-    fn keep(&self, key: Option<&[u8]>, params: &SamplingParams, generation: &Generation) {
+    /// Stores a complete speech in the cache of the model that wrote it (never a cancelled
+    /// one).
+    fn keep(&self, stored: &Stored, generation: &Generation) {
         if generation.stop_reason == StopReason::Cancelled {
             return;
         }
-        if let (Some(cache), Some(key)) = (&self.cache, key) {
-            cache.store(key, params, &generation.text);
+        if let (Some(cache), Some(key)) = (&stored.model.cache, &stored.key) {
+            cache.store(key, &stored.params, &generation.text);
             self.refresh_gauges();
         }
     }
 
-    /// Copies the queue depth, the batch size and the cache's size into the metrics.
+    /// Copies the queue depth, the batch size (of every model still running, a replaced one
+    /// included) and the cache's size into the metrics.
     pub fn refresh_gauges(&self) {
+        let model = self.model();
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let all = || std::iter::once(&model).chain(draining.iter());
         self.metrics
             .queue_depth
-            .set(self.generator.queue_depth() as f64);
+            .set(all().map(|m| m.generator.queue_depth()).sum::<usize>() as f64);
         self.metrics
             .batch_size
-            .set(self.generator.batch_size() as f64);
-        if let Some(cache) = &self.cache {
+            .set(all().map(|m| m.generator.batch_size()).sum::<usize>() as f64);
+        if let Some(cache) = &model.cache {
             let stats = cache.stats();
             self.metrics.cache_entries.set(stats.entries as f64);
             self.metrics.cache_bytes.set(stats.bytes as f64);
@@ -292,16 +369,32 @@ impl Speeches {
         Ok(())
     }
 
-    /// Finishes the running generations (up to the grace period) and flushes the cache.
+    /// Finishes the running generations (up to the grace period, on every model still
+    /// running) and flushes the cache.
     pub async fn shut_down(&self) {
-        self.generator.shut_down().await;
-        if let Some(cache) = &self.cache {
+        let model = self.model();
+        let draining: Vec<Arc<Model>> = self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let all = std::iter::once(&model).chain(draining.iter());
+        futures_util::future::join_all(all.map(|m| m.generator.shut_down())).await;
+        if let Some(cache) = &model.cache {
             match cache.flush() {
                 Ok(()) => tracing::info!("prompt cache flushed"),
                 Err(e) => tracing::error!(error = %e, "the prompt cache could not be flushed"),
             }
         }
     }
+}
+
+/// What a finished speech is stored under: the model that wrote it, its cache key and
+/// the settings it was written with.
+struct Stored {
+    model: Arc<Model>,
+    key: Option<Vec<u8>>,
+    params: SamplingParams,
 }
 
 /// The message a person reads for a rejection.

@@ -159,10 +159,24 @@ impl Generator {
         self.shared.running.load(Ordering::SeqCst)
     }
 
+    /// Stops taking requests; the worker finishes the running and queued ones, then ends.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// True once the worker has ended (after [`Generator::close`] and the last generation).
+    pub fn is_stopped(&self) -> bool {
+        self.worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops taking requests, lets the running and queued ones finish for up to the grace
     /// period, then cancels what is left (callers get a polite message) and joins the worker.
     pub async fn shut_down(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.close();
         let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };

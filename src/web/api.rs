@@ -69,17 +69,8 @@ pub(super) async fn generate(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    if let Some(token) = &state.api_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_none_or(|g| !constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
-            );
-        }
+    if let Err(refused) = authorized(&state, &headers) {
+        return refused;
     }
     let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
@@ -125,12 +116,29 @@ pub(super) async fn generate(
         params,
         topic,
     };
-    let version = speeches.version().to_string();
     match speeches.ask(request) {
         Err(rejection) => rejected(&rejection),
-        Ok(answer) if streaming => sse(answer, version, started).into_response(),
-        Ok(answer) => whole(answer, version, started).await,
+        Ok(answer) if streaming => sse(answer, started).into_response(),
+        Ok(answer) => whole(answer, started).await,
     }
+}
+
+/// Checks the bearer token when the API has one.
+pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.api_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_none_or(|g| !constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
+        ));
+    }
+    Ok(())
 }
 
 /// A rejection as a status, a `Retry-After` header where one helps, and a JSON message.
@@ -161,13 +169,23 @@ fn rejected(rejection: &Rejection) -> Response {
 }
 
 /// Waits for the whole speech and answers with one JSON object.
-async fn whole(answer: Answer, version: String, started: Instant) -> Response {
-    let (topic, text, generation) = match answer {
-        Answer::Cached { topic, text } => (topic, text, None),
-        Answer::Streaming { topic, mut events } => loop {
+async fn whole(answer: Answer, started: Instant) -> Response {
+    let (topic, text, version, generation) = match answer {
+        Answer::Cached {
+            topic,
+            text,
+            version,
+        } => (topic, text, version, None),
+        Answer::Streaming {
+            topic,
+            mut events,
+            version,
+        } => loop {
             match events.recv().await {
                 Some(Event::Delta(_)) => {}
-                Some(Event::Done(mut g)) => break (topic, std::mem::take(&mut g.text), Some(g)),
+                Some(Event::Done(mut g)) => {
+                    break (topic, std::mem::take(&mut g.text), version, Some(g));
+                }
                 Some(Event::Failed(message)) => {
                     return error(StatusCode::SERVICE_UNAVAILABLE, &message);
                 }
@@ -186,11 +204,10 @@ async fn whole(answer: Answer, version: String, started: Instant) -> Response {
 }
 
 /// Streams the speech as server-sent events.
-fn sse(
-    answer: Answer,
-    version: String,
-    started: Instant,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+fn sse(answer: Answer, started: Instant) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let version = match &answer {
+        Answer::Cached { version, .. } | Answer::Streaming { version, .. } => version.clone(),
+    };
     let delta = |text: String| {
         SseEvent::default()
             .event("delta")
@@ -201,10 +218,10 @@ fn sse(
         SseEvent::default().event("done").data(fields.to_string())
     };
     let events: Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send + Unpin> = match answer {
-        Answer::Cached { topic, text } => {
+        Answer::Cached { topic, text, .. } => {
             Box::new(stream::iter([Ok(delta(text)), Ok(done(&topic, None))]))
         }
-        Answer::Streaming { topic, events } => {
+        Answer::Streaming { topic, events, .. } => {
             Box::new(Box::pin(stream::unfold(Some(events), move |events| {
                 let (topic, done) = (topic.clone(), done.clone());
                 async move {

@@ -1,6 +1,7 @@
 //! The web front end (axum): the page, `POST /api/generate` (JSON or server-sent events),
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `GET /api/status`, the admin API (`/api/admin/*`), `/healthz`, `/readyz` and `/metrics`.
 
+mod admin;
 mod api;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::admin::Admin;
 use crate::engine::SamplingParams;
 use crate::service::Speeches;
 use crate::service::metrics::Metrics;
@@ -22,6 +24,8 @@ pub struct AppState {
     /// Set once the model is loaded.
     pub speeches: Arc<OnceLock<Arc<Speeches>>>,
     pub metrics: Arc<Metrics>,
+    /// Status, retrain, cancel and rollback.
+    pub admin: Arc<Admin>,
     /// Defaults for the sampling settings a request leaves out.
     pub defaults: SamplingParams,
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
@@ -34,6 +38,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/api/generate", post(api::generate))
+        .route("/api/status", get(admin::status))
+        .route("/api/admin/retrain", post(admin::retrain))
+        .route("/api/admin/cancel", post(admin::cancel))
+        .route("/api/admin/rollback", post(admin::rollback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -101,7 +109,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such page: the API is POST /api/generate; see also /healthz, /readyz, /metrics",
+        "no such page: the API is POST /api/generate and GET /api/status; see also /healthz, /readyz, /metrics",
     )
 }
 

@@ -93,6 +93,12 @@ impl Daemon {
             .env_remove("MANANERA_DISCORD_TOKEN")
             .env_remove("MANANERA_TELEGRAM_TOKEN")
             .env_remove("CREDENTIALS_DIRECTORY")
+            // The control socket goes in the state directory, one per test daemon.
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            // No test reaches the real transcript sites; tests of the schedule turn it on.
+            .env("MANANERA_NIGHTLY_ENABLED", "false")
             .env("XDG_DATA_HOME", state_dir.join("data"))
             .envs(env.iter().copied())
             .env("MANANERA_LOG", "info")

@@ -1,0 +1,138 @@
+//! What an admin can see and do on a running daemon, whichever way they ask (the control
+//! socket behind `mananera status|retrain|rollback`, the HTTP API, a bot command).
+
+use std::sync::Arc;
+
+use mananera_training::tune::versions;
+use serde::{Deserialize, Serialize};
+
+use crate::live::{Live, RolledBack};
+use crate::nightly::runs::RunRecord;
+use crate::nightly::schedule::Schedule;
+use crate::nightly::{Nightly, NotStarted};
+
+/// The daemon's state for people and programs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub ready: bool,
+    /// The model version new requests are answered by.
+    pub model_version: Option<String>,
+    /// `model.version`: "current", "base" or a pinned id.
+    pub serving: String,
+    /// The versions directory's current version.
+    pub current_version: Option<String>,
+    pub queue_depth: f64,
+    pub batch_size: f64,
+    pub cache_hits: f64,
+    pub cache_misses: f64,
+    pub cache_entries: f64,
+    /// "daily at 23:00 America/Mexico_City", "off", or why it is unusable.
+    pub schedule: String,
+    pub next_run: Option<String>,
+    pub running: Option<RunRecord>,
+    /// The newest runs, newest first.
+    pub runs: Vec<RunRecord>,
+}
+
+/// An admin request, as the control socket and the HTTP API carry it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Retrain,
+    Cancel,
+    Rollback { version: Option<String> },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refused {
+    /// `in_progress`, `not_ready`, `not_running` or `failed`.
+    pub code: String,
+    pub error: String,
+}
+
+/// The admin side of a running daemon.
+pub struct Admin {
+    pub live: Arc<Live>,
+    pub nightly: Arc<Nightly>,
+}
+
+/// Runs shown by `status`.
+const STATUS_RUNS: usize = 10;
+
+impl Admin {
+    /// The daemon's state.
+    pub fn status(&self) -> Status {
+        let config = self.live.config();
+        let m = &self.live.metrics;
+        if let Some(speeches) = self.live.speeches() {
+            speeches.refresh_gauges();
+        }
+        let schedule = match (config.nightly.enabled, Schedule::new(&config.nightly)) {
+            (false, _) => "off (nightly.enabled = false)".to_string(),
+            (true, Ok(s)) => s.describe().to_string(),
+            (true, Err(e)) => format!("unusable: {e}"),
+        };
+        Status {
+            ready: self.live.speeches().is_some(),
+            model_version: self.live.speeches().map(|s| s.version()),
+            serving: config.model.version.clone(),
+            current_version: versions::current(&config.versions_dir())
+                .ok()
+                .flatten()
+                .map(|v| v.id),
+            queue_depth: m.queue_depth.get(),
+            batch_size: m.batch_size.get(),
+            cache_hits: m.cache_hits.get(),
+            cache_misses: m.cache_misses.get(),
+            cache_entries: m.cache_entries.get(),
+            schedule,
+            next_run: self.nightly.next_run().map(|t| t.to_string()),
+            running: self.nightly.running(),
+            runs: self.nightly.history(STATUS_RUNS),
+        }
+    }
+
+    /// Carries out `request` for `by` (`cli`, `api`, `discord:<id>`…).
+    pub async fn handle(&self, request: Request, by: &str) -> Result<serde_json::Value, Refused> {
+        match request {
+            Request::Status => Ok(json(&self.status())),
+            Request::Retrain => self
+                .nightly
+                .trigger(by)
+                .map(|r| json(&r))
+                .map_err(|e| Refused {
+                    code: match e {
+                        NotStarted::InProgress(_) => "in_progress",
+                        NotStarted::NotReady => "not_ready",
+                    }
+                    .into(),
+                    error: e.to_string(),
+                }),
+            Request::Cancel => self
+                .nightly
+                .cancel(by)
+                .map(|r| json(&r))
+                .map_err(|error| Refused {
+                    code: "not_running".into(),
+                    error,
+                }),
+            Request::Rollback { version } => {
+                tracing::info!(by, to = ?version, "rollback asked");
+                self.live
+                    .rollback(version)
+                    .await
+                    .map(|r: RolledBack| json(&r))
+                    .map_err(|error| Refused {
+                        code: "failed".into(),
+                        error,
+                    })
+            }
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,195 @@
+//! `mananera status`, `mananera retrain` and `mananera rollback`: admin requests to the
+//! running daemon over its control socket.
+
+use std::time::Duration;
+
+use crate::admin::{Refused, Request, Status};
+use crate::cli::{Failure, Format};
+use crate::config::Config;
+use crate::control::{self, ClientError};
+use crate::live::{RolledBack, rollback_offline};
+use crate::nightly::runs::{Outcome, RunRecord};
+
+/// Exit code when a run is already in progress.
+const IN_PROGRESS: u8 = 5;
+/// How often `retrain --wait` asks for news.
+const POLL: Duration = Duration::from_millis(500);
+
+fn ask(config: &Config, request: &Request) -> Result<serde_json::Value, Failure> {
+    control::request(&control::socket_path(config), request).map_err(client_failure)
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::NoDaemon(message) | ClientError::Other(message) => {
+            Failure { code: 1, message }
+        }
+        ClientError::Refused(Refused { code, error }) => Failure {
+            code: match code.as_str() {
+                "in_progress" => IN_PROGRESS,
+                "not_ready" | "not_running" | "bad_request" => 2,
+                _ => 1,
+            },
+            message: error,
+        },
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(value).map_err(|e| Failure {
+        code: 1,
+        message: format!(
+            "the daemon's answer is unreadable ({e}); is it the same mananera version?"
+        ),
+    })
+}
+
+/// `mananera status`.
+pub fn status(config: &Config, format: Format) -> Result<(), Failure> {
+    let value = ask(config, &Request::Status)?;
+    if format != Format::Text {
+        return super::print_json(&value);
+    }
+    let s: Status = parse(value)?;
+    println!(
+        "model: {}{}",
+        s.model_version.as_deref().unwrap_or("loading"),
+        if s.ready { "" } else { " (not ready)" }
+    );
+    println!(
+        "serving: model.version = \"{}\"; current version: {}",
+        s.serving,
+        s.current_version
+            .as_deref()
+            .unwrap_or("none (the base model)")
+    );
+    println!(
+        "queue: {} waiting, {} being written; cache: {} hits, {} misses, {} entries",
+        s.queue_depth, s.batch_size, s.cache_hits, s.cache_misses, s.cache_entries
+    );
+    println!(
+        "nightly: {}; next run {}",
+        s.schedule,
+        s.next_run.as_deref().unwrap_or("not scheduled")
+    );
+    if s.runs.is_empty() {
+        println!("no runs yet");
+    }
+    for run in &s.runs {
+        println!("{}", describe(run));
+    }
+    Ok(())
+}
+
+/// One run on one line.
+fn describe(r: &RunRecord) -> String {
+    let mut line = format!(
+        "run {} ({}): {}",
+        r.started,
+        r.trigger,
+        if r.outcome == Outcome::Running {
+            format!("running, {}", r.phase)
+        } else {
+            r.outcome.name().to_string()
+        }
+    );
+    line.push_str(&format!(", {} new transcripts", r.new_transcripts));
+    if let Some(t) = &r.trained {
+        line.push_str(&format!(
+            ", {} perplexity {:.3} → {:.3}",
+            t.version, t.perplexity_before, t.perplexity_after
+        ));
+    }
+    if let Some(v) = &r.serving {
+        line.push_str(&format!(", serving {v}"));
+    }
+    if let Some(e) = &r.error {
+        line.push_str(&format!("; {e}"));
+    }
+    line
+}
+
+/// `mananera retrain --now|--cancel [--wait]`.
+pub fn retrain(
+    config: &Config,
+    args: &crate::cli::RetrainArgs,
+    format: Format,
+) -> Result<(), Failure> {
+    let request = if args.cancel {
+        Request::Cancel
+    } else {
+        Request::Retrain
+    };
+    let record: RunRecord = parse(ask(config, &request)?)?;
+    if !args.wait {
+        match format {
+            Format::Text if args.cancel => {
+                println!("cancelling the run started {}", record.started)
+            }
+            Format::Text => println!("run started {} ({})", record.started, record.id),
+            _ => super::print_json(&record)?,
+        }
+        return Ok(());
+    }
+    let finished = loop {
+        let status: Status = parse(ask(config, &Request::Status)?)?;
+        if let Some(r) = status.runs.into_iter().find(|r| r.id == record.id)
+            && r.outcome != Outcome::Running
+        {
+            break r;
+        }
+        std::thread::sleep(POLL);
+    };
+    match format {
+        Format::Text => println!("{}", describe(&finished)),
+        _ => super::print_json(&finished)?,
+    }
+    match finished.outcome {
+        Outcome::Accepted | Outcome::NothingNew => Ok(()),
+        outcome => Err(Failure {
+            code: match outcome {
+                Outcome::Rejected => 6,
+                Outcome::Cancelled => 130,
+                _ => 1,
+            },
+            message: format!(
+                "the run ended {}{}",
+                outcome.name(),
+                finished.error.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// `mananera rollback [VERSION]`: through the daemon when one runs, else on disk only.
+pub fn rollback(config: &Config, version: Option<&str>, format: Format) -> Result<(), Failure> {
+    let request = Request::Rollback {
+        version: version.map(str::to_string),
+    };
+    let done: RolledBack = match control::request(&control::socket_path(config), &request) {
+        Ok(value) => parse(value)?,
+        Err(ClientError::NoDaemon(_)) => {
+            rollback_offline(config, version).map_err(|message| Failure { code: 2, message })?
+        }
+        Err(e) => return Err(client_failure(e)),
+    };
+    if format != Format::Text {
+        return super::print_json(&done);
+    }
+    println!(
+        "current version: {} → {}",
+        done.from.as_deref().unwrap_or("none"),
+        done.to
+    );
+    match &done.served {
+        Some(crate::live::Reloaded::Swapped { to, .. }) => println!("the daemon now serves {to}"),
+        Some(crate::live::Reloaded::Unchanged { version }) => {
+            println!("the daemon still serves {version}")
+        }
+        None => println!("no daemon is running: the next start serves it"),
+    }
+    if let Some(note) = &done.note {
+        println!("note: {note}");
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The daemon's live state: the settings in force and the model being served, and the ways
+//! they change without a restart — a newly accepted version, a rollback, a SIGHUP reload.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use mananera_training::tune::TrainError;
+use mananera_training::tune::versions::{Status, Versions};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Failure;
+use crate::config::Config;
+use crate::engine::{Engine, model_version};
+use crate::service::cache::PromptCache;
+use crate::service::limits::Limits;
+use crate::service::metrics::Metrics;
+use crate::service::queue::Generator;
+use crate::service::{Model, RequestBounds, Speeches};
+
+/// What the daemon's parts share.
+pub struct Live {
+    config: RwLock<Config>,
+    /// Set once the first model is loaded.
+    pub speeches: Arc<OnceLock<Arc<Speeches>>>,
+    pub metrics: Arc<Metrics>,
+    db: sled::Db,
+    /// One model load at a time (a retrain, a rollback and a reload may ask together).
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// What a model reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "model")]
+pub enum Reloaded {
+    /// The settings still name the version being served.
+    Unchanged { version: String },
+    /// New requests now go to `to`; running ones finish on `from`.
+    Swapped { from: String, to: String },
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The versions directory's current version before and after.
+    pub from: Option<String>,
+    pub to: String,
+    /// `None` when the daemon is not running (the change applies at its next start).
+    pub served: Option<Reloaded>,
+    /// Set when `model.version` pins a version, so the rollback does not change what is
+    /// served.
+    pub note: Option<String>,
+}
+
+impl Live {
+    /// The state of a daemon starting with `config`.
+    pub fn new(config: Config, metrics: Arc<Metrics>, db: sled::Db) -> Self {
+        Self {
+            config: RwLock::new(config),
+            speeches: Arc::new(OnceLock::new()),
+            metrics,
+            db,
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The daemon's sled store.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The service, once the first model is loaded.
+    pub fn speeches(&self) -> Option<Arc<Speeches>> {
+        self.speeches.get().cloned()
+    }
+
+    /// Loads the first model and builds the service around it (on a blocking thread).
+    pub async fn load_first(&self) -> Result<Arc<Speeches>, Failure> {
+        let _one = self.loading.lock().await;
+        let (config, metrics, db) = (self.config(), Arc::clone(&self.metrics), self.db.clone());
+        let speeches = tokio::task::spawn_blocking(move || build(&config, metrics, db))
+            .await
+            .map_err(|e| Failure {
+                code: 1,
+                message: format!("model loading stopped: {e}"),
+            })??;
+        let speeches = Arc::new(speeches);
+        let _ = self.speeches.set(Arc::clone(&speeches));
+        Ok(speeches)
+    }
+
+    /// Serves the model the settings name now (`model.version = "current"` follows the
+    /// versions directory) if it is not the one being served, or when `force` is set
+    /// (settings such as the quantization changed). The old model finishes its running
+    /// generations.
+    pub async fn reload_model(&self, force: bool) -> Result<Reloaded, String> {
+        let _one = self.loading.lock().await;
+        let speeches = self
+            .speeches()
+            .ok_or("the first model is still loading; try again when the daemon is ready")?;
+        let config = self.config();
+        let options = config.engine_options();
+        let wanted = blocking(move || model_version(&options).map_err(|e| e.to_string())).await?;
+        let served = speeches.version();
+        if wanted == served && !force {
+            return Ok(Reloaded::Unchanged { version: served });
+        }
+        tracing::info!(version = %wanted, "loading a model version to serve");
+        let (metrics, db) = (Arc::clone(&self.metrics), self.db.clone());
+        let model =
+            blocking(move || load_model(&config, metrics, db).map_err(|f| f.message)).await?;
+        let to = model.version().to_string();
+        let from = speeches.swap(model);
+        let purging = Arc::clone(&speeches);
+        tokio::task::spawn_blocking(move || purging.purge_stale_cache());
+        Ok(Reloaded::Swapped { from, to })
+    }
+
+    /// Makes `to` (or the accepted version before the current one) current, and serves it
+    /// when the settings follow the current version.
+    pub async fn rollback(&self, to: Option<String>) -> Result<RolledBack, String> {
+        let config = self.config();
+        let dir = config.versions_dir();
+        let (from, to) = blocking(move || set_current(&dir, to.as_deref())).await?;
+        let note = pinned_note(&config);
+        let served = self.reload_model(false).await?;
+        Ok(RolledBack {
+            from,
+            to,
+            served: Some(served),
+            note,
+        })
+    }
+
+    /// Puts `new` in force. Returns the changed settings that only apply at the next start;
+    /// the model is reloaded when its settings changed.
+    pub async fn replace_config(&self, new: Config) -> Result<Vec<String>, String> {
+        let old = self.config();
+        let changed = changed_keys(&old, &new);
+        let model_changed = changed
+            .iter()
+            .any(|k| k.starts_with("model.") || k.starts_with("engine."));
+        let needs_restart: Vec<String> = changed
+            .iter()
+            .filter(|k| !applies_live(k))
+            .cloned()
+            .collect();
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
+        if self.speeches().is_some() {
+            self.reload_model(model_changed).await?;
+        }
+        Ok(needs_restart)
+    }
+}
+
+/// Settings read afresh each time they are used: the nightly run's (its child processes
+/// get the settings in force), and the model's (reloaded on change). `engine.threads` sizes
+/// a pool that exists once per process.
+fn applies_live(key: &str) -> bool {
+    let live_sections = [
+        "nightly.",
+        "training.",
+        "scrape.",
+        "http.",
+        "corpus.",
+        "cleaning.",
+        "model.",
+        "engine.",
+    ];
+    key != "engine.threads" && live_sections.iter().any(|s| key.starts_with(s))
+}
+
+/// `section.key` of every setting that differs.
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let table = |c: &Config| match toml::Value::try_from(c) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let (old, new) = (table(old), table(new));
+    let mut out = Vec::new();
+    for (section, value) in &new {
+        match (value, old.get(section)) {
+            (toml::Value::Table(n), Some(toml::Value::Table(o))) => {
+                for (key, v) in n {
+                    if o.get(key) != Some(v) {
+                        out.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+            (v, o) if o != Some(v) => out.push(section.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Why a rollback does not change what is served, when `model.version` pins a version.
+fn pinned_note(config: &Config) -> Option<String> {
+    (config.model.version != "current").then(|| {
+        format!(
+            "model.version = \"{}\" pins what is served; set it to \"current\" to serve the current version",
+            config.model.version
+        )
+    })
+}
+
+/// Makes `to` (default: the newest accepted version older than the current one) the
+/// current version of `dir`. Returns (previous current, new current).
+pub fn set_current(dir: &Path, to: Option<&str>) -> Result<(Option<String>, String), String> {
+    let busy = |e: TrainError| match e {
+        TrainError::Busy(_) => format!(
+            "a training run holds the versions directory {}; wait for it or cancel it (mananera retrain --cancel)",
+            dir.display()
+        ),
+        other => other.to_string(),
+    };
+    let versions = Versions::open(dir).map_err(busy)?;
+    let current = versions.current().map_err(|e| e.to_string())?;
+    let from = current.as_ref().map(|v| v.id.clone());
+    let to = match to {
+        Some(id) => versions.get(id).map_err(|e| e.to_string())?.id,
+        None => {
+            let current = from.as_deref().ok_or_else(|| {
+                format!(
+                    "no version is current in {}: nothing to roll back",
+                    dir.display()
+                )
+            })?;
+            versions
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|v| v.status == Status::Accepted && v.id.as_str() < current)
+                .map(|v| v.id)
+                .max()
+                .ok_or_else(|| {
+                    format!(
+                        "{current} is the oldest accepted version: there is none to roll back to"
+                    )
+                })?
+        }
+    };
+    versions.set_current(&to).map_err(|e| e.to_string())?;
+    tracing::info!(from = ?from, to = %to, "current version changed");
+    Ok((from, to))
+}
+
+/// Without a running daemon: changes the current version on disk only.
+pub fn rollback_offline(config: &Config, to: Option<&str>) -> Result<RolledBack, String> {
+    let (from, to) = set_current(&config.versions_dir(), to)?;
+    Ok(RolledBack {
+        from,
+        to,
+        served: None,
+        note: pinned_note(config),
+    })
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("the work stopped: {e}"))?
+}
+
+/// Loads the model the settings name, with its worker and its part of the cache.
+fn load_model(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Model, Failure> {
+    let options = config.engine_options();
+    let engine = Engine::load(&options)?;
+    let version = model_version(&options)?;
+    let cache = if config.cache.enabled {
+        match PromptCache::new(db, config.cache.clone(), &version) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(error = %e, "the prompt cache is unavailable; serving without it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let generator =
+        Generator::start(Arc::new(engine), config.queue.clone(), metrics).map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the generation thread: {e}"),
+        })?;
+    Ok(Model::new(generator, cache, version))
+}
+
+/// Loads the model and wires the service around it.
+fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeches, Failure> {
+    let model = load_model(config, Arc::clone(&metrics), db.clone())?;
+    let limits_tree = db.open_tree("limits").map_err(|e| Failure {
+        code: 1,
+        message: format!("the state store cannot hold user limits: {e}"),
+    })?;
+    let limits = Limits::new(config.limits.clone(), limits_tree);
+    let bounds = RequestBounds {
+        max_topic_chars: config.serve.max_topic_chars,
+        max_new_tokens: config.serve.max_new_tokens,
+        max_temperature: config.serve.max_temperature,
+    };
+    Ok(Speeches::new(model, limits, metrics, bounds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_settings_are_named_and_sorted_into_live_and_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.nightly.at = "07:00".into();
+        new.serve.listen = "127.0.0.1:9000".into();
+        new.engine.threads = 1;
+        let changed = changed_keys(&old, &new);
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        let restart: Vec<&String> = changed.iter().filter(|k| !applies_live(k)).collect();
+        assert_eq!(restart, ["engine.threads", "serve.listen"]);
+    }
+}

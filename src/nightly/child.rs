@@ -1,0 +1,206 @@
+//! The nightly run's work happens in child processes of the same binary (`mananera scrape`,
+//! `mananera train`): at a lower CPU priority, optionally under a memory cap, and first in
+//! line for the OOM killer, so that a crash or an out-of-memory in training never takes the
+//! daemon (or the bots' answers) down with it.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::watch;
+
+/// Environment the children must not see: the bots' and API's secrets, and systemd's
+/// notification and watchdog settings (which are the daemon's alone).
+const HIDDEN_ENV: &[&str] = &[
+    "MANANERA_API_TOKEN",
+    "MANANERA_DISCORD_TOKEN",
+    "MANANERA_TELEGRAM_TOKEN",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "MANANERA_CONFIG",
+];
+
+/// How many of a child's last log lines are kept for the run record.
+const TAIL_LINES: usize = 12;
+
+/// How a child process runs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Added niceness (0–19).
+    pub nice: i32,
+    /// Address-space cap in MiB (0: none).
+    pub memory_max_mib: u64,
+    /// After a cancel, time to finish cleanly before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// What a finished child left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    /// Everything it printed on stdout (its `--format json` summary).
+    pub stdout: String,
+    /// Its last log lines.
+    pub tail: Vec<String>,
+    /// True when it was asked to stop.
+    pub cancelled: bool,
+}
+
+impl Finished {
+    /// "exit code 3", "killed by SIGKILL (out of memory, or killed by hand)"…
+    pub fn describe(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(libc::SIGKILL)) => {
+                "killed by SIGKILL (out of memory, or killed by hand)".into()
+            }
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => "ended without a status".into(),
+        }
+    }
+
+    /// The child's last error line, if it logged one (`error: …` or an `ERROR` log).
+    pub fn last_error(&self) -> Option<&str> {
+        self.tail
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("error:") || l.contains("ERROR"))
+            .map(String::as_str)
+    }
+}
+
+/// Runs `mananera <args>` with `config` as its settings file until it ends or `cancel`
+/// turns true (then SIGTERM, and SIGKILL after the grace). Each log line it writes is
+/// passed to `on_line` and logged under `task`.
+pub async fn run(
+    task: &'static str,
+    config: &Path,
+    args: &[String],
+    limits: &Limits,
+    mut cancel: watch::Receiver<bool>,
+    on_line: &(dyn Fn(&str) + Sync),
+) -> std::io::Result<Finished> {
+    let exe = std::env::current_exe()?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in HIDDEN_ENV {
+        command.env_remove(name);
+    }
+    let (nice, memory) = (limits.nice, limits.memory_max_mib);
+    // SAFETY: only async-signal-safe calls (setpriority, setrlimit, prctl, open/write/close)
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(move || lower_priority(nice, memory));
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(task, pid, args = %args.join(" "), "child process started");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let read_stdout = async move {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text).await;
+        text
+    };
+    let read_stderr = async move {
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(task, pid, "{line}");
+            on_line(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail)
+    };
+    let grace = limits.stop_grace;
+    let wait = async {
+        let mut cancelled = false;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = cancel_asked(&mut cancel) => {
+                cancelled = true;
+                tracing::info!(task, pid, grace_s = grace.as_secs(), "asking the child process to stop");
+                signal(pid, libc::SIGTERM);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::warn!(task, pid, "the child process did not stop in time: killing it");
+                        child.kill().await?;
+                        child.wait().await
+                    }
+                }
+            }
+        }?;
+        Ok::<_, std::io::Error>((status, cancelled))
+    };
+    let (waited, stdout, tail) = tokio::join!(wait, read_stdout, read_stderr);
+    let (status, cancelled) = waited?;
+    Ok(Finished {
+        status,
+        stdout,
+        tail,
+        cancelled,
+    })
+}
+
+/// Resolves once `cancel` turns true (never if its sender goes away).
+async fn cancel_asked(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn signal(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 0
+    {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// In the child before exec: lower priority, an optional memory cap, first in line for the
+/// OOM killer, and death with the daemon.
+fn lower_priority(nice: i32, memory_max_mib: u64) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on the calling (child) process.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if memory_max_mib > 0 {
+            let bytes = memory_max_mib.saturating_mul(1024 * 1024);
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // If the daemon dies without stopping it, the child goes too.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        // Raising one's own OOM score needs no privilege; failing to is harmless.
+        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            let value = b"500";
+            libc::write(fd, value.as_ptr().cast(), value.len());
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,579 @@
+//! The nightly run inside `mananera serve`: on a schedule (or when an admin asks), scrape
+//! every source, fine-tune incrementally on what is new in a child process, and serve the
+//! new version if it is accepted — without a restart and without dropping a speech.
+//!
+//! - [`schedule`]: `[nightly]` and the due times.
+//! - [`child`]: the scrape and training processes (niced, capped, killable).
+//! - [`runs`]: the record of every run.
+
+pub mod child;
+pub mod runs;
+pub mod schedule;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+use crate::live::{Live, Reloaded};
+use crate::systemd;
+use runs::{Outcome, RunRecord, Runs, Trained};
+use schedule::Schedule;
+
+/// Longest single sleep while waiting for a due time, so a changed wall clock (suspend,
+/// NTP) is noticed.
+const CLOCK_CHECK: Duration = Duration::from_secs(30);
+
+/// The scheduler, the run in progress and the records.
+pub struct Nightly {
+    live: Arc<Live>,
+    runs: Runs,
+    state: Mutex<State>,
+    /// Wakes the scheduler when the settings change.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    next: Option<Timestamp>,
+}
+
+struct Running {
+    record: RunRecord,
+    cancel: watch::Sender<bool>,
+    /// Why it was cancelled, for the record.
+    cancelled_by: Option<String>,
+    finished: watch::Receiver<bool>,
+}
+
+/// A run could not start: one is in progress (its record), or the daemon is not ready.
+#[derive(Debug)]
+pub enum NotStarted {
+    InProgress(Box<RunRecord>),
+    NotReady,
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStarted::InProgress(r) => write!(
+                f,
+                "a run is already in progress (started {} by {}, now {}); wait for it or cancel it",
+                r.started, r.trigger, r.phase
+            ),
+            NotStarted::NotReady => write!(
+                f,
+                "the daemon is still loading its model; try again when it is ready"
+            ),
+        }
+    }
+}
+
+impl Nightly {
+    /// Opens the run records (marking a run the last daemon left unfinished).
+    pub fn new(live: Arc<Live>) -> Result<Arc<Self>, String> {
+        let keep = live.config().nightly.keep_runs;
+        let runs = Runs::open(live.db(), keep)
+            .map_err(|e| format!("the state store cannot hold run records: {e}"))?;
+        runs.close_interrupted(&Timestamp::now().to_string());
+        let nightly = Arc::new(Self {
+            live,
+            runs,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        });
+        if let Some(last) = nightly.runs.latest(1).first() {
+            nightly.record_metrics(last);
+        }
+        Ok(nightly)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the scheduler (after the first model is loaded); runs a missed run now.
+    pub fn start_schedule(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.catch_up();
+            this.schedule_loop().await;
+        });
+    }
+
+    /// Tells the scheduler the settings changed.
+    pub fn settings_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    fn catch_up(self: &Arc<Self>) {
+        let config = self.live.config().nightly;
+        if !config.enabled || !config.catch_up {
+            return;
+        }
+        let Ok(schedule) = Schedule::new(&config) else {
+            return;
+        };
+        let Some(last) = self.runs.latest(1).into_iter().next() else {
+            return;
+        };
+        let last_start =
+            Timestamp::from_millisecond(last.id as i64).unwrap_or(Timestamp::UNIX_EPOCH);
+        if let Some(due) = schedule.latest_until(Timestamp::now())
+            && due > last_start
+        {
+            tracing::info!(missed = %due, last_run = %last.started, "a scheduled run was missed while the daemon was down: running it now");
+            if let Err(e) = self.trigger("catch-up") {
+                tracing::warn!(error = %e, "the missed run could not start");
+            }
+        }
+    }
+
+    async fn schedule_loop(self: Arc<Self>) {
+        loop {
+            let config = self.live.config().nightly;
+            let schedule = match (config.enabled, Schedule::new(&config)) {
+                (true, Ok(schedule)) => schedule,
+                (false, _) => {
+                    tracing::info!("the nightly schedule is off (nightly.enabled = false)");
+                    self.set_next(None);
+                    self.wake.notified().await;
+                    continue;
+                }
+                (true, Err(error)) => {
+                    tracing::error!(%error, "the nightly schedule is unusable; fix it and reload");
+                    self.set_next(None);
+                    self.wake.notified().await;
+                    continue;
+                }
+            };
+            let Some(next) = schedule.next_after(Timestamp::now()) else {
+                self.set_next(None);
+                self.wake.notified().await;
+                continue;
+            };
+            self.set_next(Some(next));
+            tracing::info!(next = %next, schedule = schedule.describe(), "next nightly run");
+            tokio::select! {
+                () = sleep_until(next) => match self.trigger("schedule") {
+                    Ok(_) => {}
+                    Err(e) => tracing::info!(reason = %e, "skipping a scheduled run"),
+                },
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    fn set_next(&self, next: Option<Timestamp>) {
+        self.state().next = next;
+        self.live
+            .metrics
+            .retrain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_run = next.map_or(0.0, |t| t.as_second() as f64);
+    }
+
+    /// The next scheduled run.
+    pub fn next_run(&self) -> Option<Timestamp> {
+        self.state().next
+    }
+
+    /// The run in progress.
+    pub fn running(&self) -> Option<RunRecord> {
+        self.state().running.as_ref().map(|r| r.record.clone())
+    }
+
+    /// The newest `n` runs, newest first (the one in progress included).
+    pub fn history(&self, n: usize) -> Vec<RunRecord> {
+        let mut runs = self.runs.latest(n);
+        if let Some(running) = self.running() {
+            for r in &mut runs {
+                if r.id == running.id {
+                    *r = running.clone();
+                }
+            }
+        }
+        runs
+    }
+
+    /// Starts a run now, unless one is in progress.
+    pub fn trigger(self: &Arc<Self>, trigger: &str) -> Result<RunRecord, NotStarted> {
+        if self.live.speeches().is_none() {
+            return Err(NotStarted::NotReady);
+        }
+        let (cancel, cancel_rx) = watch::channel(false);
+        let (finished_tx, finished) = watch::channel(false);
+        let record = {
+            let mut state = self.state();
+            if let Some(running) = &state.running {
+                return Err(NotStarted::InProgress(Box::new(running.record.clone())));
+            }
+            let now = Timestamp::now();
+            let record = RunRecord {
+                id: now.as_millisecond().max(0) as u64,
+                trigger: trigger.to_string(),
+                started: now.to_string(),
+                ended: None,
+                outcome: Outcome::Running,
+                phase: "starting".into(),
+                new_transcripts: 0,
+                scrape_failures: Vec::new(),
+                trained: None,
+                serving: None,
+                error: None,
+            };
+            state.running = Some(Running {
+                record: record.clone(),
+                cancel,
+                cancelled_by: None,
+                finished,
+            });
+            record
+        };
+        let pending = self
+            .runs
+            .latest(1)
+            .first()
+            .is_some_and(|last| last.outcome.left_work());
+        self.runs.put(&record);
+        {
+            let mut m = self
+                .live
+                .metrics
+                .retrain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            m.running = true;
+            m.last_start = record.id as f64 / 1000.0;
+        }
+        tracing::info!(run = record.id, trigger, "nightly run started");
+        let this = Arc::clone(self);
+        let id = record.id;
+        tokio::spawn(async move {
+            let result = this.steps(cancel_rx, pending).await;
+            this.finish(id, result).await;
+            let _ = finished_tx.send(true);
+        });
+        Ok(record)
+    }
+
+    /// Asks the run in progress to stop (training saves a checkpoint the next run resumes).
+    pub fn cancel(&self, by: &str) -> Result<RunRecord, String> {
+        let mut state = self.state();
+        let running = state
+            .running
+            .as_mut()
+            .ok_or("no run is in progress; nothing to cancel")?;
+        running.cancelled_by = Some(by.to_string());
+        let _ = running.cancel.send(true);
+        tracing::info!(run = running.record.id, by, "cancelling the nightly run");
+        Ok(running.record.clone())
+    }
+
+    /// For the daemon's stop: cancels the run in progress and waits for it to end.
+    pub async fn stop(&self) {
+        let finished = {
+            let mut state = self.state();
+            let Some(running) = state.running.as_mut() else {
+                return;
+            };
+            running.cancelled_by = Some("the daemon stopping".into());
+            let _ = running.cancel.send(true);
+            running.finished.clone()
+        };
+        let mut finished = finished;
+        let _ = finished.wait_for(|f| *f).await;
+    }
+
+    /// Updates the run in progress (and its stored record).
+    fn update(&self, change: impl FnOnce(&mut RunRecord)) {
+        let record = {
+            let mut state = self.state();
+            let Some(running) = state.running.as_mut() else {
+                return;
+            };
+            change(&mut running.record);
+            running.record.clone()
+        };
+        self.runs.put(&record);
+    }
+
+    fn phase(&self, phase: &str) {
+        self.update(|r| r.phase = phase.to_string());
+        systemd::status(&format!("nightly run: {phase}"));
+    }
+
+    /// The run's steps; `pending` says the last run left work (train even if nothing is new).
+    async fn steps(&self, cancel: watch::Receiver<bool>, pending: bool) -> Result<Outcome, String> {
+        let config = self.live.config();
+        let settings = write_child_config(&config)?;
+        let limits = child::Limits {
+            nice: config.nightly.nice,
+            memory_max_mib: config.nightly.memory_max_mib,
+            stop_grace: Duration::from_secs(config.nightly.stop_grace_s),
+        };
+        self.phase("scraping");
+        let scrape_args = ["--format", "json", "scrape"].map(String::from);
+        let scrape = child::run(
+            "scrape",
+            &settings,
+            &scrape_args,
+            &limits,
+            cancel.clone(),
+            &|_| {},
+        )
+        .await
+        .map_err(|e| format!("the scrape could not start: {e}"))?;
+        if scrape.cancelled {
+            return Ok(Outcome::Cancelled);
+        }
+        let (new, failures) = match scrape.status.code() {
+            Some(0 | 4) => scrape_counts(&scrape.stdout)?,
+            _ => {
+                return Err(format!(
+                    "the scrape failed ({}): {}",
+                    scrape.describe(),
+                    scrape.last_error().unwrap_or("no error logged")
+                ));
+            }
+        };
+        if !failures.is_empty() {
+            tracing::warn!(sources = %failures.join(", "), "some sources had failed pages; the rest was stored");
+        }
+        self.update(|r| {
+            r.new_transcripts = new;
+            r.scrape_failures = failures;
+        });
+        let stopped_run = config
+            .versions_dir()
+            .join(mananera_training::tune::versions::RUN)
+            .is_dir();
+        if new == 0 && !pending && !stopped_run {
+            tracing::info!("no new transcripts: nothing to train");
+            return Ok(Outcome::NothingNew);
+        }
+        self.phase("training");
+        let mut train_args: Vec<String> = vec!["--format".into(), "json".into()];
+        if config.nightly.threads > 0 {
+            train_args.push("--set".into());
+            train_args.push(format!("engine.threads={}", config.nightly.threads));
+        }
+        train_args.push("train".into());
+        train_args.push(
+            if stopped_run {
+                "--resume"
+            } else {
+                "--incremental"
+            }
+            .into(),
+        );
+        let train = child::run("train", &settings, &train_args, &limits, cancel, &|_| {})
+            .await
+            .map_err(|e| format!("the training could not start: {e}"))?;
+        let outcome = match train.status.code() {
+            _ if train.cancelled => return Ok(Outcome::Cancelled),
+            Some(0) | Some(REJECTED) => {
+                let summary: TrainSummary = serde_json::from_str(train.stdout.trim())
+                    .map_err(|e| format!("the training's summary is unreadable ({e})"))?;
+                if let Some(version) = &summary.version {
+                    self.update(|r| r.trained = Some(version.trained()));
+                }
+                match summary.outcome.as_str() {
+                    "accepted" => Outcome::Accepted,
+                    "rejected" => Outcome::Rejected,
+                    "nothing_new" => Outcome::NothingNew,
+                    other => return Err(format!("the training ended as `{other}`")),
+                }
+            }
+            Some(STOPPED) => return Ok(Outcome::Cancelled),
+            _ => {
+                return Err(format!(
+                    "the training failed ({}): {}",
+                    train.describe(),
+                    train.last_error().unwrap_or("no error logged")
+                ));
+            }
+        };
+        if outcome == Outcome::Accepted {
+            self.phase("loading the new version");
+            match self.live.reload_model(false).await {
+                Ok(Reloaded::Swapped { from, to }) => {
+                    tracing::info!(%from, %to, "serving the new version");
+                }
+                Ok(Reloaded::Unchanged { version }) => {
+                    tracing::info!(%version, model_version = %config.model.version, "the served version stays (model.version does not follow the current version)");
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the new version was accepted but cannot be served: {e}"
+                    ));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn finish(&self, id: u64, result: Result<Outcome, String>) {
+        let serving = self.live.speeches().map(|s| s.version());
+        let record = {
+            let mut state = self.state();
+            let Some(running) = state.running.take() else {
+                return;
+            };
+            let mut record = running.record;
+            debug_assert_eq!(record.id, id);
+            match result {
+                Ok(Outcome::Cancelled) => {
+                    record.outcome = Outcome::Cancelled;
+                    record.error = Some(format!(
+                        "cancelled by {} while {}",
+                        running.cancelled_by.as_deref().unwrap_or("a signal"),
+                        record.phase
+                    ));
+                }
+                Ok(outcome) => record.outcome = outcome,
+                Err(error) => {
+                    record.outcome = Outcome::Failed;
+                    record.error = Some(error);
+                }
+            }
+            record.ended = Some(Timestamp::now().to_string());
+            record.serving = serving;
+            record
+        };
+        self.runs.put(&record);
+        self.record_metrics(&record);
+        if let Some(error) = &record.error {
+            tracing::warn!(run = record.id, outcome = record.outcome.name(), %error, "nightly run ended");
+        } else {
+            tracing::info!(run = record.id, outcome = record.outcome.name(), new_transcripts = record.new_transcripts, serving = ?record.serving, "nightly run ended");
+        }
+        systemd::status(&format!(
+            "serving {}; last nightly run {}",
+            record.serving.as_deref().unwrap_or("nothing yet"),
+            record.outcome.name()
+        ));
+    }
+
+    /// Copies a finished run into `/metrics`.
+    fn record_metrics(&self, record: &RunRecord) {
+        let mut m = self
+            .live
+            .metrics
+            .retrain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.running = record.outcome == Outcome::Running;
+        m.last_start = record.id as f64 / 1000.0;
+        if record.outcome != Outcome::Running {
+            *m.runs.entry(record.outcome.name().to_string()).or_default() += 1;
+            m.last_end = record
+                .ended
+                .as_deref()
+                .and_then(|e| e.parse::<Timestamp>().ok())
+                .map_or(0.0, |t| t.as_millisecond() as f64 / 1000.0);
+        }
+        m.last_new_transcripts = record.new_transcripts as f64;
+        if let Some(t) = &record.trained {
+            m.last_perplexity_before = t.perplexity_before;
+            m.last_perplexity_after = t.perplexity_after;
+        }
+    }
+}
+
+/// Exit codes of `mananera train` (see `commands::train`).
+const REJECTED: i32 = 6;
+const STOPPED: i32 = 130;
+
+/// Sleeps until the wall clock reaches `at`.
+async fn sleep_until(at: Timestamp) {
+    loop {
+        let left = at.duration_since(Timestamp::now());
+        if left.is_zero() || left.is_negative() {
+            return;
+        }
+        let left = Duration::try_from(left).unwrap_or(CLOCK_CHECK);
+        tokio::time::sleep(left.min(CLOCK_CHECK)).await;
+    }
+}
+
+/// The settings in force, written for the child processes (atomically, owner-only).
+fn write_child_config(config: &crate::config::Config) -> Result<PathBuf, String> {
+    let dir = config.state_dir().join("nightly");
+    let path = dir.join("config.toml");
+    let text = toml::to_string(config)
+        .map_err(|e| format!("the settings cannot be written for the run: {e}"))?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| mananera_training::fsio::write_atomic(&path, text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// New transcripts and the sources with failures, from `scrape --format json`.
+fn scrape_counts(stdout: &str) -> Result<(u64, Vec<String>), String> {
+    #[derive(Deserialize)]
+    struct Summary {
+        sources: Vec<Source>,
+    }
+    #[derive(Deserialize)]
+    struct Source {
+        source: String,
+        tally: Tally,
+        #[serde(default)]
+        failed: Vec<serde_json::Value>,
+        #[serde(default)]
+        errors: Vec<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Tally {
+        new: u64,
+    }
+    let summary: Summary = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("the scrape's summary is unreadable ({e})"))?;
+    let new = summary.sources.iter().map(|s| s.tally.new).sum();
+    let failures = summary
+        .sources
+        .iter()
+        .filter(|s| !s.failed.is_empty() || !s.errors.is_empty())
+        .map(|s| s.source.clone())
+        .collect();
+    Ok((new, failures))
+}
+
+/// What the daemon reads of `train --format json`.
+#[derive(Deserialize)]
+struct TrainSummary {
+    outcome: String,
+    version: Option<TrainedVersion>,
+}
+
+#[derive(Deserialize)]
+struct TrainedVersion {
+    id: String,
+    parent: Option<String>,
+    metrics: mananera_training::tune::versions::Metrics,
+}
+
+impl TrainedVersion {
+    fn trained(&self) -> Trained {
+        let m = &self.metrics;
+        Trained {
+            version: self.id.clone(),
+            parent: self.parent.clone(),
+            steps: m.steps,
+            tokens: m.tokens,
+            train_loss_first: m.train_loss_first,
+            train_loss_last: m.train_loss_last,
+            validation_loss_before: m.validation_loss_before,
+            validation_loss_after: m.validation_loss_after,
+            perplexity_before: m.perplexity_before,
+            perplexity_after: m.perplexity_after,
+            wall_s: m.wall_s,
+        }
+    }
+}

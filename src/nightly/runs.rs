@@ -1,0 +1,201 @@
+//! The record of every nightly run (start, end, what it found, what it trained, how it
+//! ended), kept in the daemon's sled store so `status`, the bots, the web page and
+//! `/metrics` can show it, and so a run missed while the daemon was down is noticed.
+
+use serde::{Deserialize, Serialize};
+
+/// How a run ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    /// A new version was trained, validated no worse, and is now served.
+    Accepted,
+    /// A new version was trained but validated worse: nothing changed.
+    Rejected,
+    /// No transcript the served version has not trained on.
+    NothingNew,
+    /// Stopped by an admin or by the daemon stopping (training resumes next run).
+    Cancelled,
+    /// A step failed; `error` says which and why.
+    Failed,
+    /// The daemon ended while the run was in progress.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The name used in JSON, logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
+            Outcome::NothingNew => "nothing_new",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// True when the run left work undone that the next run must pick up even if the
+    /// sites have nothing new.
+    pub fn left_work(self) -> bool {
+        matches!(
+            self,
+            Outcome::Cancelled | Outcome::Failed | Outcome::Interrupted
+        )
+    }
+}
+
+/// The numbers of the version a run trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trained {
+    pub version: String,
+    pub parent: Option<String>,
+    pub steps: usize,
+    pub tokens: usize,
+    pub train_loss_first: f64,
+    pub train_loss_last: f64,
+    pub validation_loss_before: f64,
+    pub validation_loss_after: f64,
+    pub perplexity_before: f64,
+    pub perplexity_after: f64,
+    pub wall_s: f64,
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Milliseconds since the Unix epoch at the start: the run's id and key.
+    pub id: u64,
+    /// `schedule`, `catch-up`, or who asked (`cli`, `api`, `discord:<id>`…).
+    pub trigger: String,
+    pub started: String,
+    pub ended: Option<String>,
+    pub outcome: Outcome,
+    /// The step in progress (`scraping`, `training`, `loading the new version`) or the last.
+    pub phase: String,
+    /// Transcripts the scrape added.
+    pub new_transcripts: u64,
+    /// Sources with failed pages (the rest was stored).
+    pub scrape_failures: Vec<String>,
+    pub trained: Option<Trained>,
+    /// The model version served after the run.
+    pub serving: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Run records in the `nightly_runs` tree, newest last.
+#[derive(Clone)]
+pub struct Runs {
+    tree: sled::Tree,
+    keep: usize,
+}
+
+impl Runs {
+    /// The records of `db`, keeping the newest `keep`.
+    pub fn open(db: &sled::Db, keep: usize) -> Result<Self, sled::Error> {
+        Ok(Self {
+            tree: db.open_tree("nightly_runs")?,
+            keep: keep.max(1),
+        })
+    }
+
+    /// Writes (or rewrites) `record`, dropping the oldest beyond the limit. A store that
+    /// cannot be written is logged: the run itself goes on.
+    pub fn put(&self, record: &RunRecord) {
+        let result = serde_json::to_vec(record)
+            .map_err(|e| e.to_string())
+            .and_then(|value| {
+                self.tree
+                    .insert(record.id.to_be_bytes(), value)
+                    .map_err(|e| e.to_string())?;
+                while self.tree.len() > self.keep {
+                    self.tree.pop_min().map_err(|e| e.to_string())?;
+                }
+                self.tree.flush().map_err(|e| e.to_string())?;
+                Ok(())
+            });
+        if let Err(error) = result {
+            tracing::error!(%error, run = record.id, "the run record could not be stored");
+        }
+    }
+
+    /// The newest `n` records, newest first (unreadable ones skipped, with a warning).
+    pub fn latest(&self, n: usize) -> Vec<RunRecord> {
+        self.tree
+            .iter()
+            .rev()
+            .filter_map(|item| {
+                let (key, value) = item.ok()?;
+                match serde_json::from_slice(&value) {
+                    Ok(record) => Some(record),
+                    Err(error) => {
+                        tracing::warn!(%error, key = ?key, "skipping an unreadable run record");
+                        None
+                    }
+                }
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// Marks runs left `running` by a daemon that ended as interrupted.
+    pub fn close_interrupted(&self, now: &str) {
+        for mut record in self.latest(self.keep) {
+            if record.outcome == Outcome::Running {
+                tracing::warn!(run = record.id, phase = %record.phase, "the last run was interrupted by the daemon stopping");
+                record.outcome = Outcome::Interrupted;
+                record.ended = Some(now.to_string());
+                record.error = Some(format!(
+                    "the daemon stopped while the run was {}",
+                    record.phase
+                ));
+                self.put(&record);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, outcome: Outcome) -> RunRecord {
+        RunRecord {
+            id,
+            trigger: "schedule".into(),
+            started: "2026-11-27T05:00:00Z".into(),
+            ended: None,
+            outcome,
+            phase: "training".into(),
+            new_transcripts: 1,
+            scrape_failures: Vec::new(),
+            trained: None,
+            serving: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn records_are_kept_newest_first_up_to_the_limit_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let runs = Runs::open(&db, 3).unwrap();
+            for id in [5, 1, 9, 7] {
+                runs.put(&record(id, Outcome::Accepted));
+            }
+            let ids: Vec<u64> = runs.latest(10).iter().map(|r| r.id).collect();
+            assert_eq!(ids, [9, 7, 5]);
+            runs.put(&record(11, Outcome::Running));
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let runs = Runs::open(&db, 3).unwrap();
+        runs.close_interrupted("2026-11-27T06:00:00Z");
+        let latest = &runs.latest(1)[0];
+        assert_eq!((latest.id, latest.outcome), (11, Outcome::Interrupted));
+        assert!(latest.error.as_deref().unwrap().contains("training"));
+        assert_eq!(runs.latest(10).len(), 3);
+    }
+}
