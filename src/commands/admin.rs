@@ -94,6 +94,12 @@ fn describe(r: &RunRecord) -> String {
         }
     );
     line.push_str(&format!(", {} new transcripts", r.new_transcripts));
+    if !r.scrape_failures.is_empty() {
+        line.push_str(&format!(
+            " (failed pages: {})",
+            r.scrape_failures.join(", ")
+        ));
+    }
     if let Some(t) = &r.trained {
         line.push_str(&format!(
             ", {} perplexity {:.3} → {:.3}",

@@ -118,7 +118,7 @@ pub async fn run(
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(task, pid, "{line}");
+            forward(task, pid, &line);
             on_line(&line);
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
@@ -156,6 +156,26 @@ pub async fn run(
         tail,
         cancelled,
     })
+}
+
+/// Logs a child's log line at its own level, without its own timestamp and level
+/// (`2026-11-27T19:05:00.338987Z  WARN message`); other lines (`error: …`) as they are.
+fn forward(task: &'static str, pid: u32, line: &str) {
+    let mut parts = line.splitn(2, char::is_whitespace);
+    let stamped = parts
+        .next()
+        .is_some_and(|t| t.len() > 20 && t.ends_with('Z'));
+    let rest = parts.next().unwrap_or_default().trim_start();
+    let (level, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let message = message.trim_start();
+    match (stamped, level) {
+        (true, "ERROR") => tracing::error!(task, pid, "{message}"),
+        (true, "WARN") => tracing::warn!(task, pid, "{message}"),
+        (true, "INFO") => tracing::info!(task, pid, "{message}"),
+        (true, "DEBUG" | "TRACE") => tracing::debug!(task, pid, "{message}"),
+        _ if line.starts_with("error:") => tracing::error!(task, pid, "{line}"),
+        _ => tracing::info!(task, pid, "{line}"),
+    }
 }
 
 /// Resolves once `cancel` turns true (never if its sender goes away).

@@ -332,7 +332,7 @@ impl Nightly {
         if scrape.cancelled {
             return Ok(Outcome::Cancelled);
         }
-        let (new, failures) = match scrape.status.code() {
+        let (new, failures, sources) = match scrape.status.code() {
             Some(0 | 4) => scrape_counts(&scrape.stdout)?,
             _ => {
                 return Err(format!(
@@ -345,15 +345,23 @@ impl Nightly {
         if !failures.is_empty() {
             tracing::warn!(sources = %failures.join(", "), "some sources had failed pages; the rest was stored");
         }
+        let every_source_failed = new == 0 && failures.len() == sources;
+        let failed_sources = failures.join(", ");
         self.update(|r| {
             r.new_transcripts = new;
             r.scrape_failures = failures;
         });
+
         let stopped_run = config
             .versions_dir()
             .join(mananera_training::tune::versions::RUN)
             .is_dir();
         if new == 0 && !pending && !stopped_run {
+            if every_source_failed {
+                return Err(format!(
+                    "every source failed ({failed_sources}); `mananera scrape` shows why (network, site layout, robots.txt)"
+                ));
+            }
             tracing::info!("no new transcripts: nothing to train");
             return Ok(Outcome::NothingNew);
         }
@@ -514,8 +522,9 @@ fn write_child_config(config: &crate::config::Config) -> Result<PathBuf, String>
     Ok(path)
 }
 
-/// New transcripts and the sources with failures, from `scrape --format json`.
-fn scrape_counts(stdout: &str) -> Result<(u64, Vec<String>), String> {
+/// New transcripts, the sources with failures and the number of sources, from
+/// `scrape --format json`.
+fn scrape_counts(stdout: &str) -> Result<(u64, Vec<String>, usize), String> {
     #[derive(Deserialize)]
     struct Summary {
         sources: Vec<Source>,
@@ -523,26 +532,23 @@ fn scrape_counts(stdout: &str) -> Result<(u64, Vec<String>), String> {
     #[derive(Deserialize)]
     struct Source {
         source: String,
-        tally: Tally,
+        /// `Tally::new`, flattened into the source's report.
+        new: u64,
         #[serde(default)]
         failed: Vec<serde_json::Value>,
         #[serde(default)]
         errors: Vec<serde_json::Value>,
     }
-    #[derive(Deserialize)]
-    struct Tally {
-        new: u64,
-    }
     let summary: Summary = serde_json::from_str(stdout.trim())
         .map_err(|e| format!("the scrape's summary is unreadable ({e})"))?;
-    let new = summary.sources.iter().map(|s| s.tally.new).sum();
+    let new = summary.sources.iter().map(|s| s.new).sum();
     let failures = summary
         .sources
         .iter()
         .filter(|s| !s.failed.is_empty() || !s.errors.is_empty())
         .map(|s| s.source.clone())
         .collect();
-    Ok((new, failures))
+    Ok((new, failures, summary.sources.len()))
 }
 
 /// What the daemon reads of `train --format json`.

@@ -2,6 +2,8 @@
 //! pages with a "Publicaciones Recientes" box, and a WordPress archive with a paginated
 //! listing. Pages can be added while a test runs, and every request is logged.
 
+#![allow(dead_code)] // each test binary uses part of the fake
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,560 @@
+//! The nightly run end to end: the real `mananera serve` with the tiny fixture model, the
+//! loopback fake transcript site and the fake Telegram, on a schedule of seconds. New
+//! transcripts are scraped, trained on and served live; a killed training, a worse version,
+//! two runs at once, a rollback, SIGHUP and the service manager's notifications.
+
+mod daemon;
+mod fake_chat;
+mod fake_site;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use daemon::{BIN, Daemon, signal, tiny_model};
+use fake_chat::telegram::FakeTelegram;
+use fake_site::{Entry, Kind, Reply, Site, fixture};
+use serde_json::{Value, json};
+
+/// A day's transcript on the fake WordPress site: the fixture page with `lines` lines of
+/// the Spanish corpus (or other words) as the president's speech.
+fn transcript(day: u32, words: &str) -> Entry {
+    let page = fixture("lopezobrador-2019-08-02.html")
+        .replace("agosto 2, 2019", &format!("marzo {day}, 2023"))
+        .replace("Así es, la unidad, la unidad.", words);
+    Entry {
+        path: format!(
+            "/2023/03/{day:02}/version-estenografica-de-la-conferencia-de-prensa-matutina-del-presidente-andres-manuel-lopez-obrador-{day}/"
+        ),
+        listed_date: format!("marzo {day}, 2023"),
+        timestamp: String::new(),
+        reply: Reply::Article(page),
+    }
+}
+
+/// 40 lines of real speech, different for each day.
+fn speech(day: u32) -> String {
+    let corpus = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus_es.txt"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = corpus.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = (day as usize * 40) % (lines.len() - 40);
+    lines[start..start + 40].join(" ")
+}
+
+/// The fake site, a config file for it, and the daemon's directories.
+struct World {
+    site: Site,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(days: u32) -> Self {
+        let site = Site::start(Kind::WordPress, "localhost");
+        for day in 1..=days {
+            site.publish(transcript(day, &speech(day)));
+        }
+        Self {
+            site,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the settings: the fake site as the only source, fast training (with
+    /// `training` changes) and `extra`.
+    fn write_config(&self, training: &[(&str, &str)], extra: &str) {
+        let mut settings = vec![
+            ("block_size", "64"),
+            ("batch_size", "2"),
+            ("grad_accumulation", "2"),
+            ("learning_rate", "0.002"),
+            ("tolerance", "0.5"),
+            ("max_validation_blocks", "8"),
+            ("checkpoint_steps", "0"),
+        ];
+        for (key, value) in training {
+            settings.retain(|(k, _)| k != key);
+            settings.push((key, value));
+        }
+        let training: String = settings
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        let config = format!(
+            r#"[corpus]
+dir = "{corpus}"
+
+[serve]
+state_dir = "{state}"
+
+[http]
+user_agent = "mananera-test/1.0"
+delay_ms = 0
+timeout_s = 2
+retries = 1
+backoff_ms = 10
+
+[[scrape.sources]]
+name = "lopezobrador"
+hosts = ["localhost"]
+article_pattern = '^http://localhost:\d+/\d{{4}}/\d{{2}}/\d{{2}}/version-estenografica-de-la-conferencia-de-prensa-matutina[^/?#]*/?$'
+
+[scrape.sources.listing]
+start = "{listing}"
+item = "article"
+link = "h2.entry-title a"
+date = "span.entry-date"
+next = "a[class*=next]"
+
+[scrape.sources.page]
+title = "h1.entry-title"
+body = "div.entry-content"
+paragraphs = "p"
+date_selectors = ["span.entry-date"]
+date_patterns = []
+
+[limits]
+per_minute = 1000
+per_day = 100000
+
+[training]
+dir = "{versions}"
+{training}
+{extra}
+"#,
+            corpus = self.path("corpus").display(),
+            state = self.path("state").display(),
+            versions = self.path("versions").display(),
+            listing = self.site.url("/secciones/version-estenografica/"),
+        );
+        std::fs::write(self.path("config.toml"), config).unwrap();
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.path("config.toml"))
+            .env_remove("MANANERA_CONFIG")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("MANANERA_API_TOKEN")
+            .env_remove("MANANERA_DISCORD_TOKEN")
+            .env_remove("MANANERA_TELEGRAM_TOKEN")
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("MANANERA_LOG", "info");
+        cmd
+    }
+
+    /// Starts `mananera serve` with the tiny model and `env`.
+    fn serve(&self, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = self.command();
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.path("daemon.log")).unwrap());
+        Daemon::spawn(cmd, &self.path("state"), self.path("daemon.log"))
+    }
+
+    /// `mananera <args>` against the running daemon's settings.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// `mananera --format json status`.
+    fn status(&self) -> Value {
+        let out = self.run(&["--format", "json", "status"]);
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the newest run satisfies `check`.
+    fn wait_for_run(&self, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status();
+            if let Some(run) = status["runs"].as_array().and_then(|r| r.first())
+                && check(run)
+            {
+                return run.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {within:?}; status: {status:#}\nlog:\n{}",
+                std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `POST /api/generate`, greedy, for a topic: (model_version, cached, text).
+async fn ask(url: &str, topic: &str) -> (String, bool, String) {
+    let body = json!({ "topic": topic, "temperature": 0, "max_new_tokens": 12, "max_words": 0 });
+    let reply = daemon::generate(url, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    (
+        reply.json["model_version"].as_str().unwrap().to_string(),
+        reply.json["cached"].as_bool().unwrap(),
+        reply.json["text"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A runtime for the async helpers (the fake site runs its own, so tests are plain).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_new_transcript_is_scraped_trained_and_served_live_while_the_bot_answers() {
+    let world = World::new(4);
+    world.write_config(
+        &[],
+        "[nightly]\ncron = \"*/2 * * * * *\"\ntime_zone = \"UTC\"\n",
+    );
+    let rt = runtime();
+    let telegram = rt.block_on(FakeTelegram::start());
+    let daemon = world.serve(&[
+        ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
+        ("MANANERA_TELEGRAM_API_URL", &telegram.url),
+        ("MANANERA_TELEGRAM_POLL_TIMEOUT_S", "1"),
+        ("MANANERA_NIGHTLY_ENABLED", "true"),
+    ]);
+    let base = rt.block_on(ask(&daemon.url, "el petróleo")).0;
+
+    // People keep asking the bot through the whole run, each in their own chat.
+    let asking = {
+        let telegram = telegram.clone();
+        rt.spawn(async move {
+            let mut chats = Vec::new();
+            for n in 0..20 {
+                let chat = 7000 + n;
+                telegram.user_says(chat, chat, &format!("/mananera tema {n}"), None);
+                chats.push(chat);
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            chats
+        })
+    };
+
+    // The first scheduled run scrapes the four transcripts and trains v0001 on them.
+    let first = world.wait_for_run("accepted first version", Duration::from_secs(240), |r| {
+        r["outcome"] == "accepted"
+    });
+    assert_eq!(first["new_transcripts"], 4, "{first:#}");
+    assert_eq!(first["trained"]["version"], "v0001", "{first:#}");
+    let (v1, cached, _) = rt.block_on(ask(&daemon.url, "el petróleo"));
+    assert!(v1.contains("+v0001-"), "{v1}");
+    assert!(
+        !cached,
+        "an answer of the base model was served from the cache"
+    );
+    let (again, cached, _) = rt.block_on(ask(&daemon.url, "el petróleo"));
+    assert_eq!((again.as_str(), cached), (v1.as_str(), true));
+
+    // Runs with nothing new on the site change nothing.
+    let quiet = world.wait_for_run("a run with nothing new", Duration::from_secs(60), |r| {
+        r["outcome"] == "nothing_new"
+    });
+    assert_eq!(quiet["new_transcripts"], 0);
+
+    // A new transcript appears: it is scraped, trained on incrementally, and served.
+    world.site.publish(transcript(5, &speech(5)));
+    let second = world.wait_for_run("accepted second version", Duration::from_secs(240), |r| {
+        r["outcome"] == "accepted" && r["trained"]["version"] == "v0002"
+    });
+    assert_eq!(second["new_transcripts"], 1, "{second:#}");
+    assert_eq!(second["trained"]["parent"], "v0001", "{second:#}");
+    let (v2, cached, _) = rt.block_on(ask(&daemon.url, "el petróleo"));
+    assert!(v2.contains("+v0002-"), "{v2}");
+    assert!(!cached, "the cache served an answer of the old version");
+    assert_ne!(v1, v2);
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{}/metrics", daemon.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(
+        metrics.contains("mananera_retrain_runs_total{outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("+v0002-"), "{metrics}");
+    assert!(!base.contains("+v"), "{base}");
+
+    // Every bot request sent during the runs was answered with a speech.
+    let chats = rt.block_on(asking).unwrap();
+    rt.block_on(
+        telegram.wait_for(Duration::from_secs(120), "a reply in every chat", |calls| {
+            chats
+                .iter()
+                .all(|chat| {
+                    calls.iter().any(|c| {
+                        c.method == "sendmessage"
+                            && c.body["chat_id"] == json!(chat)
+                            && c.body["text"]
+                                .as_str()
+                                .is_some_and(|t| !t.trim().is_empty())
+                    })
+                })
+                .then_some(())
+        }),
+    );
+    let refusals: Vec<String> = telegram
+        .calls()
+        .iter()
+        .filter(|c| c.method == "sendmessage")
+        .filter_map(|c| c.body["text"].as_str().map(str::to_string))
+        .filter(|t| t.contains("intenta") || t.contains("ocupado") || t.contains("cargando"))
+        .collect();
+    assert!(refusals.is_empty(), "refused during the run: {refusals:?}");
+
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn killed_training_worse_versions_two_triggers_and_rollback() {
+    let rt = runtime();
+    let world = World::new(4);
+    // Off the schedule: admins start every run. A long training, so it can be killed.
+    const OFF: &str = "[nightly]\nenabled = false\n";
+    world.write_config(&[("epochs", "2000")], OFF);
+    let daemon = world.serve(&[]);
+    let (base, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+
+    // Two runs asked for at once: one starts, the other is told one is in progress.
+    let first = world.run(&["retrain", "--now"]);
+    let second = world.run(&["retrain", "--now"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(second.status.code(), Some(5), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("already in progress"),
+        "{}",
+        stderr(&second)
+    );
+
+    // The training child is killed with SIGKILL mid-run: the run fails, the daemon serves on.
+    world.wait_for_run("training", Duration::from_secs(120), |r| {
+        r["phase"] == "training"
+    });
+    let pid = wait_for_child_pid(&world.path("daemon.log"), "train", Duration::from_secs(60));
+    wait_for_text(
+        &world.path("daemon.log"),
+        "training started",
+        Duration::from_secs(60),
+    );
+    signal(pid, "KILL");
+    let failed = world.wait_for_run("failed run", Duration::from_secs(60), |r| {
+        r["outcome"] == "failed"
+    });
+    assert!(
+        failed["error"].as_str().unwrap().contains("SIGKILL"),
+        "{failed:#}"
+    );
+    let (after_kill, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert_eq!(after_kill, base);
+    assert!(
+        std::fs::read_to_string(world.path("daemon.log"))
+            .unwrap()
+            .contains("SIGKILL")
+    );
+
+    // SIGHUP puts a short training in force; the next run trains what the killed one left.
+    world.write_config(&[], OFF);
+    signal(daemon.pid(), "HUP");
+    wait_for_text(
+        &world.path("daemon.log"),
+        "settings reloaded",
+        Duration::from_secs(30),
+    );
+    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "accepted", "{run:#}");
+    assert_eq!(
+        run["new_transcripts"], 0,
+        "the site had nothing new: {run:#}"
+    );
+    let (v1, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert!(v1.contains("+v0001-"), "{v1}");
+
+    // A corrupted transcript, trained hard with no tolerance: the version is rejected and
+    // nothing changes.
+    let garbage: String = (0..3000u32)
+        .map(|i| char::from(b'a' + ((i * 7919) % 26) as u8))
+        .collect();
+    world.site.publish(transcript(6, &garbage));
+    world.write_config(
+        &[
+            ("learning_rate", "0.5"),
+            ("tolerance", "0.0"),
+            ("validation_recent", "0"),
+            ("validation_fraction", "0.5"),
+            ("epochs", "3"),
+        ],
+        OFF,
+    );
+    signal(daemon.pid(), "HUP");
+    wait_for_count(
+        &world.path("daemon.log"),
+        "settings reloaded",
+        2,
+        Duration::from_secs(30),
+    );
+    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "rejected", "{run:#}");
+    assert_eq!(run["trained"]["version"], "v0002", "{run:#}");
+    assert!(
+        run["trained"]["perplexity_after"].as_f64().unwrap()
+            > run["trained"]["perplexity_before"].as_f64().unwrap(),
+        "{run:#}"
+    );
+    let (still, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert_eq!(still, v1);
+
+    // A good day and normal settings: v0003 is accepted and served.
+    world.site.publish(transcript(7, &speech(7)));
+    world.write_config(&[], OFF);
+    signal(daemon.pid(), "HUP");
+    wait_for_count(
+        &world.path("daemon.log"),
+        "settings reloaded",
+        3,
+        Duration::from_secs(30),
+    );
+    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (v3, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert!(v3.contains("+v0003-"), "{v3}");
+
+    // Rollback, live: back to v0001 (v0002 was rejected), served at once.
+    let out = world.run(&["--format", "json", "rollback"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rolled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (rolled["from"].as_str(), rolled["to"].as_str()),
+        (Some("v0003"), Some("v0001"))
+    );
+    let (back, cached, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert_eq!(back, v1);
+    let _ = cached;
+    let out = world.run(&["rollback", "v0002"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rejected"), "{}", stderr(&out));
+    let cancel = world.run(&["retrain", "--cancel"]);
+    assert_eq!(cancel.status.code(), Some(2), "{}", stderr(&cancel));
+
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn the_service_manager_sees_ready_watchdog_reload_and_stop() {
+    let world = World::new(1);
+    world.write_config(&[], "[nightly]\nenabled = false\n");
+    let socket_path = world.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let daemon = world.serve(&[
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ]);
+    let mut seen = String::new();
+    let mut read_until = |needle: &str, count: usize| {
+        let mut buf = [0u8; 4096];
+        while seen.matches(needle).count() < count {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {needle}: {e}; so far:\n{seen}"));
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    read_until("READY=1", 1);
+    read_until("WATCHDOG=1", 3);
+    signal(daemon.pid(), "HUP");
+    read_until("RELOADING=1", 1);
+    read_until("READY=1", 2);
+    let pid = daemon.pid();
+    let waiter = std::thread::spawn(move || daemon.terminate());
+    read_until("STOPPING=1", 1);
+    let (status, log) = waiter.join().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(seen.contains("STATUS=serving tiny-bloom-4h"), "{seen}");
+    assert!(seen.contains("MONOTONIC_USEC="), "{seen}");
+    assert!(pid > 0);
+}
+
+/// The pid of the newest child process `task` the daemon started, from its log.
+fn wait_for_child_pid(log: &Path, task: &str, within: Duration) -> u32 {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let pid = text
+            .lines()
+            .filter(|l| l.contains("child process started"))
+            .filter(|l| {
+                l.contains(&format!("task=\"{task}\"")) || l.contains(&format!("task={task} "))
+            })
+            .filter_map(|l| {
+                l.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .last();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {task} child in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for_text(log: &Path, needle: &str, within: Duration) {
+    wait_for_count(log, needle, 1, within);
+}
+
+fn wait_for_count(log: &Path, needle: &str, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} ×{count} in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
