@@ -162,8 +162,9 @@ impl Live {
 
 /// Settings read afresh each time they are used: the nightly run's (its child processes
 /// get the settings in force), and the model's (reloaded on change). `engine.threads` sizes
-/// a pool that exists once per process.
+/// a pool that exists once per process; `nightly.keep_runs` is read when the records open.
 fn applies_live(key: &str) -> bool {
+    const AT_START: [&str; 2] = ["engine.threads", "nightly.keep_runs"];
     let live_sections = [
         "nightly.",
         "training.",
@@ -174,7 +175,7 @@ fn applies_live(key: &str) -> bool {
         "model.",
         "engine.",
     ];
-    key != "engine.threads" && live_sections.iter().any(|s| key.starts_with(s))
+    !AT_START.contains(&key) && live_sections.iter().any(|s| key.starts_with(s))
 }
 
 /// `section.key` of every setting that differs.

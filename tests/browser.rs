@@ -218,6 +218,25 @@ async fn the_page_streams_a_speech_escapes_markup_and_says_when_the_server_is_bu
             .contains("modelo")
     );
 
+    // The status panel shows the daemon's state from /api/status.
+    page.wait_for(
+        "document.getElementById('server-schedule').textContent.includes('nightly.enabled = false')",
+    )
+    .await;
+    let model = page
+        .eval("document.getElementById('server-model').textContent")
+        .await;
+    let model = model.as_str().unwrap();
+    assert!(
+        model.starts_with("m-") && model.contains("cola 0"),
+        "{model}"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('server-last').textContent")
+            .await,
+        "ninguno"
+    );
+
     // Markup in a topic is shown as text, never run.
     let hostile = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>";
     page.ask(hostile).await;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{BIN, Daemon, signal, tiny_model};
+use daemon::{BIN, Daemon, EventStream, signal, tiny_model};
 use fake_chat::telegram::FakeTelegram;
 use fake_site::{Entry, Kind, Reply, Site, fixture};
 use serde_json::{Value, json};
@@ -122,6 +122,7 @@ date_patterns = []
 [limits]
 per_minute = 1000
 per_day = 100000
+admins = ["web:127.0.0.1", "telegram:4242"]
 
 [training]
 dir = "{versions}"
@@ -154,10 +155,15 @@ dir = "{versions}"
 
     /// Starts `mananera serve` with the tiny model and `env`.
     fn serve(&self, env: &[(&str, &str)]) -> Daemon {
+        self.serve_model(&tiny_model(), env)
+    }
+
+    /// Starts `mananera serve` with `model` and `env`.
+    fn serve_model(&self, model: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = self.command();
         cmd.arg("serve")
             .arg("--model")
-            .arg(tiny_model())
+            .arg(model)
             .args(["--listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -327,6 +333,31 @@ fn a_new_transcript_is_scraped_trained_and_served_live_while_the_bot_answers() {
         .filter(|t| t.contains("intenta") || t.contains("ocupado") || t.contains("cargando"))
         .collect();
     assert!(refusals.is_empty(), "refused during the run: {refusals:?}");
+
+    // The admins' bot command shows the runs and starts one; others are refused.
+    let reply_to = |chat: i64, text: &str| {
+        let before = telegram.calls().len();
+        telegram.user_says(chat, chat, text, None);
+        rt.block_on(telegram.wait_for(Duration::from_secs(30), text, |calls| {
+            calls[before..]
+                .iter()
+                .find(|c| c.method == "sendmessage" && c.body["chat_id"] == json!(chat))
+                .map(|c| c.body["text"].as_str().unwrap().to_string())
+        }))
+    };
+    let status = reply_to(4242, "/estado");
+    assert!(
+        status.contains("reentrenamiento: cron \"*/2 * * * * *\" in UTC")
+            && status.contains("último:"),
+        "{status}"
+    );
+    let started = reply_to(4242, "/estado reentrenar");
+    assert!(
+        started.starts_with("Reentrenamiento iniciado") || started.contains("already in progress"),
+        "{started}"
+    );
+    let refused = reply_to(9999, "/estado reentrenar");
+    assert!(refused.contains("Solo los administradores"), "{refused}");
 
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
@@ -509,6 +540,199 @@ fn the_service_manager_sees_ready_watchdog_reload_and_stop() {
     assert!(pid > 0);
 }
 
+#[test]
+fn the_admin_api_needs_a_token_and_runs_one_run_at_a_time() {
+    let rt = runtime();
+    let world = World::new(4);
+    world.write_config(&[("epochs", "2000")], "[nightly]\nenabled = false\n");
+    let open = world.serve(&[]);
+    let client = reqwest::Client::new();
+    let post = |url: String, token: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut request = client.post(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            daemon::send(request).await
+        }
+    };
+    // Without an API token the admin API is off.
+    let off = rt.block_on(post(format!("{}/api/admin/retrain", open.url), None));
+    assert_eq!(off.status, 403, "{}", off.json);
+    assert!(
+        off.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("api_token_file")
+    );
+    let status = rt.block_on(daemon::send(client.get(format!("{}/api/status", open.url))));
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json["schedule"], "off (nightly.enabled = false)");
+    let (stopped, log) = open.terminate();
+    assert!(stopped.success(), "{log}");
+
+    let daemon = world.serve(&[("MANANERA_API_TOKEN", "s3cret")]);
+    let url = |path: &str| format!("{}{path}", daemon.url);
+    let anonymous = rt.block_on(daemon::send(client.get(url("/api/status"))));
+    assert_eq!(anonymous.status, 401);
+    let wrong = rt.block_on(post(url("/api/admin/retrain"), Some("nope")));
+    assert_eq!(wrong.status, 401);
+
+    // One run starts; a second is refused while it runs; a cancel stops it at a step, with
+    // a checkpoint for the next run.
+    let started = rt.block_on(post(url("/api/admin/retrain"), Some("s3cret")));
+    assert_eq!(started.status, 200, "{}", started.json);
+    assert_eq!(started.json["trigger"], "api");
+    let again = rt.block_on(post(url("/api/admin/retrain"), Some("s3cret")));
+    assert_eq!(again.status, 409, "{}", again.json);
+    assert_eq!(again.json["code"], "in_progress");
+    wait_for_text(
+        &world.path("daemon.log"),
+        "training started",
+        Duration::from_secs(120),
+    );
+    let cancel = rt.block_on(post(url("/api/admin/cancel"), Some("s3cret")));
+    assert_eq!(cancel.status, 200, "{}", cancel.json);
+    let status = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(daemon::send(
+            client.get(url("/api/status")).bearer_auth("s3cret"),
+        ))
+        .json
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let s = status(&rt);
+        if s["runs"][0]["outcome"] != "running" {
+            break s["runs"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "the run did not stop: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(run["outcome"], "cancelled", "{run:#}");
+    assert!(run["error"].as_str().unwrap().contains("api"), "{run:#}");
+    assert!(
+        world.path("versions/run").is_dir(),
+        "no checkpoint was saved"
+    );
+    let nothing = rt.block_on(post(url("/api/admin/cancel"), Some("s3cret")));
+    assert_eq!(nothing.status, 409, "{}", nothing.json);
+    let bad = rt.block_on(daemon::send(
+        client
+            .post(url("/api/admin/rollback"))
+            .bearer_auth("s3cret")
+            .body("{\"versoin\": \"v0001\"}"),
+    ));
+    assert_eq!(bad.status, 400, "{}", bad.json);
+    let none = rt.block_on(post(url("/api/admin/rollback"), Some("s3cret")));
+    assert_eq!(none.status, 422, "{}", none.json);
+    assert!(
+        none.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no version is current")
+    );
+    let (stopped, log) = daemon.terminate();
+    assert!(stopped.success(), "{log}");
+}
+
+/// A random model slow enough (tens of tokens per second) that a swap lands in the middle of
+/// a speech.
+fn slower_model(dir: &Path) -> PathBuf {
+    let path = dir.join("slower");
+    let status = Command::new(BIN)
+        .args([
+            "random-model",
+            "--hidden",
+            "1024",
+            "--layers",
+            "8",
+            "--heads",
+            "16",
+        ])
+        .args(["--vocab", "4096"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+#[test]
+fn a_swap_lets_running_speeches_finish_intact_on_the_old_model() {
+    let rt = runtime();
+    let world = World::new(1);
+    world.write_config(&[], "[nightly]\nenabled = false\n");
+    let model = slower_model(world.dir.path());
+    let daemon = world.serve_model(&model, &[]);
+    let greedy = |seed: u64| {
+        json!({ "topic": "la refinería", "temperature": 0, "seed": seed,
+                "max_new_tokens": 160, "max_words": 0 })
+    };
+    // The reference: the whole speech on the first model.
+    let reference = rt.block_on(daemon::generate(&daemon.url, &greedy(1)));
+    assert_eq!(reference.status, 200, "{}", reference.json);
+    let old_version = reference.json["model_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The same greedy speech (another cache key) is under way when the settings change the
+    // model's quantization: a new model version is loaded and swapped in.
+    let (streamed, done, new_version) = rt.block_on(async {
+        let mut stream = EventStream::open(&daemon.url, &greedy(2)).await;
+        let (event, first) = stream.next().await.unwrap();
+        assert_eq!(event, "delta", "{first}");
+        world.write_config(
+            &[],
+            "[nightly]\nenabled = false\n[engine]\nquantization = \"q8_0\"\n",
+        );
+        signal(daemon.pid(), "HUP");
+        let log = world.path("daemon.log");
+        let mut text = first["text"].as_str().unwrap().to_string();
+        // Read the stream while the new model loads, until the swap is logged.
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("now serving a new model version")
+        {
+            match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+                Ok(Some((event, data))) => {
+                    assert_eq!(event, "delta", "the speech ended before the swap: {data}");
+                    text.push_str(data["text"].as_str().unwrap());
+                }
+                Ok(None) => panic!("the stream closed before the swap"),
+                Err(_) => {}
+            }
+        }
+        // New requests get the new version while the old speech is still being written.
+        let after = daemon::generate(
+            &daemon.url,
+            &json!({"topic": "el agua", "max_new_tokens": 4}),
+        )
+        .await;
+        assert_eq!(after.status, 200, "{}", after.json);
+        let new_version = after.json["model_version"].as_str().unwrap().to_string();
+        let (text, _, done) = stream.finish(text).await;
+        (text, done, new_version)
+    });
+    assert_ne!(new_version, old_version);
+    assert_eq!(done["model_version"], old_version.as_str(), "{done}");
+    assert_eq!(done["stop_reason"], "max_new_tokens", "{done}");
+    assert_eq!(
+        streamed,
+        reference.json["text"].as_str().unwrap(),
+        "the speech running across the swap differs from the old model's"
+    );
+    wait_for_text(
+        &world.path("daemon.log"),
+        "the replaced model finished its last speeches",
+        Duration::from_secs(10),
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}
+
 /// The pid of the newest child process `task` the daemon started, from its log.
 fn wait_for_child_pid(log: &Path, task: &str, within: Duration) -> u32 {
     let deadline = Instant::now() + within;
@@ -528,7 +752,7 @@ fn wait_for_child_pid(log: &Path, task: &str, within: Duration) -> u32 {
                     .parse()
                     .ok()
             })
-            .last();
+            .next_back();
         if let Some(pid) = pid {
             return pid;
         }

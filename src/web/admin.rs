@@ -6,12 +6,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::api::authorized;
+use super::api::unauthorized;
 use super::{AppState, error};
 use crate::admin::{Refused, Request};
 
 pub(super) async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorized(&state, &headers) {
+    if let Some(refused) = unauthorized(&state, &headers) {
         return refused;
     }
     axum::Json(state.admin.status()).into_response()
@@ -61,7 +61,7 @@ async fn act(state: &AppState, headers: &HeaderMap, request: Request) -> Respons
             "the admin API is off: give the API a token (serve.api_token_file, $MANANERA_API_TOKEN or the api-token credential), or use `mananera retrain|rollback` on the server",
         );
     }
-    if let Err(refused) = authorized(state, headers) {
+    if let Some(refused) = unauthorized(state, headers) {
         return refused;
     }
     match state.admin.handle(request, "api").await {

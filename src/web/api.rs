@@ -69,7 +69,7 @@ pub(super) async fn generate(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    if let Err(refused) = authorized(&state, &headers) {
+    if let Some(refused) = unauthorized(&state, &headers) {
         return refused;
     }
     let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
@@ -123,22 +123,21 @@ pub(super) async fn generate(
     }
 }
 
-/// Checks the bearer token when the API has one.
-pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &state.api_token else {
-        return Ok(());
-    };
+/// The 401 for a request without the bearer token the API has (`None`: let it through).
+pub(super) fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let token = state.api_token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_none_or(|g| !constant_time_eq(g.as_bytes(), token.as_bytes())) {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
-        ));
-    }
-    Ok(())
+    given
+        .is_none_or(|g| !constant_time_eq(g.as_bytes(), token.as_bytes()))
+        .then(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
+            )
+        })
 }
 
 /// A rejection as a status, a `Retry-After` header where one helps, and a JSON message.
