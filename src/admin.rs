@@ -47,7 +47,7 @@ pub enum Request {
 /// Why a request was refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refused {
-    /// `in_progress`, `not_ready`, `not_running` or `failed`.
+    /// `in_progress`, `not_ready` (loading or stopping), `not_running` or `failed`.
     pub code: String,
     pub error: String,
 }
@@ -105,7 +105,7 @@ impl Admin {
                 .map_err(|e| Refused {
                     code: match e {
                         NotStarted::InProgress(_) => "in_progress",
-                        NotStarted::NotReady => "not_ready",
+                        NotStarted::NotReady | NotStarted::Stopping => "not_ready",
                     }
                     .into(),
                     error: e.to_string(),

@@ -9,7 +9,7 @@ use mananera_bots::{AdminAction, Ask, Piece, Reply, Speaker, discord, find_token
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{Admin, Request as AdminRequest};
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::engine::SamplingParams;
 use crate::nightly::runs::{Outcome, RunRecord};
@@ -61,23 +61,17 @@ impl Speaker for Port {
     }
 
     fn admin(&self, user: &str, action: AdminAction) -> String {
-        let request = match action {
-            AdminAction::Status => return self.status(),
-            AdminAction::Retrain => AdminRequest::Retrain,
-            AdminAction::Cancel => AdminRequest::Cancel,
-        };
-        let admin = Arc::clone(&self.admin);
-        let by = user.to_string();
-        // The bots call from async code; a retrain or cancel answers without waiting.
-        let result = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(admin.handle(request, &by))
-        });
-        match (action, result) {
-            (AdminAction::Retrain, Ok(_)) => {
-                "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into()
-            }
-            (_, Ok(_)) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
-            (_, Err(refused)) => format!("No se pudo: {}", refused.error),
+        let nightly = &self.admin.nightly;
+        match action {
+            AdminAction::Status => self.status(),
+            AdminAction::Retrain => match nightly.trigger(user) {
+                Ok(_) => "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into(),
+                Err(refused) => format!("No se pudo: {refused}"),
+            },
+            AdminAction::Cancel => match nightly.cancel(user) {
+                Ok(_) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
+                Err(refused) => format!("No se pudo: {refused}"),
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //! request line in, one JSON answer line out: `{"ok": true, "result": …}` or
 //! `{"ok": false, "code": …, "error": …}`.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,15 +21,27 @@ const READ_WITHIN: Duration = Duration::from_secs(5);
 
 /// Listens on `path` (replacing a stale socket, refusing one a live daemon answers on).
 pub async fn listen(path: &Path) -> Result<UnixListener, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            format!(
-                "cannot create {} for the control socket: {e}",
-                dir.display()
-            )
-        })?;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create {} for the control socket: {e}",
+                    dir.display()
+                )
+            })?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "{} (serve.control_socket) exists and is not a socket; remove it or configure another path",
+                path.display()
+            ));
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(format!(
                 "another mananera daemon answers on the control socket {} (serve.control_socket); stop it or configure another path",

@@ -102,6 +102,11 @@ impl Live {
     /// generations.
     pub async fn reload_model(&self, force: bool) -> Result<Reloaded, String> {
         let _one = self.loading.lock().await;
+        self.reload_locked(force).await
+    }
+
+    /// [`Live::reload_model`] with `loading` held.
+    async fn reload_locked(&self, force: bool) -> Result<Reloaded, String> {
         let speeches = self
             .speeches()
             .ok_or("the first model is still loading; try again when the daemon is ready")?;
@@ -124,13 +129,20 @@ impl Live {
     }
 
     /// Makes `to` (or the accepted version before the current one) current, and serves it
-    /// when the settings follow the current version.
+    /// when the settings follow the current version. One at a time, and only once the first
+    /// model is loaded, so two rollbacks never step back twice.
     pub async fn rollback(&self, to: Option<String>) -> Result<RolledBack, String> {
+        let _one = self.loading.lock().await;
+        if self.speeches().is_none() {
+            return Err(
+                "the first model is still loading; try again when the daemon is ready".into(),
+            );
+        }
         let config = self.config();
         let dir = config.versions_dir();
         let (from, to) = blocking(move || set_current(&dir, to.as_deref())).await?;
         let note = pinned_note(&config);
-        let served = self.reload_model(false).await?;
+        let served = self.reload_locked(false).await?;
         Ok(RolledBack {
             from,
             to,
@@ -140,21 +152,26 @@ impl Live {
     }
 
     /// Puts `new` in force. Returns the changed settings that only apply at the next start;
-    /// the model is reloaded when its settings changed.
+    /// the model is reloaded when its settings changed, and when that fails the settings in
+    /// force stay.
     pub async fn replace_config(&self, new: Config) -> Result<Vec<String>, String> {
         let old = self.config();
         let changed = changed_keys(&old, &new);
         let model_changed = changed
             .iter()
-            .any(|k| k.starts_with("model.") || k.starts_with("engine."));
+            .any(|k| (k.starts_with("model.") || k.starts_with("engine.")) && applies_live(k));
         let needs_restart: Vec<String> = changed
             .iter()
             .filter(|k| !applies_live(k))
             .cloned()
             .collect();
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
-        if self.speeches().is_some() {
-            self.reload_model(model_changed).await?;
+        if self.speeches().is_some()
+            && let Err(e) = self.reload_model(model_changed).await
+        {
+            // The model the new settings name cannot be served: keep the old settings whole.
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = old;
+            return Err(e);
         }
         Ok(needs_restart)
     }

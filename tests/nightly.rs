@@ -183,13 +183,14 @@ dir = "{versions}"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Waits until the newest run satisfies `check`.
+    /// Waits until one of the last runs satisfies `check`, and returns it.
     fn wait_for_run(&self, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let status = self.status();
-            if let Some(run) = status["runs"].as_array().and_then(|r| r.first())
-                && check(run)
+            if let Some(run) = status["runs"]
+                .as_array()
+                .and_then(|runs| runs.iter().find(|r| check(r)))
             {
                 return run.clone();
             }
@@ -634,6 +635,75 @@ fn the_admin_api_needs_a_token_and_runs_one_run_at_a_time() {
     );
     let (stopped, log) = daemon.terminate();
     assert!(stopped.success(), "{log}");
+}
+
+#[test]
+fn a_run_cut_short_by_a_dead_daemon_is_recorded_and_the_missed_run_runs_at_start_up() {
+    let world = World::new(4);
+    world.write_config(&[("epochs", "2000")], "[nightly]\nenabled = false\n");
+    let daemon = world.serve(&[]);
+    let out = world.run(&["retrain", "--now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = world.path("daemon.log");
+    let child = wait_for_child_pid(&log, "train", Duration::from_secs(60));
+    wait_for_text(&log, "training started", Duration::from_secs(60));
+    // The daemon dies (SIGKILL), and its training with it, as systemd's control group would.
+    drop(daemon);
+    signal(child, "KILL");
+    std::thread::sleep(Duration::from_millis(2100));
+
+    // Back up on a schedule it has missed since (every 2 s): the missed run runs at once,
+    // and trains what the interrupted one left.
+    world.write_config(
+        &[],
+        "[nightly]\ncron = \"*/2 * * * * *\"\ntime_zone = \"UTC\"\n",
+    );
+    let daemon = world.serve(&[("MANANERA_NIGHTLY_ENABLED", "true")]);
+    let caught_up = world.wait_for_run("the missed run", Duration::from_secs(120), |r| {
+        r["trigger"] == "catch-up" && r["outcome"] != "running"
+    });
+    assert_eq!(caught_up["outcome"], "accepted", "{caught_up:#}");
+    assert_eq!(caught_up["new_transcripts"], 0, "{caught_up:#}");
+    let runs = world.status()["runs"].clone();
+    let interrupted = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["outcome"] == "interrupted")
+        .unwrap_or_else(|| panic!("no interrupted run in {runs:#}"));
+    assert_eq!(
+        interrupted["error"], "the daemon stopped while the run was training",
+        "{interrupted:#}"
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_training_over_its_memory_cap_fails_alone() {
+    let rt = runtime();
+    let world = World::new(4);
+    world.write_config(&[], "[nightly]\nenabled = false\nmemory_max_mib = 64\n");
+    let daemon = world.serve(&[]);
+    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "failed", "{run:#}");
+    assert_eq!(
+        run["new_transcripts"], 4,
+        "the scrape is not capped: {run:#}"
+    );
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the training failed"),
+        "{run:#}"
+    );
+    let (version, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert!(!version.contains("+v"), "{version}");
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
 }
 
 /// A random model slow enough (tens of tokens per second) that a swap lands in the middle of

@@ -174,15 +174,15 @@ async fn reload_on_hangup(source: SettingsSource, live: Arc<Live>, nightly: Arc<
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "the settings were reloaded but the model could not be");
+                    tracing::error!(%error, "the model the new settings name cannot be served; the settings in force stay");
                 }
             },
         }
-        let serving = live.speeches().map_or_else(
-            || "loading the model".to_string(),
-            |s| format!("serving {}", s.version()),
-        );
-        systemd::ready(&serving);
+        // READY only once the model is loaded: a reload during start-up must not end it.
+        match live.speeches() {
+            Some(speeches) => systemd::ready(&format!("serving {}", speeches.version())),
+            None => systemd::status("loading the model"),
+        }
     }
 }
 

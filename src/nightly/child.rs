@@ -30,7 +30,8 @@ const TAIL_LINES: usize = 12;
 /// How a child process runs.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Added niceness (0–19).
+    /// Niceness (0–19), or the daemon's own when that is higher (lowering it needs a
+    /// privilege).
     pub nice: i32,
     /// Address-space cap in MiB (0: none).
     pub memory_max_mib: u64,
@@ -64,26 +65,35 @@ impl Finished {
         }
     }
 
-    /// The child's last error line, if it logged one (`error: …` or an `ERROR` log).
-    pub fn last_error(&self) -> Option<&str> {
-        self.tail
+    /// How it ended and its last error line (else its last line), with `hint` when it
+    /// died of a signal (an allocation failure aborts).
+    pub fn reason(&self, hint: Option<&str>) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let line = self
+            .tail
             .iter()
             .rev()
             .find(|l| l.starts_with("error:") || l.contains("ERROR"))
-            .map(String::as_str)
+            .or(self.tail.last())
+            .map_or("it logged nothing", String::as_str);
+        match hint {
+            Some(hint) if self.status.signal().is_some() => {
+                format!("{}: {line}; {hint}", self.describe())
+            }
+            _ => format!("{}: {line}", self.describe()),
+        }
     }
 }
 
 /// Runs `mananera <args>` with `config` as its settings file until it ends or `cancel`
 /// turns true (then SIGTERM, and SIGKILL after the grace). Each log line it writes is
-/// passed to `on_line` and logged under `task`.
+/// logged under `task`.
 pub async fn run(
     task: &'static str,
     config: &Path,
     args: &[String],
     limits: &Limits,
     mut cancel: watch::Receiver<bool>,
-    on_line: &(dyn Fn(&str) + Sync),
 ) -> std::io::Result<Finished> {
     let exe = std::env::current_exe()?;
     let mut command = tokio::process::Command::new(exe);
@@ -99,7 +109,7 @@ pub async fn run(
         command.env_remove(name);
     }
     let (nice, memory) = (limits.nice, limits.memory_max_mib);
-    // SAFETY: only async-signal-safe calls (setpriority, setrlimit, prctl, open/write/close)
+    // SAFETY: only async-signal-safe calls (setpriority, setrlimit, open/write/close)
     // between fork and exec.
     unsafe {
         command.pre_exec(move || lower_priority(nice, memory));
@@ -119,7 +129,6 @@ pub async fn run(
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             forward(task, pid, &line);
-            on_line(&line);
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
@@ -194,12 +203,16 @@ fn signal(pid: u32, signal: i32) {
     }
 }
 
-/// In the child before exec: lower priority, an optional memory cap, first in line for the
-/// OOM killer, and death with the daemon.
+/// In the child before exec: lower priority, an optional memory cap, and first in line for
+/// the OOM killer. (Not PR_SET_PDEATHSIG: it fires when the spawning *thread* ends, which in
+/// an async runtime is not ours to decide. Under systemd, `KillMode=mixed` ends a child the
+/// daemon left behind; a daemon killed outside systemd leaves its child to finish the run.)
 fn lower_priority(nice: i32, memory_max_mib: u64) -> std::io::Result<()> {
     // SAFETY: plain syscalls on the calling (child) process.
     unsafe {
-        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+        // Lowering niceness below the daemon's own needs a privilege: keep the higher one.
+        let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice.max(own)) != 0 {
             return Err(std::io::Error::last_os_error());
         }
         if memory_max_mib > 0 {
@@ -212,8 +225,6 @@ fn lower_priority(nice: i32, memory_max_mib: u64) -> std::io::Result<()> {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        // If the daemon dies without stopping it, the child goes too.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         // Raising one's own OOM score needs no privilege; failing to is harmless.
         let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
         if fd >= 0 {

@@ -40,6 +40,8 @@ pub struct Nightly {
 struct State {
     running: Option<Running>,
     next: Option<Timestamp>,
+    /// The daemon is stopping: no run starts any more.
+    stopping: bool,
 }
 
 struct Running {
@@ -50,11 +52,13 @@ struct Running {
     finished: watch::Receiver<bool>,
 }
 
-/// A run could not start: one is in progress (its record), or the daemon is not ready.
+/// A run could not start: one is in progress (its record), or the daemon is not ready or
+/// is stopping.
 #[derive(Debug)]
 pub enum NotStarted {
     InProgress(Box<RunRecord>),
     NotReady,
+    Stopping,
 }
 
 impl std::fmt::Display for NotStarted {
@@ -69,6 +73,7 @@ impl std::fmt::Display for NotStarted {
                 f,
                 "the daemon is still loading its model; try again when it is ready"
             ),
+            NotStarted::Stopping => write!(f, "the daemon is stopping; no run starts now"),
         }
     }
 }
@@ -210,6 +215,9 @@ impl Nightly {
         let (finished_tx, finished) = watch::channel(false);
         let record = {
             let mut state = self.state();
+            if state.stopping {
+                return Err(NotStarted::Stopping);
+            }
             if let Some(running) = &state.running {
                 return Err(NotStarted::InProgress(Box::new(running.record.clone())));
             }
@@ -235,11 +243,7 @@ impl Nightly {
             });
             record
         };
-        let pending = self
-            .runs
-            .latest(1)
-            .first()
-            .is_some_and(|last| last.outcome.left_work());
+        let last_outcome = self.runs.latest(1).first().map(|last| last.outcome);
         self.runs.put(&record);
         {
             let mut m = self
@@ -255,7 +259,13 @@ impl Nightly {
         let this = Arc::clone(self);
         let id = record.id;
         tokio::spawn(async move {
-            let result = this.steps(cancel_rx, pending).await;
+            let steps = {
+                let this = Arc::clone(&this);
+                tokio::spawn(async move { this.steps(cancel_rx, last_outcome).await })
+            };
+            let result = steps
+                .await
+                .unwrap_or_else(|e| Err(format!("the run stopped unexpectedly: {e}")));
             this.finish(id, result).await;
             let _ = finished_tx.send(true);
         });
@@ -275,10 +285,12 @@ impl Nightly {
         Ok(running.record.clone())
     }
 
-    /// For the daemon's stop: cancels the run in progress and waits for it to end.
+    /// For the daemon's stop: no run starts any more; the one in progress is cancelled and
+    /// waited for.
     pub async fn stop(&self) {
         let finished = {
             let mut state = self.state();
+            state.stopping = true;
             let Some(running) = state.running.as_mut() else {
                 return;
             };
@@ -308,8 +320,12 @@ impl Nightly {
         systemd::status(&format!("nightly run: {phase}"));
     }
 
-    /// The run's steps; `pending` says the last run left work (train even if nothing is new).
-    async fn steps(&self, cancel: watch::Receiver<bool>, pending: bool) -> Result<Outcome, String> {
+    /// The run's steps; `last` is how the previous run ended.
+    async fn steps(
+        &self,
+        cancel: watch::Receiver<bool>,
+        last: Option<Outcome>,
+    ) -> Result<Outcome, String> {
         let config = self.live.config();
         let settings = write_child_config(&config)?;
         let limits = child::Limits {
@@ -317,15 +333,19 @@ impl Nightly {
             memory_max_mib: config.nightly.memory_max_mib,
             stop_grace: Duration::from_secs(config.nightly.stop_grace_s),
         };
+        // The memory cap is for the training; the scrape needs little.
+        let scrape_limits = child::Limits {
+            memory_max_mib: 0,
+            ..limits.clone()
+        };
         self.phase("scraping");
         let scrape_args = ["--format", "json", "scrape"].map(String::from);
         let scrape = child::run(
             "scrape",
             &settings,
             &scrape_args,
-            &limits,
+            &scrape_limits,
             cancel.clone(),
-            &|_| {},
         )
         .await
         .map_err(|e| format!("the scrape could not start: {e}"))?;
@@ -334,37 +354,43 @@ impl Nightly {
         }
         let (new, failures, sources) = match scrape.status.code() {
             Some(0 | 4) => scrape_counts(&scrape.stdout)?,
-            _ => {
-                return Err(format!(
-                    "the scrape failed ({}): {}",
-                    scrape.describe(),
-                    scrape.last_error().unwrap_or("no error logged")
-                ));
-            }
+            _ => return Err(format!("the scrape failed ({})", scrape.reason(None))),
         };
         if !failures.is_empty() {
             tracing::warn!(sources = %failures.join(", "), "some sources had failed pages; the rest was stored");
         }
-        let every_source_failed = new == 0 && failures.len() == sources;
-        let failed_sources = failures.join(", ");
+        let outage = (sources > 0 && new == 0 && failures.len() == sources).then(|| {
+            format!(
+                "every source failed ({}); `mananera scrape` shows why (network, site layout, robots.txt)",
+                failures.join(", ")
+            )
+        });
         self.update(|r| {
             r.new_transcripts = new;
             r.scrape_failures = failures;
+            r.error.clone_from(&outage);
         });
 
         let stopped_run = config
             .versions_dir()
             .join(mananera_training::tune::versions::RUN)
             .is_dir();
-        if new == 0 && !pending && !stopped_run {
-            if every_source_failed {
-                return Err(format!(
-                    "every source failed ({failed_sources}); `mananera scrape` shows why (network, site layout, robots.txt)"
-                ));
-            }
-            tracing::info!("no new transcripts: nothing to train");
+        let left_work = last.is_some_and(Outcome::left_work) || stopped_run;
+        if let Some(outage) = outage
+            && !left_work
+        {
+            return Err(outage);
+        }
+        // The same transcripts with the same seed would give the same rejected version.
+        if new == 0 && last == Some(Outcome::Rejected) && !left_work {
+            tracing::info!("nothing new since the rejected run: nothing to train");
             return Ok(Outcome::NothingNew);
         }
+        if *cancel.borrow() {
+            return Ok(Outcome::Cancelled);
+        }
+        // Even with nothing new from the sites, the corpus may hold transcripts the served
+        // version has not trained on (a manual scrape or import); `train` says when not.
         self.phase("training");
         let mut train_args: Vec<String> = vec!["--format".into(), "json".into()];
         if config.nightly.threads > 0 {
@@ -380,50 +406,61 @@ impl Nightly {
             }
             .into(),
         );
-        let train = child::run("train", &settings, &train_args, &limits, cancel, &|_| {})
+        let train = child::run("train", &settings, &train_args, &limits, cancel)
             .await
             .map_err(|e| format!("the training could not start: {e}"))?;
+        // By exit code first: a cancel that came after the last step still ends `accepted`.
         let outcome = match train.status.code() {
-            _ if train.cancelled => return Ok(Outcome::Cancelled),
-            Some(0) | Some(REJECTED) => {
-                let summary: TrainSummary = serde_json::from_str(train.stdout.trim())
-                    .map_err(|e| format!("the training's summary is unreadable ({e})"))?;
-                if let Some(version) = &summary.version {
-                    self.update(|r| r.trained = Some(version.trained()));
+            Some(0 | REJECTED) => {
+                let (outcome, trained) = train_summary(&train.stdout)?;
+                if trained.is_some() {
+                    self.update(|r| r.trained = trained);
                 }
-                match summary.outcome.as_str() {
-                    "accepted" => Outcome::Accepted,
-                    "rejected" => Outcome::Rejected,
-                    "nothing_new" => Outcome::NothingNew,
-                    other => return Err(format!("the training ended as `{other}`")),
-                }
+                outcome
             }
             Some(STOPPED) => return Ok(Outcome::Cancelled),
+            _ if train.cancelled => return Ok(Outcome::Cancelled),
             _ => {
-                return Err(format!(
-                    "the training failed ({}): {}",
-                    train.describe(),
-                    train.last_error().unwrap_or("no error logged")
-                ));
+                let hint = (config.nightly.memory_max_mib > 0).then_some(
+                    "if it ran out of memory, raise nightly.memory_max_mib (or set it to 0)",
+                );
+                return Err(format!("the training failed ({})", train.reason(hint)));
             }
         };
-        if outcome == Outcome::Accepted {
-            self.phase("loading the new version");
-            match self.live.reload_model(false).await {
-                Ok(Reloaded::Swapped { from, to }) => {
-                    tracing::info!(%from, %to, "serving the new version");
-                }
-                Ok(Reloaded::Unchanged { version }) => {
-                    tracing::info!(%version, model_version = %config.model.version, "the served version stays (model.version does not follow the current version)");
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "the new version was accepted but cannot be served: {e}"
-                    ));
-                }
-            }
+        if matches!(outcome, Outcome::Accepted | Outcome::NothingNew) {
+            self.serve_current(outcome, &config).await?;
         }
         Ok(outcome)
+    }
+
+    /// Serves the current version if it is not served yet (after an accepted run, or one
+    /// whose version was accepted but not served before).
+    async fn serve_current(
+        &self,
+        outcome: Outcome,
+        config: &crate::config::Config,
+    ) -> Result<(), String> {
+        if self.state().stopping {
+            tracing::info!("the daemon is stopping: the next start serves the current version");
+            return Ok(());
+        }
+        self.phase("loading the new version");
+        match self.live.reload_model(false).await {
+            Ok(Reloaded::Swapped { from, to }) => {
+                tracing::info!(%from, %to, "serving the new version");
+            }
+            Ok(Reloaded::Unchanged { version }) if outcome == Outcome::Accepted => {
+                tracing::info!(%version, model_version = %config.model.version, "the served version stays (model.version does not follow the current version)");
+            }
+            Ok(Reloaded::Unchanged { .. }) => {}
+            Err(e) if outcome == Outcome::Accepted => {
+                return Err(format!(
+                    "the new version was accepted but cannot be served: {e}"
+                ));
+            }
+            Err(error) => tracing::warn!(%error, "the current version cannot be served"),
+        }
+        Ok(())
     }
 
     async fn finish(&self, id: u64, result: Result<Outcome, String>) {
@@ -551,35 +588,35 @@ fn scrape_counts(stdout: &str) -> Result<(u64, Vec<String>, usize), String> {
     Ok((new, failures, summary.sources.len()))
 }
 
-/// What the daemon reads of `train --format json`.
-#[derive(Deserialize)]
-struct TrainSummary {
-    outcome: String,
-    version: Option<TrainedVersion>,
-}
-
-#[derive(Deserialize)]
-struct TrainedVersion {
-    id: String,
-    parent: Option<String>,
-    metrics: mananera_training::tune::versions::Metrics,
-}
-
-impl TrainedVersion {
-    fn trained(&self) -> Trained {
-        let m = &self.metrics;
+/// The outcome and the trained version's numbers, from `train --format json` (read
+/// leniently: a metric that is not finite is written as null).
+fn train_summary(stdout: &str) -> Result<(Outcome, Option<Trained>), String> {
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("the training's summary is unreadable ({e})"))?;
+    let outcome = match summary["outcome"].as_str() {
+        Some("accepted") => Outcome::Accepted,
+        Some("rejected") => Outcome::Rejected,
+        Some("nothing_new") => Outcome::NothingNew,
+        other => return Err(format!("the training ended as {other:?}")),
+    };
+    let version = &summary["version"];
+    let trained = version["id"].as_str().map(|id| {
+        let m = &version["metrics"];
+        let number = |key: &str| m[key].as_f64().unwrap_or(f64::NAN);
+        let count = |key: &str| m[key].as_u64().unwrap_or(0) as usize;
         Trained {
-            version: self.id.clone(),
-            parent: self.parent.clone(),
-            steps: m.steps,
-            tokens: m.tokens,
-            train_loss_first: m.train_loss_first,
-            train_loss_last: m.train_loss_last,
-            validation_loss_before: m.validation_loss_before,
-            validation_loss_after: m.validation_loss_after,
-            perplexity_before: m.perplexity_before,
-            perplexity_after: m.perplexity_after,
-            wall_s: m.wall_s,
+            version: id.to_string(),
+            parent: version["parent"].as_str().map(str::to_string),
+            steps: count("steps"),
+            tokens: count("tokens"),
+            train_loss_first: number("train_loss_first"),
+            train_loss_last: number("train_loss_last"),
+            validation_loss_before: number("validation_loss_before"),
+            validation_loss_after: number("validation_loss_after"),
+            perplexity_before: number("perplexity_before"),
+            perplexity_after: number("perplexity_after"),
+            wall_s: number("wall_s"),
         }
-    }
+    });
+    Ok((outcome, trained))
 }

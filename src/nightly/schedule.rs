@@ -27,8 +27,8 @@ pub struct NightlyConfig {
     pub nice: i32,
     /// Matrix threads of the training process; 0 uses `engine.threads`.
     pub threads: usize,
-    /// Address-space cap of the training process in MiB (0: none); past it, the training
-    /// fails, never the daemon.
+    /// Address-space cap (RLIMIT_AS) of the training process in MiB (0: none); past it,
+    /// the training fails, never the daemon.
     pub memory_max_mib: u64,
     /// After a cancel, how long the training process gets to save its checkpoint before it
     /// is killed.

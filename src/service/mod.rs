@@ -215,11 +215,12 @@ impl Speeches {
             .limits
             .admit(&request.user, now_ms())
             .map_err(Rejection::Refused)?;
-        let model = self.model();
-        let version = model.version.clone();
-        let key = model.cache.as_ref().map(|c| c.key(&topic, &request.params));
-        if let (Some(cache), Some(key)) = (&model.cache, &key) {
-            if let Some(text) = cache.lookup(key, &request.params) {
+        let mut model = self.model();
+        let (worker_events, key) = loop {
+            let key = model.cache.as_ref().map(|c| c.key(&topic, &request.params));
+            if let (Some(cache), Some(key)) = (&model.cache, &key)
+                && let Some(text) = cache.lookup(key, &request.params)
+            {
                 self.metrics.cache_hits.inc();
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics.time_to_first_token.observe(seconds);
@@ -228,15 +229,25 @@ impl Speeches {
                 return Ok(Answer::Cached {
                     topic,
                     text,
-                    version,
+                    version: model.version.clone(),
                 });
             }
+            match model
+                .generator
+                .submit(topic.clone(), request.params.clone())
+            {
+                Ok(events) => break (events, key),
+                // Replaced between the look-up and the submit: the new model takes it.
+                Err(_) if model.generator.is_closed() && !Arc::ptr_eq(&model, &self.model()) => {
+                    model = self.model();
+                }
+                Err(busy) => return Err(Rejection::Busy(busy)),
+            }
+        };
+        if key.is_some() {
             self.metrics.cache_misses.inc();
         }
-        let worker_events = model
-            .generator
-            .submit(topic.clone(), request.params.clone())
-            .map_err(Rejection::Busy)?;
+        let version = model.version.clone();
         let (tx, events) = unbounded_channel();
         let this = Arc::clone(self);
         let params = request.params;

@@ -164,6 +164,14 @@ impl Generator {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
+    /// True once [`Generator::close`] (or the shutdown) stopped it taking requests.
+    pub fn is_closed(&self) -> bool {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// True once the worker has ended (after [`Generator::close`] and the last generation).
     pub fn is_stopped(&self) -> bool {
         self.worker

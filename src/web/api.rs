@@ -135,7 +135,7 @@ pub(super) fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Resp
         .then(|| {
             error(
                 StatusCode::UNAUTHORIZED,
-                "this API needs a token: send `Authorization: Bearer <token>` (serve.api_token_file)",
+                "this API needs a token: send `Authorization: Bearer <token>` (the token of serve.api_token_file, $MANANERA_API_TOKEN or the api-token credential)",
             )
         })
 }
