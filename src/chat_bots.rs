@@ -122,10 +122,7 @@ fn describe_run(r: &RunRecord) -> String {
         r.started, r.trigger, r.new_transcripts
     );
     if let Some(t) = &r.trained {
-        line.push_str(&format!(
-            ", {} perplejidad {:.2} → {:.2}",
-            t.version, t.perplexity_before, t.perplexity_after
-        ));
+        line.push_str(&format!(", {}", t.describe("perplejidad")));
     }
     if let Some(e) = &r.error {
         line.push_str(&format!("; {e}"));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use daemon::{BIN, Daemon, EventStream, signal, tiny_model};
 use fake_chat::telegram::FakeTelegram;
-use fake_site::{Entry, Kind, Reply, Site, fixture};
+use fake_site::{Entry, Kind, Reply, Site, fixture, wordpress_source};
 use serde_json::{Value, json};
 
 /// A day's transcript on the fake WordPress site: the fixture page with `lines` lines of
@@ -100,25 +100,7 @@ timeout_s = 2
 retries = 1
 backoff_ms = 10
 
-[[scrape.sources]]
-name = "lopezobrador"
-hosts = ["localhost"]
-article_pattern = '^http://localhost:\d+/\d{{4}}/\d{{2}}/\d{{2}}/version-estenografica-de-la-conferencia-de-prensa-matutina[^/?#]*/?$'
-
-[scrape.sources.listing]
-start = "{listing}"
-item = "article"
-link = "h2.entry-title a"
-date = "span.entry-date"
-next = "a[class*=next]"
-
-[scrape.sources.page]
-title = "h1.entry-title"
-body = "div.entry-content"
-paragraphs = "p"
-date_selectors = ["span.entry-date"]
-date_patterns = []
-
+{source}
 [limits]
 per_minute = 1000
 per_day = 100000
@@ -132,7 +114,7 @@ dir = "{versions}"
             corpus = self.path("corpus").display(),
             state = self.path("state").display(),
             versions = self.path("versions").display(),
-            listing = self.site.url("/secciones/version-estenografica/"),
+            source = wordpress_source(&self.site),
         );
         std::fs::write(self.path("config.toml"), config).unwrap();
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fake_site::{Entry, Kind, Reply, Site, fixture};
+use fake_site::{Entry, Kind, Reply, Site, fixture, wordpress_source};
 
 const GOB: &str = "/presidencia/es/articulos/version-estenografica-";
 
@@ -146,34 +146,15 @@ date = "div.date-marque small"
 
 [scrape.sources.page]
 {gob_page}
-[[scrape.sources]]
-name = "lopezobrador"
-hosts = ["localhost"]
-article_pattern = '^http://localhost:\d+/\d{{4}}/\d{{2}}/\d{{2}}/version-estenografica-de-la-conferencia-de-prensa-matutina[^/?#]*/?$'
-
-[scrape.sources.listing]
-start = "{listing}"
-item = "article"
-link = "h2.entry-title a"
-date = "span.entry-date"
-next = "a[class*=next]"
-
-[scrape.sources.page]
-{wp_page}"#,
+{wp}"#,
             corpus = self.corpus().display(),
             seed = self.gob.url(&format!("{GOB}2021-06-28")),
-            listing = self.wp.url("/secciones/version-estenografica/"),
+            wp = wordpress_source(&self.wp),
             gob_page = page(
                 "h1.bottom-buffer",
                 "div.article-body",
                 r#"["dl dd", "section p"]"#,
                 r#"['published_on\s*=\s*"([^"]+)"']"#
-            ),
-            wp_page = page(
-                "h1.entry-title",
-                "div.entry-content",
-                r#"["span.entry-date"]"#,
-                "[]"
             ),
         );
         std::fs::write(self.config(), config).unwrap();

@@ -101,10 +101,7 @@ fn describe(r: &RunRecord) -> String {
         ));
     }
     if let Some(t) = &r.trained {
-        line.push_str(&format!(
-            ", {} perplexity {:.3} → {:.3}",
-            t.version, t.perplexity_before, t.perplexity_after
-        ));
+        line.push_str(&format!(", {}", t.describe("perplexity")));
     }
     if let Some(v) = &r.serving {
         line.push_str(&format!(", serving {v}"));

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::live::{Live, Reloaded};
+use crate::service::metrics::RetrainMetrics;
 use crate::systemd;
 use runs::{Outcome, RunRecord, Runs, Trained};
 use schedule::Schedule;
@@ -101,6 +102,14 @@ impl Nightly {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn retrain_metrics(&self) -> std::sync::MutexGuard<'_, RetrainMetrics> {
+        self.live
+            .metrics
+            .retrain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts the scheduler (after the first model is loaded); runs a missed run now.
     pub fn start_schedule(self: &Arc<Self>) {
         let this = Arc::clone(self);
@@ -175,12 +184,7 @@ impl Nightly {
 
     fn set_next(&self, next: Option<Timestamp>) {
         self.state().next = next;
-        self.live
-            .metrics
-            .retrain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_run = next.map_or(0.0, |t| t.as_second() as f64);
+        self.retrain_metrics().next_run = next.map_or(0.0, |t| t.as_second() as f64);
     }
 
     /// The next scheduled run.
@@ -246,12 +250,7 @@ impl Nightly {
         let last_outcome = self.runs.latest(1).first().map(|last| last.outcome);
         self.runs.put(&record);
         {
-            let mut m = self
-                .live
-                .metrics
-                .retrain
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut m = self.retrain_metrics();
             m.running = true;
             m.last_start = record.id as f64 / 1000.0;
         }
@@ -507,12 +506,7 @@ impl Nightly {
 
     /// Copies a finished run into `/metrics`.
     fn record_metrics(&self, record: &RunRecord) {
-        let mut m = self
-            .live
-            .metrics
-            .retrain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut m = self.retrain_metrics();
         m.running = record.outcome == Outcome::Running;
         m.last_start = record.id as f64 / 1000.0;
         if record.outcome != Outcome::Running {
@@ -525,8 +519,8 @@ impl Nightly {
         }
         m.last_new_transcripts = record.new_transcripts as f64;
         if let Some(t) = &record.trained {
-            m.last_perplexity_before = t.perplexity_before;
-            m.last_perplexity_after = t.perplexity_after;
+            m.last_perplexity_before = t.perplexity_before.unwrap_or(f64::NAN);
+            m.last_perplexity_after = t.perplexity_after.unwrap_or(f64::NAN);
         }
     }
 }
@@ -602,7 +596,7 @@ fn train_summary(stdout: &str) -> Result<(Outcome, Option<Trained>), String> {
     let version = &summary["version"];
     let trained = version["id"].as_str().map(|id| {
         let m = &version["metrics"];
-        let number = |key: &str| m[key].as_f64().unwrap_or(f64::NAN);
+        let number = |key: &str| m[key].as_f64().filter(|v| v.is_finite());
         let count = |key: &str| m[key].as_u64().unwrap_or(0) as usize;
         Trained {
             version: id.to_string(),

@@ -47,20 +47,33 @@ impl Outcome {
     }
 }
 
-/// The numbers of the version a run trained.
+/// The numbers of the version a run trained (`None`: not a finite number).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trained {
     pub version: String,
     pub parent: Option<String>,
     pub steps: usize,
     pub tokens: usize,
-    pub train_loss_first: f64,
-    pub train_loss_last: f64,
-    pub validation_loss_before: f64,
-    pub validation_loss_after: f64,
-    pub perplexity_before: f64,
-    pub perplexity_after: f64,
-    pub wall_s: f64,
+    pub train_loss_first: Option<f64>,
+    pub train_loss_last: Option<f64>,
+    pub validation_loss_before: Option<f64>,
+    pub validation_loss_after: Option<f64>,
+    pub perplexity_before: Option<f64>,
+    pub perplexity_after: Option<f64>,
+    pub wall_s: Option<f64>,
+}
+
+impl Trained {
+    /// "v0004 perplexity 21.402 → 21.118" (or "perplejidad" for the bots).
+    pub fn describe(&self, perplexity: &str) -> String {
+        let number = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+        format!(
+            "{} {perplexity} {} → {}",
+            self.version,
+            number(self.perplexity_before),
+            number(self.perplexity_after)
+        )
+    }
 }
 
 /// One run.

@@ -73,6 +73,34 @@ pub struct Site {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// The `[[scrape.sources]]` table of the WordPress fake `site` (the test settings' copy of
+/// config.toml's `lopezobrador` source, on loopback).
+pub fn wordpress_source(site: &Site) -> String {
+    format!(
+        r#"[[scrape.sources]]
+name = "lopezobrador"
+hosts = ["localhost"]
+article_pattern = '^http://localhost:\d+/\d{{4}}/\d{{2}}/\d{{2}}/version-estenografica-de-la-conferencia-de-prensa-matutina[^/?#]*/?$'
+
+[scrape.sources.listing]
+start = "{listing}"
+item = "article"
+link = "h2.entry-title a"
+date = "span.entry-date"
+next = "a[class*=next]"
+
+[scrape.sources.page]
+title = "h1.entry-title"
+body = "div.entry-content"
+paragraphs = "p"
+date_selectors = ["span.entry-date"]
+date_patterns = []
+"#,
+        listing = site.url("/secciones/version-estenografica/"),
+    )
+}
+
+/// A saved page of `tests/fixtures/pages`.
 pub fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/pages")
