@@ -247,7 +247,7 @@ impl Nightly {
             });
             record
         };
-        let last_outcome = self.runs.latest(1).first().map(|last| last.outcome);
+        let history = History::of(&self.runs.latest(self.runs.keep()));
         self.runs.put(&record);
         {
             let mut m = self.retrain_metrics();
@@ -260,7 +260,7 @@ impl Nightly {
         tokio::spawn(async move {
             let steps = {
                 let this = Arc::clone(&this);
-                tokio::spawn(async move { this.steps(cancel_rx, last_outcome).await })
+                tokio::spawn(async move { this.steps(cancel_rx, history).await })
             };
             let result = steps
                 .await
@@ -319,11 +319,11 @@ impl Nightly {
         systemd::status(&format!("nightly run: {phase}"));
     }
 
-    /// The run's steps; `last` is how the previous run ended.
+    /// The run's steps, knowing how the runs before it ended.
     async fn steps(
         &self,
         cancel: watch::Receiver<bool>,
-        last: Option<Outcome>,
+        history: History,
     ) -> Result<Outcome, String> {
         let config = self.live.config();
         let settings = write_child_config(&config)?;
@@ -374,14 +374,14 @@ impl Nightly {
             .versions_dir()
             .join(mananera_training::tune::versions::RUN)
             .is_dir();
-        let left_work = last.is_some_and(Outcome::left_work) || stopped_run;
+        let left_work = history.last.is_some_and(Outcome::left_work) || stopped_run;
         if let Some(outage) = outage
             && !left_work
         {
             return Err(outage);
         }
         // The same transcripts with the same seed would give the same rejected version.
-        if new == 0 && last == Some(Outcome::Rejected) && !left_work {
+        if new == 0 && history.last_trained == Some(Outcome::Rejected) && !left_work {
             tracing::info!("nothing new since the rejected run: nothing to train");
             return Ok(Outcome::NothingNew);
         }
@@ -525,6 +525,27 @@ impl Nightly {
     }
 }
 
+/// How the runs before a new one ended.
+struct History {
+    /// The previous run.
+    last: Option<Outcome>,
+    /// The newest run that trained a version (accepted or rejected).
+    last_trained: Option<Outcome>,
+}
+
+impl History {
+    /// From the records, newest first.
+    fn of(runs: &[RunRecord]) -> Self {
+        Self {
+            last: runs.first().map(|r| r.outcome),
+            last_trained: runs
+                .iter()
+                .map(|r| r.outcome)
+                .find(|o| matches!(o, Outcome::Accepted | Outcome::Rejected)),
+        }
+    }
+}
+
 /// Exit codes of `mananera train` (see `commands::train`).
 const REJECTED: i32 = 6;
 const STOPPED: i32 = 130;
@@ -613,4 +634,71 @@ fn train_summary(stdout: &str) -> Result<(Outcome, Option<Trained>), String> {
         }
     });
     Ok((outcome, trained))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: Outcome) -> RunRecord {
+        RunRecord {
+            id: 1,
+            trigger: "schedule".into(),
+            started: String::new(),
+            ended: None,
+            outcome,
+            phase: "done".into(),
+            new_transcripts: 0,
+            scrape_failures: Vec::new(),
+            trained: None,
+            serving: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_history_remembers_a_rejection_past_quiet_nights() {
+        let runs = [
+            run(Outcome::NothingNew),
+            run(Outcome::NothingNew),
+            run(Outcome::Rejected),
+            run(Outcome::Accepted),
+        ];
+        let history = History::of(&runs);
+        assert_eq!(history.last, Some(Outcome::NothingNew));
+        assert_eq!(history.last_trained, Some(Outcome::Rejected));
+        let fresh = History::of(&[]);
+        assert_eq!((fresh.last, fresh.last_trained), (None, None));
+    }
+
+    #[test]
+    fn a_scrape_summary_counts_new_transcripts_and_failed_sources() {
+        let summary = r#"{"corpus_dir":"/c","transcripts":9,"sources":[
+            {"source":"gob","new":2,"updated":0,"unchanged":1,"duplicates":0,"skipped":0,"failed":[],"errors":[]},
+            {"source":"lopezobrador","new":0,"updated":0,"unchanged":0,"duplicates":0,"skipped":0,
+             "failed":[{"url":"http://x","reason":"timeout"}],"errors":[]}]}"#;
+        let (new, failed, sources) = scrape_counts(summary).unwrap();
+        assert_eq!(
+            (new, failed, sources),
+            (2, vec!["lopezobrador".to_string()], 2)
+        );
+        assert!(
+            scrape_counts("not json")
+                .unwrap_err()
+                .contains("unreadable")
+        );
+    }
+
+    #[test]
+    fn a_training_summary_with_non_finite_numbers_is_still_read() {
+        let summary = r#"{"outcome":"rejected","version":{"id":"v0002","parent":"v0001",
+            "metrics":{"steps":3,"tokens":96,"perplexity_before":12.5,"perplexity_after":null}}}"#;
+        let (outcome, trained) = train_summary(summary).unwrap();
+        assert_eq!(outcome, Outcome::Rejected);
+        let trained = trained.unwrap();
+        assert_eq!((trained.version.as_str(), trained.steps), ("v0002", 3));
+        assert_eq!(trained.perplexity_before, Some(12.5));
+        assert_eq!(trained.perplexity_after, None);
+        assert!(train_summary(r#"{"outcome":"odd"}"#).is_err());
+    }
 }

@@ -114,6 +114,11 @@ impl Runs {
         })
     }
 
+    /// How many records are kept.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
     /// Writes (or rewrites) `record`, dropping the oldest beyond the limit. A store that
     /// cannot be written is logged: the run itself goes on.
     pub fn put(&self, record: &RunRecord) {
