@@ -445,6 +445,17 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
     let status = ephemeral(&first_response(&fake, &token).await);
     assert!(status.contains("modelo: tiny-bloom-4h"), "{status}");
     assert!(status.contains("discord, telegram"), "{status}");
+    // Its admin actions: only admins, and a cancel with no run says so.
+    let token = fake.slash_option(
+        "mañanera-estado",
+        Some(("accion", "reentrenar")),
+        "402",
+        true,
+    );
+    assert!(ephemeral(&first_response(&fake, &token).await).contains("administradores"));
+    let token = fake.slash_option("mañanera-estado", Some(("accion", "cancelar")), "1", true);
+    let cancel = ephemeral(&first_response(&fake, &token).await);
+    assert!(cancel.contains("no run is in progress"), "{cancel}");
 
     // Direct messages are answered; the telegram outage is only logged.
     let token = fake.slash("mañanera", Some("el petróleo"), "403", false);

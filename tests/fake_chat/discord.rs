@@ -159,6 +159,17 @@ impl FakeDiscord {
 
     /// Someone typed `/<name> tema:<topic>`; returns the interaction's token.
     pub fn slash(&self, name: &str, topic: Option<&str>, user_id: &str, guild: bool) -> String {
+        self.slash_option(name, topic.map(|t| ("tema", t)), user_id, guild)
+    }
+
+    /// Someone typed `/<name> <option>:<value>`; returns the interaction's token.
+    pub fn slash_option(
+        &self,
+        name: &str,
+        option: Option<(&str, &str)>,
+        user_id: &str,
+        guild: bool,
+    ) -> String {
         let id = {
             let mut inner = self.inner.lock().unwrap();
             inner.next_message_id += 1;
@@ -167,8 +178,8 @@ impl FakeDiscord {
         let token = format!("itoken{id}");
         let user = json!({"id": user_id, "username": format!("user{user_id}"),
             "discriminator": "0", "global_name": null, "avatar": null});
-        let options: Vec<Value> = topic
-            .map(|t| json!({"name": "tema", "type": 3, "value": t}))
+        let options: Vec<Value> = option
+            .map(|(name, value)| json!({"name": name, "type": 3, "value": value}))
             .into_iter()
             .collect();
         let mut d = json!({
