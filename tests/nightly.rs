@@ -158,6 +158,26 @@ dir = "{versions}"
         self.command().args(args).output().unwrap()
     }
 
+    /// Writes new settings and waits until `daemon` has re-read them on SIGHUP (its
+    /// `nth` reload).
+    fn reload(&self, daemon: &Daemon, training: &[(&str, &str)], extra: &str, nth: usize) {
+        self.write_config(training, extra);
+        signal(daemon.pid(), "HUP");
+        wait_for_count(
+            &self.path("daemon.log"),
+            "settings reloaded",
+            nth,
+            Duration::from_secs(30),
+        );
+    }
+
+    /// `retrain --now --wait` with JSON output: the exit code, the run and stderr.
+    fn retrain_and_wait(&self) -> (Option<i32>, Value, String) {
+        let out = self.run(&["--format", "json", "retrain", "--now", "--wait"]);
+        let run = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), run, stderr(&out))
+    }
+
     /// `mananera --format json status`.
     fn status(&self) -> Value {
         let out = self.run(&["--format", "json", "status"]);
@@ -394,16 +414,9 @@ fn killed_training_worse_versions_two_triggers_and_rollback() {
     );
 
     // SIGHUP puts a short training in force; the next run trains what the killed one left.
-    world.write_config(&[], OFF);
-    signal(daemon.pid(), "HUP");
-    wait_for_text(
-        &world.path("daemon.log"),
-        "settings reloaded",
-        Duration::from_secs(30),
-    );
-    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    world.reload(&daemon, &[], OFF, 1);
+    let (code, run, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(run["outcome"], "accepted", "{run:#}");
     assert_eq!(
         run["new_transcripts"], 0,
@@ -418,26 +431,16 @@ fn killed_training_worse_versions_two_triggers_and_rollback() {
         .map(|i| char::from(b'a' + ((i * 7919) % 26) as u8))
         .collect();
     world.site.publish(transcript(6, &garbage));
-    world.write_config(
-        &[
-            ("learning_rate", "0.5"),
-            ("tolerance", "0.0"),
-            ("validation_recent", "0"),
-            ("validation_fraction", "0.5"),
-            ("epochs", "3"),
-        ],
-        OFF,
-    );
-    signal(daemon.pid(), "HUP");
-    wait_for_count(
-        &world.path("daemon.log"),
-        "settings reloaded",
-        2,
-        Duration::from_secs(30),
-    );
-    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hard = [
+        ("learning_rate", "0.5"),
+        ("tolerance", "0.0"),
+        ("validation_recent", "0"),
+        ("validation_fraction", "0.5"),
+        ("epochs", "3"),
+    ];
+    world.reload(&daemon, &hard, OFF, 2);
+    let (code, run, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(6), "{err}");
     assert_eq!(run["outcome"], "rejected", "{run:#}");
     assert_eq!(run["trained"]["version"], "v0002", "{run:#}");
     assert!(
@@ -450,16 +453,9 @@ fn killed_training_worse_versions_two_triggers_and_rollback() {
 
     // A good day and normal settings: v0003 is accepted and served.
     world.site.publish(transcript(7, &speech(7)));
-    world.write_config(&[], OFF);
-    signal(daemon.pid(), "HUP");
-    wait_for_count(
-        &world.path("daemon.log"),
-        "settings reloaded",
-        3,
-        Duration::from_secs(30),
-    );
-    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.reload(&daemon, &[], OFF, 3);
+    let (code, _, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(0), "{err}");
     let (v3, _, _) = rt.block_on(ask(&daemon.url, "el agua"));
     assert!(v3.contains("+v0003-"), "{v3}");
 
@@ -667,9 +663,8 @@ fn a_training_over_its_memory_cap_fails_alone() {
     let world = World::new(4);
     world.write_config(&[], "[nightly]\nenabled = false\nmemory_max_mib = 64\n");
     let daemon = world.serve(&[]);
-    let out = world.run(&["--format", "json", "retrain", "--now", "--wait"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, run, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(1), "{err}");
     assert_eq!(run["outcome"], "failed", "{run:#}");
     assert_eq!(
         run["new_transcripts"], 4,
