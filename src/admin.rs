@@ -62,8 +62,8 @@ pub struct Admin {
 const STATUS_RUNS: usize = 10;
 
 impl Admin {
-    /// The daemon's state.
-    pub fn status(&self) -> Status {
+    /// The daemon's state (the versions directory is read on a blocking thread).
+    pub async fn status(&self) -> Status {
         let config = self.live.config();
         let m = &self.live.metrics;
         if let Some(speeches) = self.live.speeches() {
@@ -78,10 +78,7 @@ impl Admin {
             ready: self.live.speeches().is_some(),
             model_version: self.live.speeches().map(|s| s.version()),
             serving: config.model.version.clone(),
-            current_version: versions::current(&config.versions_dir())
-                .ok()
-                .flatten()
-                .map(|v| v.id),
+            current_version: current_version(config.versions_dir()).await,
             queue_depth: m.queue_depth.get(),
             batch_size: m.batch_size.get(),
             cache_hits: m.cache_hits.get(),
@@ -97,7 +94,7 @@ impl Admin {
     /// Carries out `request` for `by` (`cli`, `api`, `discord:<id>`…).
     pub async fn handle(&self, request: Request, by: &str) -> Result<serde_json::Value, Refused> {
         match request {
-            Request::Status => Ok(json(&self.status())),
+            Request::Status => Ok(json(&self.status().await)),
             Request::Retrain => self
                 .nightly
                 .trigger(by)
@@ -131,6 +128,14 @@ impl Admin {
             }
         }
     }
+}
+
+/// The versions directory's current version, read off the async runtime.
+async fn current_version(dir: std::path::PathBuf) -> Option<String> {
+    tokio::task::spawn_blocking(move || versions::current(&dir).ok().flatten().map(|v| v.id))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn json<T: Serialize>(value: &T) -> serde_json::Value {

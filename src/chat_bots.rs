@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use mananera_bots::{AdminAction, Ask, Piece, Reply, Speaker, discord, find_token, telegram};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -16,7 +17,7 @@ use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
 use crate::service::{Answer, Request};
 
-/// How long, after the generations have finished, the bots get to show their last edits.
+/// How long, after the generations' grace period, the bots get to show their last edits.
 const FINAL_EDITS_WITHIN: Duration = Duration::from_secs(10);
 
 /// The daemon as the bots see it.
@@ -27,7 +28,38 @@ struct Port {
 }
 
 impl Speaker for Port {
-    fn ask(&self, ask: Ask) -> Result<Reply, String> {
+    fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<Reply, String>> {
+        Box::pin(self.answer(ask))
+    }
+
+    fn is_admin(&self, user: &str) -> bool {
+        self.admin
+            .live
+            .speeches()
+            .is_some_and(|speeches| speeches.is_admin(user))
+    }
+
+    fn admin<'a>(&'a self, user: &'a str, action: AdminAction) -> BoxFuture<'a, String> {
+        Box::pin(async move {
+            let nightly = &self.admin.nightly;
+            match action {
+                AdminAction::Status => self.status().await,
+                AdminAction::Retrain => match nightly.trigger(user) {
+                    Ok(_) => "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into(),
+                    Err(refused) => format!("No se pudo: {refused}"),
+                },
+                AdminAction::Cancel => match nightly.cancel(user) {
+                    Ok(_) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
+                    Err(refused) => format!("No se pudo: {refused}"),
+                },
+            }
+        })
+    }
+}
+
+impl Port {
+    /// A request from a bot, answered by the service.
+    async fn answer(&self, ask: Ask) -> Result<Reply, String> {
         let Some(speeches) = self.admin.live.speeches() else {
             return Err(
                 "El modelo todavía se está cargando; intenta de nuevo en un minuto.".into(),
@@ -39,7 +71,7 @@ impl Speaker for Port {
             topic: ask.topic,
             params: self.defaults.clone(),
         };
-        match speeches.ask(request) {
+        match speeches.ask(request).await {
             Ok(Answer::Cached { text, .. }) => Ok(Reply::Whole(text)),
             Ok(Answer::Streaming { events, .. }) => {
                 let pieces = stream_of(events).map(|event| match event {
@@ -53,33 +85,9 @@ impl Speaker for Port {
         }
     }
 
-    fn is_admin(&self, user: &str) -> bool {
-        self.admin
-            .live
-            .speeches()
-            .is_some_and(|speeches| speeches.is_admin(user))
-    }
-
-    fn admin(&self, user: &str, action: AdminAction) -> String {
-        let nightly = &self.admin.nightly;
-        match action {
-            AdminAction::Status => self.status(),
-            AdminAction::Retrain => match nightly.trigger(user) {
-                Ok(_) => "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into(),
-                Err(refused) => format!("No se pudo: {refused}"),
-            },
-            AdminAction::Cancel => match nightly.cancel(user) {
-                Ok(_) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
-                Err(refused) => format!("No se pudo: {refused}"),
-            },
-        }
-    }
-}
-
-impl Port {
     /// The daemon's state in Spanish, for the admins' status command.
-    fn status(&self) -> String {
-        let s = self.admin.status();
+    async fn status(&self) -> String {
+        let s = self.admin.status().await;
         let (hits, misses) = (s.cache_hits, s.cache_misses);
         let ratio = if hits + misses > 0.0 {
             format!("{:.0} %", 100.0 * hits / (hits + misses))
@@ -172,21 +180,27 @@ impl Bots {
         let (stop, stopped) = watch::channel(false);
         let tasks = TaskTracker::new();
         if let Some(token) = discord_token {
-            tokio::spawn(discord::run(
-                config.discord.clone(),
-                token,
-                Arc::clone(&port),
-                tasks.clone(),
-                stopped.clone(),
+            tokio::spawn(mananera_health::timed(
+                "discord",
+                discord::run(
+                    config.discord.clone(),
+                    token,
+                    Arc::clone(&port),
+                    tasks.clone(),
+                    stopped.clone(),
+                ),
             ));
         }
         if let Some(token) = telegram_token {
-            tokio::spawn(telegram::run(
-                config.telegram.clone(),
-                token,
-                Arc::clone(&port),
-                tasks.clone(),
-                stopped,
+            tokio::spawn(mananera_health::timed(
+                "telegram",
+                telegram::run(
+                    config.telegram.clone(),
+                    token,
+                    Arc::clone(&port),
+                    tasks.clone(),
+                    stopped,
+                ),
             ));
         }
         let listed = if running.is_empty() {
@@ -203,10 +217,11 @@ impl Bots {
         let _ = self.stop.send(true);
     }
 
-    /// Waits (a bounded time) for the replies being written to show their last text.
-    pub async fn finish(&self) {
+    /// Waits for the replies being written to show their last text: while the generations
+    /// finish (`grace`, run at the same time) and [`FINAL_EDITS_WITHIN`] more.
+    pub async fn finish(&self, grace: Duration) {
         self.tasks.close();
-        if tokio::time::timeout(FINAL_EDITS_WITHIN, self.tasks.wait())
+        if tokio::time::timeout(grace + FINAL_EDITS_WITHIN, self.tasks.wait())
             .await
             .is_err()
         {

@@ -69,6 +69,12 @@ pub struct ServeConfig {
     /// `$RUNTIME_DIRECTORY/control.sock`, else `$XDG_RUNTIME_DIR/mananera/control.sock`,
     /// else `control.sock` in the state directory.
     pub control_socket: String,
+    /// Open connections to the web server at most; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_s: u64,
+    /// Seconds a connection may pass without a byte read or written before it is closed.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for ServeConfig {
@@ -83,6 +89,9 @@ impl Default for ServeConfig {
             max_new_tokens: 512,
             max_temperature: 2.0,
             control_socket: String::new(),
+            max_connections: 512,
+            header_timeout_s: 10,
+            idle_timeout_s: 60,
         }
     }
 }

@@ -72,7 +72,9 @@ pub async fn serve(listener: UnixListener, admin: Arc<Admin>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let admin = Arc::clone(&admin);
-                tokio::spawn(async move { answer(stream, &admin).await });
+                tokio::spawn(mananera_health::timed("control-answer", async move {
+                    answer(stream, &admin).await
+                }));
             }
             Err(error) => {
                 tracing::warn!(%error, "the control socket failed to accept a connection");

@@ -13,6 +13,8 @@
 //! - [`nightly`]: the scheduled re-scrape and incremental fine-tune inside the daemon.
 //! - [`admin`], [`control`]: what admins see and do, and the control socket they reach it on.
 //! - [`systemd`]: readiness, status and watchdog notifications to the service manager.
+//! - [`stall`]: the stall watchdog, an OS thread that probes the async runtime.
+//! - [`failpoint`]: pauses and panics the tests set at named places (debug builds only).
 //! - [`commands`]: one module per subcommand (`generate`, `eval`, `bench`, `vocab`, `scrape`,
 //!   `corpus`, `config`).
 //!
@@ -26,8 +28,10 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod failpoint;
 pub mod live;
 pub mod nightly;
 pub mod service;
+pub mod stall;
 pub mod systemd;
 pub mod web;

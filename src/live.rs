@@ -15,6 +15,7 @@ use crate::service::cache::PromptCache;
 use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
 use crate::service::queue::Generator;
+use crate::service::store::Store;
 use crate::service::{Model, RequestBounds, Speeches};
 
 /// What the daemon's parts share.
@@ -24,6 +25,8 @@ pub struct Live {
     pub speeches: Arc<OnceLock<Arc<Speeches>>>,
     pub metrics: Arc<Metrics>,
     db: sled::Db,
+    /// The thread the running daemon's sled calls go through.
+    store: Store,
     /// One model load at a time (a retrain, a rollback and a reload may ask together).
     loading: tokio::sync::Mutex<()>,
 }
@@ -53,12 +56,13 @@ pub struct RolledBack {
 
 impl Live {
     /// The state of a daemon starting with `config`.
-    pub fn new(config: Config, metrics: Arc<Metrics>, db: sled::Db) -> Self {
+    pub fn new(config: Config, metrics: Arc<Metrics>, db: sled::Db, store: Store) -> Self {
         Self {
             config: RwLock::new(config),
             speeches: Arc::new(OnceLock::new()),
             metrics,
             db,
+            store,
             loading: tokio::sync::Mutex::new(()),
         }
     }
@@ -76,6 +80,11 @@ impl Live {
         &self.db
     }
 
+    /// The thread the running daemon's sled calls go through.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The service, once the first model is loaded.
     pub fn speeches(&self) -> Option<Arc<Speeches>> {
         self.speeches.get().cloned()
@@ -85,7 +94,8 @@ impl Live {
     pub async fn load_first(&self) -> Result<Arc<Speeches>, Failure> {
         let _one = self.loading.lock().await;
         let (config, metrics, db) = (self.config(), Arc::clone(&self.metrics), self.db.clone());
-        let speeches = tokio::task::spawn_blocking(move || build(&config, metrics, db))
+        let store = self.store.clone();
+        let speeches = tokio::task::spawn_blocking(move || build(&config, metrics, db, store))
             .await
             .map_err(|e| Failure {
                 code: 1,
@@ -315,19 +325,24 @@ fn load_model(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Mo
 }
 
 /// Loads the model and wires the service around it.
-fn build(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Speeches, Failure> {
+fn build(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    db: sled::Db,
+    store: Store,
+) -> Result<Speeches, Failure> {
     let model = load_model(config, Arc::clone(&metrics), db.clone())?;
     let limits_tree = db.open_tree("limits").map_err(|e| Failure {
         code: 1,
         message: format!("the state store cannot hold user limits: {e}"),
     })?;
-    let limits = Limits::new(config.limits.clone(), limits_tree);
+    let limits = Limits::new(config.limits.clone(), limits_tree, store.clone());
     let bounds = RequestBounds {
         max_topic_chars: config.serve.max_topic_chars,
         max_new_tokens: config.serve.max_new_tokens,
         max_temperature: config.serve.max_temperature,
     };
-    Ok(Speeches::new(model, limits, metrics, bounds))
+    Ok(Speeches::new(model, limits, store, metrics, bounds))
 }
 
 #[cfg(test)]

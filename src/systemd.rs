@@ -1,8 +1,7 @@
 //! Talking to the service manager (`Type=notify`): READY once the model is loaded, STATUS
-//! lines as things change, RELOADING/READY around a SIGHUP, STOPPING at the end, and
-//! watchdog pings. Without `$NOTIFY_SOCKET` (not under systemd) every call does nothing.
-
-use std::time::Duration;
+//! lines as things change, RELOADING/READY around a SIGHUP, STOPPING at the end (the
+//! watchdog pings come from [`crate::stall`], which sends them only while the runtime
+//! answers). Without `$NOTIFY_SOCKET` (not under systemd) every call does nothing.
 
 use sd_notify::NotifyState;
 
@@ -37,24 +36,4 @@ pub fn reloading() {
 /// The daemon is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-}
-
-/// Pings the watchdog at half its interval while the async runtime is responsive, when
-/// the service manager asked for it (`WatchdogSec=`).
-pub fn spawn_watchdog() {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let every = (interval / 2).max(Duration::from_millis(100));
-    tracing::info!(
-        every_ms = every.as_millis() as u64,
-        "pinging the service manager's watchdog"
-    );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            send(&[NotifyState::Watchdog]);
-        }
-    });
 }

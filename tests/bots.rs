@@ -6,7 +6,7 @@ mod fake_chat;
 
 use std::time::Duration;
 
-use daemon::{Daemon, metric, slow_model, tiny_model};
+use daemon::{Daemon, WHOLE_LENGTH, metric, slow_model, tiny_model};
 use fake_chat::discord::{self as dc, FakeDiscord};
 use fake_chat::telegram::{self as tg, FakeTelegram};
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ const LONG: &[&str] = &[
     "generation.max_new_tokens=1200",
     "serve.max_new_tokens=1200",
     "generation.max_words=0",
+    WHOLE_LENGTH,
     "generation.seed=1",
 ];
 
@@ -661,6 +662,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
             "generation.max_new_tokens=600",
             "serve.max_new_tokens=600",
             "generation.max_words=0",
+            WHOLE_LENGTH,
             "limits.admins=[\"telegram:1\"]",
         ],
     );

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, EventStream, slow_model};
+use daemon::{Daemon, EventStream, WHOLE_LENGTH, slow_model};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -169,6 +169,7 @@ async fn the_page_streams_a_speech_escapes_markup_and_says_when_the_server_is_bu
         "queue.capacity=0",
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
         "generation.max_new_tokens=300",
     ];
     let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);

@@ -18,6 +18,7 @@ fn greedy(max_new_tokens: usize, repetition_penalty: f32) -> SamplingParams {
         repetition_penalty,
         seed: Some(0),
         max_new_tokens,
+        min_new_tokens: 0,
         max_words: 0,
     }
 }

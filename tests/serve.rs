@@ -5,8 +5,8 @@ mod daemon;
 use std::time::{Duration, Instant};
 
 use daemon::{
-    BIN, Daemon, EventStream, cache_command, generate, metric, send, slow_model, state_dir_setting,
-    tiny_model,
+    BIN, Daemon, EventStream, WHOLE_LENGTH, cache_command, generate, metric, send, slow_model,
+    state_dir_setting, tiny_model,
 };
 use serde_json::{Value, json};
 
@@ -142,6 +142,7 @@ async fn a_full_queue_answers_busy_and_a_cancelled_request_frees_its_slot() {
         "queue.capacity=0",
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
     ];
     let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
     let long = json!({"topic": "uno", "max_new_tokens": 512});
@@ -195,6 +196,7 @@ async fn concurrent_requests_join_one_batch() {
         UNLIMITED[0],
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
     ];
     let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
     let mut streams = Vec::new();
@@ -291,6 +293,7 @@ async fn blocked_users_are_refused_and_one_request_in_flight_per_user() {
     let sets = [
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
         "limits.per_minute=0",
     ];
     let d = Daemon::start(&slow_model(), &state.path().join("f"), &sets);
@@ -330,6 +333,7 @@ async fn sigterm_lets_running_speeches_finish_keeps_the_cache_and_exits_0() {
         UNLIMITED[0],
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
     ];
     let d = Daemon::start(&slow_model(), &dir, &sets);
     // Entries already stored before the signal.
@@ -403,6 +407,7 @@ async fn past_the_grace_period_running_speeches_end_with_a_polite_message() {
         "queue.grace_s=1",
         "generation.temperature=0",
         "generation.max_words=0",
+        WHOLE_LENGTH,
         "serve.max_new_tokens=2000",
     ];
     let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);

@@ -50,7 +50,14 @@ pub async fn run(
             speaker: Arc::clone(&speaker),
             tasks: tasks.clone(),
         };
-        let mut builder = HttpBuilder::new(token.expose());
+        let client = match client() {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "discord: no HTTP client; the bot is off");
+                return;
+            }
+        };
+        let mut builder = HttpBuilder::new(token.expose()).client(client);
         if let Some(proxy) = &config.api_proxy {
             builder = builder.proxy(proxy.as_str()).ratelimiter_disabled(true);
         }
@@ -91,6 +98,20 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Time to connect to Discord's REST API, and for a whole call.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+const CALL_WITHIN: Duration = Duration::from_secs(20);
+
+/// The REST client, with a deadline on every call (serenity's own has none).
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(CONNECT_WITHIN)
+        .timeout(CALL_WITHIN)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The commands, as registered.
@@ -164,9 +185,10 @@ impl EventHandler for Handler {
         let http = Arc::clone(&ctx.http);
         let speaker = Arc::clone(&self.speaker);
         let config = self.config.clone();
-        self.tasks.spawn(async move {
-            answer(http, speaker, config, command).await;
-        });
+        self.tasks
+            .spawn(mananera_health::timed("discord-reply", async move {
+                answer(http, speaker, config, command).await;
+            }));
     }
 }
 
@@ -217,7 +239,7 @@ async fn answer(
                 _ if !speaker.is_admin(&user) => {
                     "Solo los administradores pueden ver el estado.".to_string()
                 }
-                Some(action) => speaker.admin(&user, action),
+                Some(action) => speaker.admin(&user, action).await,
                 None => format!(
                     "No conozco «{word}»: usa {}.",
                     AdminAction::WORDS.join(", ")
@@ -233,7 +255,7 @@ async fn answer(
                 chat_id: command.channel_id.to_string(),
                 topic,
             };
-            let reply = match speaker.ask(ask) {
+            let reply = match speaker.ask(ask).await {
                 Ok(reply) => reply,
                 Err(message) => {
                     respond(&http, &command, notice(&message)).await;

@@ -2,6 +2,7 @@
 //! in, a stream of text out. The daemon implements it over its generation service; tests
 //! may implement it over anything.
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 /// Which chat platform a request comes from.
@@ -61,16 +62,16 @@ pub enum Reply {
 
 /// The daemon, as the bots see it.
 pub trait Speaker: Send + Sync + 'static {
-    /// Takes a request, quickly: either a reply or a refusal a person can act on (busy, rate
-    /// limited, bad topic…). Must be called inside a tokio runtime.
-    fn ask(&self, ask: Ask) -> Result<Reply, String>;
+    /// Takes a request, quickly (within a bounded time): either a reply or a refusal a person
+    /// can act on (busy, rate limited, bad topic…).
+    fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<Reply, String>>;
 
     /// True when `user` (`<platform>:<id>`) may see the daemon's status and retrain it.
     fn is_admin(&self, user: &str) -> bool;
 
     /// Carries out an admin's `action` and says how it went, in a few lines (the status,
-    /// or a run started, cancelled or refused). Must be called inside a tokio runtime.
-    fn admin(&self, user: &str, action: AdminAction) -> String;
+    /// or a run started, cancelled or refused).
+    fn admin<'a>(&'a self, user: &'a str, action: AdminAction) -> BoxFuture<'a, String>;
 }
 
 /// What an admin asks of the daemon through a bot: `estado`, `estado reentrenar`, `estado

@@ -19,6 +19,7 @@ use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{TelegramConfig, Token};
 use crate::port::{AdminAction, Ask, Platform, Reply, Speaker};
 use crate::writer::{self, Delivery, Surface};
+use mananera_health::Incident;
 
 /// Telegram renews "typing…" for 5 s; renew a little earlier.
 const TYPING_EVERY: Duration = Duration::from_secs(4);
@@ -44,7 +45,14 @@ pub async fn run(
             return;
         }
     };
-    let bot = Bot::new(token.expose()).set_api_url(url);
+    let client = match client(&config) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "telegram: no HTTP client; the bot is off");
+            return;
+        }
+    };
+    let bot = Bot::with_client(token.expose(), client).set_api_url(url);
     let mut backoff = Backoff::new();
     let state = Arc::new(Shared {
         config: config.clone(),
@@ -69,6 +77,22 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Time to connect to the Bot API.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// A call may take this long past the long-polling timeout (a poll is answered after it).
+const POLL_MARGIN: Duration = Duration::from_secs(15);
+
+/// The HTTP client: a deadline on every call, longer than the long-polling timeout (teloxide
+/// keeps its client's timeout for getUpdates: one shorter than the poll makes every quiet
+/// poll fail and back off).
+fn client(config: &TelegramConfig) -> Result<reqwest::Client, String> {
+    teloxide::net::default_reqwest_settings()
+        .connect_timeout(CONNECT_WITHIN)
+        .timeout(Duration::from_secs(config.poll_timeout_s) + POLL_MARGIN)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn reqwest_url(url: &str) -> Result<reqwest::Url, String> {
@@ -133,11 +157,11 @@ async fn serve(
         .await
         .map_err(|e| format!("setWebhook failed: {e}"))?;
     tracing::info!(bot = %username, %address, "telegram: connected, commands registered, webhook set");
-    let server = tokio::spawn(async move {
+    let server = tokio::spawn(mananera_health::timed("telegram-webhook", async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(stopped)
             .await
-    });
+    }));
     pump(updates.as_stream(), &bot, &state, &me).await;
     server.abort();
     Err("the webhook server ended".into())
@@ -151,12 +175,16 @@ async fn pump<E: std::fmt::Display>(
     me: &Arc<Me>,
 ) {
     tokio::pin!(updates);
+    let failing = Incident::new("telegram's getUpdates");
     while let Some(update) = updates.next().await {
         let update = match update {
-            Ok(update) => update,
+            Ok(update) => {
+                failing.resolved();
+                update
+            }
             Err(error) => {
-                // Polling retries by itself with its own backoff; say so.
-                tracing::warn!(%error, "telegram: getUpdates failed; retrying");
+                // Polling retries by itself with its own backoff.
+                failing.failed(&error.to_string());
                 continue;
             }
         };
@@ -164,9 +192,11 @@ async fn pump<E: std::fmt::Display>(
             let bot = bot.clone();
             let state2 = Arc::clone(state);
             let me = Arc::clone(me);
-            state.tasks.spawn(async move {
-                handle(bot, state2, &me, message).await;
-            });
+            state
+                .tasks
+                .spawn(mananera_health::timed("telegram-reply", async move {
+                    handle(bot, state2, &me, message).await;
+                }));
         }
     }
 }
@@ -246,7 +276,7 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
                 _ if !state.speaker.is_admin(&user) => {
                     "Solo los administradores pueden ver el estado.".to_string()
                 }
-                Some(action) => state.speaker.admin(&user, action),
+                Some(action) => state.speaker.admin(&user, action).await,
                 None => format!(
                     "No conozco «{word}»: usa /estado, /estado reentrenar o /estado cancelar."
                 ),
@@ -263,7 +293,7 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
                 chat_id: chat.to_string(),
                 topic,
             };
-            match state.speaker.ask(ask) {
+            match state.speaker.ask(ask).await {
                 Ok(reply) => speak(&bot, &state, &message, reply).await,
                 Err(refusal) => notify(&bot, &state, &user, &message, &refusal).await,
             }
@@ -277,16 +307,19 @@ async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
     let _typing = {
         let bot = bot.clone();
         let chat = message.chat.id;
-        AbortOnDrop(tokio::spawn(async move {
-            // A fixed period, however long each call takes.
-            let mut every = tokio::time::interval(TYPING_EVERY);
-            loop {
-                every.tick().await;
-                if let Err(error) = bot.send_chat_action(chat, ChatAction::Typing).await {
-                    tracing::debug!(%error, "telegram: typing could not be shown");
+        AbortOnDrop(tokio::spawn(mananera_health::timed(
+            "telegram-typing",
+            async move {
+                // A fixed period, however long each call takes.
+                let mut every = tokio::time::interval(TYPING_EVERY);
+                loop {
+                    every.tick().await;
+                    if let Err(error) = bot.send_chat_action(chat, ChatAction::Typing).await {
+                        tracing::debug!(%error, "telegram: typing could not be shown");
+                    }
                 }
-            }
-        }))
+            },
+        )))
     };
     let mut surface = Chat {
         bot: bot.clone(),
@@ -377,8 +410,11 @@ struct Chat<'a> {
 impl Surface for Chat<'_> {
     const LIMIT: usize = 4096;
 
-    async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
+    async fn turn(&mut self) {
         self.pacer.turn(self.chat, self.interval).await;
+    }
+
+    async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
         let result = match self.messages.get(index) {
             Some(&id) => self
                 .bot

@@ -1,6 +1,9 @@
 //! Shows a speech as it is written, the way both platforms need it: edits paced to at most
-//! one per interval, a platform's `retry after` honoured, and text past a message's size
-//! continued in new messages, never cut.
+//! one per interval, a platform's `retry after` honoured, text past a message's size
+//! continued in new messages, never cut, and every call under a deadline: an edit that gets
+//! no answer is sent again later (the same edit twice changes nothing), a new message that
+//! gets no answer is never sent again (it may have been posted: a second one could show the
+//! text twice), so the reply ends there.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +22,9 @@ pub enum Delivery {
     Failed(String),
 }
 
+/// How long one call to the platform may take before it counts as unanswered.
+pub const CALL_WITHIN: Duration = Duration::from_secs(15);
+
 /// Where a speech is shown: a list of messages, the first of which may already exist.
 pub trait Surface: Send {
     /// The most characters (Unicode scalar values) one message may hold.
@@ -31,6 +37,12 @@ pub trait Surface: Send {
         index: usize,
         text: &str,
     ) -> impl Future<Output = Result<(), Delivery>> + Send;
+
+    /// Waits until the platform may be written to (a per-chat pace); not under the call's
+    /// deadline.
+    fn turn(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Shown while the speech is still being written.
@@ -72,8 +84,18 @@ pub enum Outcome {
     Shown,
     /// The speech failed; what was written and the reason are shown.
     Failed,
-    /// The platform kept refusing; the logs say why.
+    /// The platform kept refusing, or a new message got no answer; the logs say why.
     Undelivered,
+}
+
+/// What one attempt at showing a change came to.
+enum Step {
+    /// Shown (or nothing left to show); the next change may come at this instant.
+    Shown(Instant),
+    /// Not shown; try again at this instant.
+    Retry(Instant),
+    /// A new message got no answer: nothing more may be sent for this reply.
+    Stop,
 }
 
 /// Streams `reply` onto `surface`, showing at most one change per `interval`.
@@ -90,7 +112,10 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
                     piece = pieces.next() => piece,
                     () = sleep_until(next), if dirty => {
                         let target = rendered(&text, true, S::LIMIT);
-                        (_, next) = show_one(surface, &mut shown, &target, interval).await;
+                        next = match show_one(surface, &mut shown, &target, interval).await {
+                            Step::Shown(at) | Step::Retry(at) => at,
+                            Step::Stop => return Outcome::Undelivered,
+                        };
                         continue;
                     }
                 };
@@ -116,14 +141,17 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
     let mut failures = 0;
     while shown != target {
         sleep_until(next).await;
-        let done;
-        (done, next) = show_one(surface, &mut shown, &target, interval).await;
-        if !done {
-            failures += 1;
-            if failures >= FINAL_ATTEMPTS {
-                return Outcome::Undelivered;
+        next = match show_one(surface, &mut shown, &target, interval).await {
+            Step::Shown(at) => at,
+            Step::Retry(at) => {
+                failures += 1;
+                if failures >= FINAL_ATTEMPTS {
+                    return Outcome::Undelivered;
+                }
+                at
             }
-        }
+            Step::Stop => return Outcome::Undelivered,
+        };
     }
     if failure.is_some() {
         Outcome::Failed
@@ -144,36 +172,55 @@ fn rendered(text: &str, writing: bool, limit: usize) -> Vec<String> {
     pages
 }
 
-/// Makes the first message that differs from `target` show its target text; returns whether
-/// it did, and when the next change may be made.
+/// Makes the first message that differs from `target` show its target text, under
+/// [`CALL_WITHIN`].
 async fn show_one<S: Surface>(
     surface: &mut S,
     shown: &mut Vec<String>,
     target: &[String],
     interval: Duration,
-) -> (bool, Instant) {
+) -> Step {
     let Some(index) = (0..target.len()).find(|&i| shown.get(i) != Some(&target[i])) else {
-        return (true, Instant::now());
+        return Step::Shown(Instant::now());
     };
-    match surface.show(index, &target[index]).await {
-        Ok(()) => {
+    surface.turn().await;
+    let shown_in_time =
+        tokio::time::timeout(CALL_WITHIN, surface.show(index, &target[index])).await;
+    match shown_in_time {
+        Ok(Ok(())) => {
             if index == shown.len() {
                 shown.push(target[index].clone());
             } else {
                 shown[index] = target[index].clone();
             }
-            (true, Instant::now() + interval)
+            Step::Shown(Instant::now() + interval)
         }
-        Err(Delivery::RetryAfter(wait)) => {
+        Ok(Err(Delivery::RetryAfter(wait))) => {
             tracing::warn!(
                 wait_ms = wait.as_millis() as u64,
                 "the platform asked to slow down"
             );
-            (false, Instant::now() + wait.max(interval))
+            Step::Retry(Instant::now() + wait.max(interval))
         }
-        Err(Delivery::Failed(reason)) => {
+        Ok(Err(Delivery::Failed(reason))) => {
             tracing::warn!(%reason, "a message could not be shown");
-            (false, Instant::now() + interval * 2)
+            Step::Retry(Instant::now() + interval * 2)
+        }
+        Err(_) if index == shown.len() => {
+            tracing::warn!(
+                message = index,
+                within_s = CALL_WITHIN.as_secs(),
+                "a new message got no answer in time; it may have been posted, so it is not sent again and this reply ends here"
+            );
+            Step::Stop
+        }
+        Err(_) => {
+            tracing::warn!(
+                message = index,
+                within_s = CALL_WITHIN.as_secs(),
+                "an edit got no answer in time; trying again"
+            );
+            Step::Retry(Instant::now() + interval)
         }
     }
 }

@@ -118,7 +118,7 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
         message: format!("bench-train {method}: {e}"),
     };
     let shape = Shape::bloom_560m();
-    let weights = random_weights(&shape).map_err(|e| failed(&e))?;
+    let weights = random_weights(&shape, 0).map_err(|e| failed(&e))?;
     let model = if method == "lora" {
         let spec = LoraSpec {
             rank: 8,

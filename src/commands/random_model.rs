@@ -27,6 +27,9 @@ pub struct RandomModelArgs {
     pub heads: usize,
     #[arg(long, default_value_t = 250_880)]
     pub vocab: usize,
+    /// Seed of the weights: the same seed and shape always write the same model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Writes `config.json`, `tokenizer.json` and `model.safetensors` into `args.out`.
@@ -54,7 +57,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
         message: format!("{}: cannot write {what}: {e}", out.display()),
     };
     std::fs::create_dir_all(out).map_err(|e| io("the directory", &e))?;
-    let weights = random_weights(&config).map_err(|e| io("the weights", &e))?;
+    let weights = random_weights(&config, args.seed).map_err(|e| io("the weights", &e))?;
     candle_core::safetensors::save(&weights, out.join("model.safetensors"))
         .map_err(|e| io("model.safetensors", &e))?;
     let json = serde_json::to_string_pretty(&config).map_err(|e| io("config.json", &e))?;
@@ -66,7 +69,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
     match format {
         Format::Text => println!("{}: {parameters} random parameters", out.display()),
         _ => super::print_json(&serde_json::json!({
-            "dir": out, "parameters": parameters, "config": config,
+            "dir": out, "parameters": parameters, "seed": args.seed, "config": config,
         }))?,
     }
     Ok(())
@@ -76,6 +79,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
 /// initialisation (the training model's list and draw), stored as bf16.
 fn random_weights(
     c: &BloomConfig,
+    seed: u64,
 ) -> Result<HashMap<String, Tensor>, mananera_training::tune::TrainError> {
     let shape = Shape {
         vocab_size: c.vocab_size,
@@ -86,7 +90,7 @@ fn random_weights(
         apply_residual_connection_post_layernorm: c.apply_residual_connection_post_layernorm,
         eos_token_id: c.eos_token_id,
     };
-    model::random_weights(&shape)?
+    model::random_weights(&shape, seed)?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(DType::BF16)?)))
         .collect()

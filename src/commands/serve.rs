@@ -20,7 +20,8 @@ use crate::service::cache::PromptCache;
 use crate::service::metrics::Metrics;
 use crate::service::store;
 use crate::web::{self, AppState};
-use crate::{control, systemd};
+use crate::{control, stall, systemd};
+use mananera_health::timed;
 
 /// How often expired entries and those of older models are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -74,7 +75,28 @@ async fn serve(
         .await
         .map_err(Failure::usage)?;
     let metrics = Arc::new(Metrics::default());
-    let live = Arc::new(Live::new(config.clone(), Arc::clone(&metrics), db.clone()));
+    let no_thread = |what: &str, e: std::io::Error| Failure {
+        code: 1,
+        message: format!("cannot start the {what} thread: {e}"),
+    };
+    let store = store::Store::start(Arc::clone(&metrics)).map_err(|e| no_thread("store", e))?;
+    let runtime_health = stall::spawn(Arc::clone(&metrics), store.clone())
+        .map_err(|e| no_thread("stall watchdog", e))?;
+    let slow = Arc::clone(&metrics);
+    mananera_health::set_slow_poll_reporter(move |task, took| {
+        slow.health.slow_polls.inc(task);
+        tracing::warn!(
+            task,
+            took_ms = took.as_millis() as u64,
+            "a task held an async worker thread over 100 ms"
+        );
+    });
+    let live = Arc::new(Live::new(
+        config.clone(),
+        Arc::clone(&metrics),
+        db.clone(),
+        store.clone(),
+    ));
     let nightly =
         Nightly::new(Arc::clone(&live)).map_err(|message| Failure { code: 1, message })?;
     let admin = Arc::new(Admin {
@@ -88,22 +110,25 @@ async fn serve(
         defaults: config.generation.clone(),
         api_token,
         max_body_bytes: config.serve.max_body_bytes,
+        runtime_health,
+        connections: web::ConnectionLimits::from(&config.serve),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(web::serve(listener, state, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
-    let control = tokio::spawn(control::serve(control_listener, Arc::clone(&admin)));
+    let control = tokio::spawn(timed(
+        "control",
+        control::serve(control_listener, Arc::clone(&admin)),
+    ));
     tracing::info!(address = %format!("http://{local}"), state_dir = %state_dir.display(), control_socket = %socket_path.display(), "listening");
     // A line on stdout for scripts and tests that start the daemon on port 0.
     println!("mananera listening on http://{local}");
     systemd::status("loading the model");
-    systemd::spawn_watchdog();
     let bots = Bots::start(&config, Arc::clone(&admin));
-    let reloads = tokio::spawn(reload_on_hangup(
-        source,
-        Arc::clone(&live),
-        Arc::clone(&nightly),
+    let reloads = tokio::spawn(timed(
+        "reload",
+        reload_on_hangup(source, Arc::clone(&live), Arc::clone(&nightly)),
     ));
 
     let mut signal = std::pin::pin!(stop_signal());
@@ -115,11 +140,16 @@ async fn serve(
             tracing::info!(version = %version, "ready");
             systemd::ready(&format!("serving {version}"));
             nightly.start_schedule();
-            tokio::spawn(purge_regularly(built));
+            tokio::spawn(timed("purge", purge_regularly(built)));
             (&mut signal).await;
         }
         () = &mut signal => {}
     }
+    // Shutdown, in order: stop taking requests (web, control socket, bots); then, at the same
+    // time, let the running speeches finish (up to `queue.grace_s`, then they are cut with a
+    // notice), cancel a nightly run (it checkpoints), and let the bots show every speech's
+    // last text (up to the grace period plus `FINAL_EDITS_WITHIN`, even from a slow
+    // platform); then wait for the web server's open answers and flush the store.
     tracing::info!("stopping: no new requests; finishing the running ones");
     systemd::stopping();
     reloads.abort();
@@ -132,20 +162,38 @@ async fn serve(
             speeches.shut_down().await;
         }
     };
-    tokio::join!(finish_speeches, nightly.stop());
-    bots.finish().await;
+    let grace = Duration::from_secs(config.queue.grace_s);
+    tokio::join!(finish_speeches, nightly.stop(), bots.finish(grace));
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the web server failed"),
         Err(e) => tracing::error!(error = %e, "the web server task failed"),
     }
     let _ = std::fs::remove_file(&socket_path);
-    if let Err(e) = store::close(&db, &state_dir) {
-        tracing::error!(error = %e, "the state store could not be flushed");
-    }
+    close_store(store, db, state_dir).await;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Lets the store's queued writes finish, then flushes it and records its size, off the
+/// runtime and within [`CLOSE_WITHIN`]: a stalled disk cannot keep the daemon from exiting.
+async fn close_store(store: store::Store, db: sled::Db, dir: PathBuf) {
+    let closing = tokio::task::spawn_blocking(move || {
+        if store.drain(CLOSE_WITHIN).is_err() {
+            return Err("its queued writes did not finish in time".to_string());
+        }
+        store::close(&db, &dir)
+    });
+    match tokio::time::timeout(CLOSE_WITHIN * 2, closing).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the state store could not be flushed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the state store could not be flushed"),
+        Err(_) => tracing::error!("the state store did not flush in time; exiting without it"),
+    }
+}
+
+/// How long the store's last writes and flush may take at shutdown.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Re-reads the settings on each SIGHUP and puts them in force; a bad file is reported and
 /// the settings in force stay.

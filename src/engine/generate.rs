@@ -70,6 +70,8 @@ pub struct Sequence {
     word_limit: Option<WordLimit>,
     /// `max_new_tokens`, lowered so prompt plus output fit the context cap.
     max_new: usize,
+    /// `min_new_tokens`: before this many, the end of text cannot be chosen.
+    min_new: usize,
     context_full: bool,
     stop: Option<StopReason>,
     seed: u64,
@@ -86,6 +88,14 @@ impl Sequence {
     /// Stops the sequence; its text so far stays.
     pub fn cancel(&mut self) {
         self.stop.get_or_insert(StopReason::Cancelled);
+    }
+
+    /// The column the sampler may not choose now: the end of text, while the sequence is
+    /// shorter than `min_new_tokens`.
+    fn banned(&self, engine: &Engine) -> Option<u32> {
+        (self.new_ids.len() < self.min_new)
+            .then(|| engine.model.column(engine.model.config().eos_token_id))
+            .flatten()
     }
 
     /// Takes the next token (as a logit column) and returns the text it completes.
@@ -214,6 +224,7 @@ impl Engine {
             sampler: params.sampler(seed),
             word_limit: WordLimit::new(params.max_words),
             max_new: params.max_new_tokens.min(self.max_context - prompt.len()),
+            min_new: params.min_new_tokens,
             context_full: prompt.len() + params.max_new_tokens > self.max_context,
             stop: None,
             seed,
@@ -235,7 +246,8 @@ impl Engine {
             .model
             .logits(&hidden.i((.., n - 1, ..))?.contiguous()?)?
             .to_dtype(DType::F32)?;
-        let column = seq.sampler.next(&logits.get(0)?, &seq.penalized)?;
+        let banned = seq.banned(self);
+        let column = seq.sampler.next(&logits.get(0)?, &seq.penalized, banned)?;
         let delta = seq.accept(self, column)?;
         seq.prefill_ms = started.elapsed().as_secs_f64() * 1e3;
         seq.started = started;
@@ -267,7 +279,10 @@ impl Engine {
         let logits = self.model.logits(&hidden)?.to_dtype(DType::F32)?;
         for (row, &i) in live.iter().enumerate() {
             let seq = &mut *seqs[i];
-            let column = seq.sampler.next(&logits.get(row)?, &seq.penalized)?;
+            let banned = seq.banned(self);
+            let column = seq
+                .sampler
+                .next(&logits.get(row)?, &seq.penalized, banned)?;
             deltas[i] = seq.accept(self, column)?;
         }
         Ok(deltas)

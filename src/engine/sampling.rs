@@ -23,6 +23,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Hard cap on generated tokens.
     pub max_new_tokens: usize,
+    /// The end-of-text token cannot be chosen before this many tokens (as transformers'
+    /// `min_new_tokens`): a speech at least this long (or `max_new_tokens`, when that is
+    /// lower). 0 turns it off.
+    pub min_new_tokens: usize,
     /// Soft cap on generated words: past it, generation stops at the next sentence end if one
     /// comes soon, else at a word boundary shortly after. 0 turns it off.
     pub max_words: usize,
@@ -37,6 +41,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.1,
             seed: None,
             max_new_tokens: 256,
+            min_new_tokens: 0,
             max_words: 100,
         }
     }
@@ -67,6 +72,7 @@ impl SamplingParams {
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
         }
+
         Ok(())
     }
 
@@ -98,13 +104,29 @@ pub(crate) struct Sampler {
 impl Sampler {
     /// `logits`: one score per logit column; `context`: the columns of the prompt and of the
     /// tokens generated so far, which the repetition penalty applies to (as in transformers).
+    /// `banned`: a column that may not be chosen (the end of text, before `min_new_tokens`).
     /// Returns the chosen column.
-    pub(crate) fn next(&mut self, logits: &Tensor, context: &[u32]) -> Result<u32> {
+    pub(crate) fn next(
+        &mut self,
+        logits: &Tensor,
+        context: &[u32],
+        banned: Option<u32>,
+    ) -> Result<u32> {
+        let logits = match banned {
+            Some(column) => {
+                let mut scores = logits.to_vec1::<f32>()?;
+                if let Some(score) = scores.get_mut(column as usize) {
+                    *score = f32::NEG_INFINITY;
+                }
+                Tensor::from_vec(scores, logits.dims(), logits.device())?
+            }
+            None => logits.clone(),
+        };
         let logits = if self.repetition_penalty == 1.0 {
             logits.clone()
         } else {
             candle_transformers::utils::apply_repeat_penalty(
-                logits,
+                &logits,
                 self.repetition_penalty,
                 context,
             )?
@@ -116,6 +138,23 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_banned_column_is_never_chosen() {
+        let logits = Tensor::new(&[0.1f32, 0.2, 9.0, 0.3], &candle_core::Device::Cpu).unwrap();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        };
+        let mut sampler = greedy.sampler(0);
+        assert_eq!(sampler.next(&logits, &[], None).unwrap(), 2);
+        assert_eq!(sampler.next(&logits, &[], Some(2)).unwrap(), 3);
+        let mut sampled = SamplingParams::default().sampler(7);
+        for _ in 0..200 {
+            assert_ne!(sampled.next(&logits, &[], Some(2)).unwrap(), 2);
+        }
+    }
 
     #[test]
     fn nonsense_values_are_rejected_with_the_setting_named() {

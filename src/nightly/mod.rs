@@ -83,7 +83,7 @@ impl Nightly {
     /// Opens the run records (marking a run the last daemon left unfinished).
     pub fn new(live: Arc<Live>) -> Result<Arc<Self>, String> {
         let keep = live.config().nightly.keep_runs;
-        let runs = Runs::open(live.db(), keep)
+        let runs = Runs::open(live.db(), keep, live.store().clone())
             .map_err(|e| format!("the state store cannot hold run records: {e}"))?;
         runs.close_interrupted(&Timestamp::now().to_string());
         let nightly = Arc::new(Self {
@@ -113,10 +113,10 @@ impl Nightly {
     /// Starts the scheduler (after the first model is loaded); runs a missed run now.
     pub fn start_schedule(self: &Arc<Self>) {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        tokio::spawn(mananera_health::timed("nightly-schedule", async move {
             this.catch_up();
             this.schedule_loop().await;
-        });
+        }));
     }
 
     /// Tells the scheduler the settings changed.
@@ -257,17 +257,19 @@ impl Nightly {
         tracing::info!(run = record.id, trigger, "nightly run started");
         let this = Arc::clone(self);
         let id = record.id;
-        tokio::spawn(async move {
+        tokio::spawn(mananera_health::timed("nightly-run", async move {
             let steps = {
                 let this = Arc::clone(&this);
-                tokio::spawn(async move { this.steps(cancel_rx, history).await })
+                tokio::spawn(mananera_health::timed("nightly-steps", async move {
+                    this.steps(cancel_rx, history).await
+                }))
             };
             let result = steps
                 .await
                 .unwrap_or_else(|e| Err(format!("the run stopped unexpectedly: {e}")));
             this.finish(id, result).await;
             let _ = finished_tx.send(true);
-        });
+        }));
         Ok(record)
     }
 

@@ -2,7 +2,11 @@
 //! ended), kept in the daemon's sled store so `status`, the bots, the web page and
 //! `/metrics` can show it, and so a run missed while the daemon was down is noticed.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
+
+use crate::service::store::Store;
 
 /// How a run ended (or that it has not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,18 +102,40 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// Run records in the `nightly_runs` tree, newest last.
+/// Run records in the `nightly_runs` tree, newest last. Read from memory (the tree is read
+/// once, at open) and written behind through the [`Store`] thread, so neither a status
+/// request nor a run's phase change waits on the disk.
 #[derive(Clone)]
 pub struct Runs {
     tree: sled::Tree,
+    store: Store,
+    /// Every kept record, oldest first.
+    records: Arc<Mutex<Vec<RunRecord>>>,
     keep: usize,
 }
 
 impl Runs {
-    /// The records of `db`, keeping the newest `keep`.
-    pub fn open(db: &sled::Db, keep: usize) -> Result<Self, sled::Error> {
+    /// The records of `db`, keeping the newest `keep` (unreadable ones skipped, with a
+    /// warning); later writes go through `store`.
+    pub fn open(db: &sled::Db, keep: usize, store: Store) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("nightly_runs")?;
+        let records = tree
+            .iter()
+            .filter_map(|item| {
+                let (key, value) = item.ok()?;
+                match serde_json::from_slice(&value) {
+                    Ok(record) => Some(record),
+                    Err(error) => {
+                        tracing::warn!(%error, key = ?key, "skipping an unreadable run record");
+                        None
+                    }
+                }
+            })
+            .collect();
         Ok(Self {
-            tree: db.open_tree("nightly_runs")?,
+            tree,
+            store,
+            records: Arc::new(Mutex::new(records)),
             keep: keep.max(1),
         })
     }
@@ -122,40 +148,38 @@ impl Runs {
     /// Writes (or rewrites) `record`, dropping the oldest beyond the limit. A store that
     /// cannot be written is logged: the run itself goes on.
     pub fn put(&self, record: &RunRecord) {
-        let result = serde_json::to_vec(record)
-            .map_err(|e| e.to_string())
-            .and_then(|value| {
-                self.tree
-                    .insert(record.id.to_be_bytes(), value)
-                    .map_err(|e| e.to_string())?;
-                while self.tree.len() > self.keep {
-                    self.tree.pop_min().map_err(|e| e.to_string())?;
+        let dropped: Vec<u64> = {
+            let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            match records.iter_mut().find(|r| r.id == record.id) {
+                Some(old) => *old = record.clone(),
+                None => {
+                    records.push(record.clone());
+                    records.sort_by_key(|r| r.id);
                 }
-                self.tree.flush().map_err(|e| e.to_string())?;
-                Ok(())
+            }
+            let excess = records.len().saturating_sub(self.keep);
+            records.drain(..excess).map(|r| r.id).collect()
+        };
+        let Ok(value) = serde_json::to_vec(record) else {
+            return;
+        };
+        let (tree, id) = (self.tree.clone(), record.id);
+        self.store.send("run_record_write", move || {
+            let result = tree.insert(id.to_be_bytes(), value).and_then(|_| {
+                dropped
+                    .iter()
+                    .try_for_each(|old| tree.remove(old.to_be_bytes()).map(drop))
             });
-        if let Err(error) = result {
-            tracing::error!(%error, run = record.id, "the run record could not be stored");
-        }
+            if let Err(error) = result {
+                tracing::error!(%error, run = id, "the run record could not be stored");
+            }
+        });
     }
 
-    /// The newest `n` records, newest first (unreadable ones skipped, with a warning).
+    /// The newest `n` records, newest first.
     pub fn latest(&self, n: usize) -> Vec<RunRecord> {
-        self.tree
-            .iter()
-            .rev()
-            .filter_map(|item| {
-                let (key, value) = item.ok()?;
-                match serde_json::from_slice(&value) {
-                    Ok(record) => Some(record),
-                    Err(error) => {
-                        tracing::warn!(%error, key = ?key, "skipping an unreadable run record");
-                        None
-                    }
-                }
-            })
-            .take(n)
-            .collect()
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.iter().rev().take(n).cloned().collect()
     }
 
     /// Marks runs left `running` by a daemon that ended as interrupted.
@@ -200,16 +224,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            let runs = Runs::open(&db, 3).unwrap();
+            let store = Store::start(Arc::default()).unwrap();
+            let runs = Runs::open(&db, 3, store.clone()).unwrap();
             for id in [5, 1, 9, 7] {
                 runs.put(&record(id, Outcome::Accepted));
             }
             let ids: Vec<u64> = runs.latest(10).iter().map(|r| r.id).collect();
             assert_eq!(ids, [9, 7, 5]);
             runs.put(&record(11, Outcome::Running));
+            store.drain(std::time::Duration::from_secs(10)).unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
-        let runs = Runs::open(&db, 3).unwrap();
+        let runs = Runs::open(&db, 3, Store::start(Arc::default()).unwrap()).unwrap();
         runs.close_interrupted("2026-11-27T06:00:00Z");
         let latest = &runs.latest(1)[0];
         assert_eq!((latest.id, latest.outcome), (11, Outcome::Interrupted));

@@ -71,6 +71,8 @@ pub struct PromptCache {
     version: String,
     config: CacheConfig,
     bytes: AtomicU64,
+    /// Keys stored, kept as a count so that reporting it scans nothing.
+    entries_count: AtomicU64,
 }
 
 impl PromptCache {
@@ -83,14 +85,15 @@ impl PromptCache {
             version: version.to_string(),
             config,
             bytes: AtomicU64::new(0),
+            entries_count: AtomicU64::new(0),
         };
-        let bytes = cache
-            .entries
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| serde_json::from_slice::<Entry>(&v).map_or(0, |e| e.bytes(&k)))
-            .sum();
+        let (mut bytes, mut count) = (0, 0);
+        for (k, v) in cache.entries.iter().filter_map(Result::ok) {
+            bytes += serde_json::from_slice::<Entry>(&v).map_or(0, |e| e.bytes(&k));
+            count += 1;
+        }
         cache.bytes.store(bytes, Ordering::SeqCst);
+        cache.entries_count.store(count, Ordering::SeqCst);
         Ok(cache)
     }
 
@@ -200,13 +203,14 @@ impl PromptCache {
         self.entries.clear()?;
         self.recency.clear()?;
         self.bytes.store(0, Ordering::SeqCst);
+        self.entries_count.store(0, Ordering::SeqCst);
         self.flush()
     }
 
-    /// Entries and bytes now.
+    /// Entries and bytes now, from counters (no scan).
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            entries: self.entries.len(),
+            entries: self.entries_count.load(Ordering::SeqCst) as usize,
             bytes: self.bytes.load(Ordering::SeqCst),
             variants: self.config.variants,
         }
@@ -218,6 +222,7 @@ impl PromptCache {
     }
 
     fn read(&self, key: &[u8]) -> Option<Entry> {
+        crate::failpoint::hit("store.cache");
         match self.entries.get(key) {
             Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
                 Ok(entry) => Some(entry),
@@ -239,7 +244,11 @@ impl PromptCache {
         let Ok(json) = serde_json::to_vec(entry) else {
             return;
         };
-        let result = self.entries.insert(key, json).and_then(|_| {
+        crate::failpoint::hit("store.cache");
+        let result = self.entries.insert(key, json).and_then(|old| {
+            if old.is_none() {
+                self.entries_count.fetch_add(1, Ordering::SeqCst);
+            }
             if let Some(used) = previous_use {
                 self.recency.remove(recency_key(used, key))?;
             }
@@ -251,9 +260,11 @@ impl PromptCache {
     }
 
     fn remove(&self, key: &[u8]) {
-        if let Ok(Some(old)) = self.entries.remove(key)
-            && let Ok(entry) = serde_json::from_slice::<Entry>(&old)
-        {
+        let Ok(Some(old)) = self.entries.remove(key) else {
+            return;
+        };
+        self.entries_count.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(entry) = serde_json::from_slice::<Entry>(&old) {
             self.bytes.fetch_sub(
                 entry.bytes(key).min(self.bytes.load(Ordering::SeqCst)),
                 Ordering::SeqCst,

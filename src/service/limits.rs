@@ -1,8 +1,12 @@
 //! Per-user limits: allow and block lists, one request in flight, a rate per minute and a
-//! daily quota. Counts live in sled so a restart does not reset them; admins are exempt.
+//! daily quota; admins are exempt. The counts are decided in memory (no disk on the request's
+//! path) and written behind to sled through the [`Store`] thread, so a restart does not reset
+//! them and a stalled disk does not stall a request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use super::store::Store;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +80,9 @@ struct Usage {
 pub struct Limits {
     config: LimitsConfig,
     tree: sled::Tree,
+    store: Store,
+    /// Every user's counts (read from `tree` at start; users idle since yesterday dropped).
+    usage: Mutex<HashMap<String, Usage>>,
     in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -98,11 +105,24 @@ impl Drop for Slot {
 const DAY_MS: u64 = 86_400_000;
 
 impl Limits {
-    /// Limits whose counts persist in `tree`.
-    pub fn new(config: LimitsConfig, tree: sled::Tree) -> Self {
+    /// Limits whose counts persist in `tree`, written through `store`. Reads the whole tree:
+    /// call it off the async runtime.
+    pub fn new(config: LimitsConfig, tree: sled::Tree, store: Store) -> Self {
+        let today = super::now_ms() / DAY_MS;
+        let usage = tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(user, value)| {
+                let user = String::from_utf8(user.to_vec()).ok()?;
+                let usage: Usage = serde_json::from_slice(&value).ok()?;
+                (usage.day >= today).then_some((user, usage))
+            })
+            .collect();
         Self {
             config,
             tree,
+            store,
+            usage: Mutex::new(usage),
             in_flight: Arc::default(),
         }
     }
@@ -149,20 +169,19 @@ impl Limits {
         )
     }
 
-    /// Checks and records one request against the rate and the quota.
+    /// Checks and records one request against the rate and the quota; the new counts are
+    /// written behind.
     fn count(&self, user: &str, now_ms: u64) -> Result<(), Refusal> {
         let (per_minute, per_day) = self.rates(user);
-        let mut usage: Usage = self
-            .tree
-            .get(user)
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default();
+        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let day = now_ms / DAY_MS;
+        if all.len() > PRUNE_ABOVE {
+            all.retain(|_, u| u.day >= day);
+        }
+        let usage = all.entry(user.to_string()).or_default();
         usage
             .recent_ms
             .retain(|&t| now_ms.saturating_sub(t) < 60_000);
-        let day = now_ms / DAY_MS;
         if usage.day != day {
             usage.day = day;
             usage.today = 0;
@@ -183,14 +202,21 @@ impl Limits {
         }
         usage.recent_ms.push(now_ms);
         usage.today += 1;
-        if let Ok(json) = serde_json::to_vec(&usage)
-            && let Err(e) = self.tree.insert(user, json)
-        {
-            tracing::warn!(error = %e, "user limits could not be saved");
+        if let Ok(json) = serde_json::to_vec(usage) {
+            let (tree, user) = (self.tree.clone(), user.to_string());
+            self.store.send("limits_write", move || {
+                crate::failpoint::hit("store.limits");
+                if let Err(e) = tree.insert(user, json) {
+                    tracing::warn!(error = %e, "user limits could not be saved");
+                }
+            });
         }
         Ok(())
     }
 }
+
+/// Past this many users in memory, those idle since before today are dropped.
+const PRUNE_ABOVE: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -205,7 +231,42 @@ mod tests {
             ..Default::default()
         };
         let db = sled::Config::new().temporary(true).open().unwrap();
-        Limits::new(config, db.open_tree("limits").unwrap())
+        Limits::new(config, db.open_tree("limits").unwrap(), store())
+    }
+
+    fn store() -> Store {
+        Store::start(Arc::default()).unwrap()
+    }
+
+    #[test]
+    fn counts_survive_a_restart() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let config = LimitsConfig {
+            per_minute: 0,
+            per_day: 2,
+            ..Default::default()
+        };
+        let now = crate::service::now_ms();
+        let first = Limits::new(config.clone(), db.open_tree("limits").unwrap(), store());
+        drop(first.admit("web:a", now).unwrap());
+        drop(first.admit("web:a", now + 1).unwrap());
+        // The write is behind: wait until it is on the tree.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db
+            .open_tree("limits")
+            .unwrap()
+            .get("web:a")
+            .unwrap()
+            .is_none_or(|v| serde_json::from_slice::<Usage>(&v).map_or(true, |u| u.today < 2))
+        {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let second = Limits::new(config, db.open_tree("limits").unwrap(), store());
+        assert!(matches!(
+            second.admit("web:a", now + 2),
+            Err(Refusal::QuotaExhausted { .. })
+        ));
     }
 
     #[test]
@@ -219,7 +280,7 @@ mod tests {
             ..Default::default()
         };
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let limits = Limits::new(config, db.open_tree("limits").unwrap());
+        let limits = Limits::new(config, db.open_tree("limits").unwrap(), store());
         drop(limits.admit("telegram:1", 0).unwrap());
         assert!(matches!(
             limits.admit("telegram:1", 1),

@@ -23,6 +23,55 @@ impl Counter {
     }
 }
 
+/// Counters by one label's value.
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    pub fn inc(&self, label: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label.to_string())
+            .or_default() += 1;
+    }
+
+    /// The count of one label's value (0 when never counted).
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str) {
+        for (value, n) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let value = value.replace(['"', '\\', '\n'], "_");
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
+    }
+}
+
+/// What `/metrics` shows of the daemon's own health: stalls of the async runtime, slow task
+/// polls, a state store that does not answer, and calls to the platforms that fail.
+#[derive(Debug, Default)]
+pub struct HealthMetrics {
+    /// Times the runtime did not answer the watchdog's probe in time.
+    pub runtime_stalls: Counter,
+    /// The longest and the latest time the runtime took to answer a probe.
+    pub heartbeat_max_gap: Gauge,
+    pub heartbeat_gap: Gauge,
+    /// Polls of a task that held a worker thread over the slow-poll threshold, by task.
+    pub slow_polls: LabeledCounter,
+    /// Store calls that got no answer in time (or found its queue full), by operation.
+    pub store_timeouts: LabeledCounter,
+    /// Generation workers restarted after they died.
+    pub generation_restarts: Counter,
+}
+
 /// A value that goes up and down.
 #[derive(Debug, Default)]
 pub struct Gauge(Mutex<f64>);
@@ -113,6 +162,7 @@ pub struct Metrics {
     pub model_swaps: Counter,
     /// The nightly runs' outcomes and numbers.
     pub retrain: Mutex<RetrainMetrics>,
+    pub health: HealthMetrics,
 }
 
 /// What `/metrics` shows of the nightly re-scrape and fine-tune.
@@ -314,6 +364,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "mananera_model_swaps_total {}", self.model_swaps.get());
         self.render_retrain(&mut out, &head);
+        self.render_health(&mut out, &head);
         let version = self
             .model_version
             .lock()
@@ -331,6 +382,56 @@ impl Metrics {
             version.replace(['"', '\\', '\n'], "_")
         );
         out
+    }
+
+    fn render_health(&self, out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {
+        let h = &self.health;
+        let plain: [(&str, &str, &str, f64); 4] = [
+            (
+                "mananera_runtime_stalls_total",
+                "counter",
+                "Times the async runtime did not answer the watchdog's probe within the stall threshold.",
+                h.runtime_stalls.get(),
+            ),
+            (
+                "mananera_runtime_heartbeat_max_gap_seconds",
+                "gauge",
+                "The longest time the async runtime took to answer the watchdog's probe.",
+                h.heartbeat_max_gap.get(),
+            ),
+            (
+                "mananera_runtime_heartbeat_gap_seconds",
+                "gauge",
+                "The time the async runtime took to answer the latest probe.",
+                h.heartbeat_gap.get(),
+            ),
+            (
+                "mananera_generation_restarts_total",
+                "counter",
+                "Generation workers restarted after they died.",
+                h.generation_restarts.get(),
+            ),
+        ];
+        for (name, kind, help, value) in plain {
+            head(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        head(
+            out,
+            "mananera_slow_polls_total",
+            "counter",
+            "Task polls that held an async worker thread over 100 ms, by task.",
+        );
+        h.slow_polls
+            .render(out, "mananera_slow_polls_total", "task");
+        head(
+            out,
+            "mananera_store_timeouts_total",
+            "counter",
+            "State store calls that got no answer in time, by operation.",
+        );
+        h.store_timeouts
+            .render(out, "mananera_store_timeouts_total", "op");
     }
 
     fn render_retrain(&self, out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {

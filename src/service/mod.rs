@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use crate::engine::{Generation, SamplingParams, StopReason};
+use crate::engine::{SamplingParams, StopReason};
 use cache::PromptCache;
 use limits::{Limits, Refusal, Slot};
 use metrics::Metrics;
 use queue::{Busy, Event, Generator};
+use store::Store;
 
 /// Below this, sampling divides by almost nothing and the scores overflow.
 const MIN_TEMPERATURE: f64 = 0.01;
@@ -77,7 +78,7 @@ pub struct RequestBounds {
 /// the unit that is swapped when a new version is served.
 pub struct Model {
     generator: Generator,
-    cache: Option<PromptCache>,
+    cache: Option<Arc<PromptCache>>,
     version: String,
 }
 
@@ -86,7 +87,7 @@ impl Model {
     pub fn new(generator: Generator, cache: Option<PromptCache>, version: String) -> Self {
         Self {
             generator,
-            cache,
+            cache: cache.map(Arc::new),
             version,
         }
     }
@@ -107,18 +108,27 @@ pub struct Speeches {
     /// Replaced models still finishing their generations.
     draining: Mutex<Vec<Arc<Model>>>,
     limits: Limits,
+    /// The thread every cache read and write goes through.
+    store: Store,
     metrics: Arc<Metrics>,
     bounds: RequestBounds,
 }
 
 impl Speeches {
     /// Wires the parts together.
-    pub fn new(model: Model, limits: Limits, metrics: Arc<Metrics>, bounds: RequestBounds) -> Self {
+    pub fn new(
+        model: Model,
+        limits: Limits,
+        store: Store,
+        metrics: Arc<Metrics>,
+        bounds: RequestBounds,
+    ) -> Self {
         metrics.set_model_version(&model.version);
         let speeches = Self {
             model: RwLock::new(Arc::new(model)),
             draining: Mutex::new(Vec::new()),
             limits,
+            store,
             metrics,
             bounds,
         };
@@ -155,7 +165,7 @@ impl Speeches {
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::clone(&old));
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        tokio::spawn(mananera_health::timed("drain-old-model", async move {
             let running = old.generator.batch_size() + old.generator.queue_depth();
             old.generator.close();
             while !old.generator.is_stopped() {
@@ -166,7 +176,7 @@ impl Speeches {
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|m| !Arc::ptr_eq(m, &old));
             tracing::info!(version = %old.version, running_at_swap = running, "the replaced model finished its last speeches");
-        });
+        }));
         old_version
     }
 
@@ -175,18 +185,20 @@ impl Speeches {
         self.limits.is_admin(user)
     }
 
-    /// Removes cache entries that are expired or belong to other model versions.
+    /// Removes cache entries that are expired or belong to other model versions. A full scan
+    /// of the cache: call it off the async runtime.
     pub fn purge_stale_cache(&self) {
         if let Some(cache) = &self.model().cache {
             cache.purge_stale();
         }
     }
 
-    /// Checks, limits, then answers from the cache or starts a generation.
-    pub fn ask(self: &Arc<Self>, request: Request) -> Result<Answer, Rejection> {
+    /// Checks, limits, then answers from the cache or starts a generation. Never waits on
+    /// the disk longer than the store's deadline (a store that does not answer is a miss).
+    pub async fn ask(self: &Arc<Self>, request: Request) -> Result<Answer, Rejection> {
         let started = Instant::now();
         let frontend = request.frontend;
-        let result = self.ask_inner(request, started);
+        let result = self.ask_inner(request, started).await;
         if let Err(rejection) = &result {
             let outcome = match rejection {
                 Rejection::Invalid(_) => "invalid",
@@ -202,7 +214,7 @@ impl Speeches {
         result
     }
 
-    fn ask_inner(
+    async fn ask_inner(
         self: &Arc<Self>,
         request: Request,
         started: Instant,
@@ -219,7 +231,7 @@ impl Speeches {
         let (worker_events, key) = loop {
             let key = model.cache.as_ref().map(|c| c.key(&topic, &request.params));
             if let (Some(cache), Some(key)) = (&model.cache, &key)
-                && let Some(text) = cache.lookup(key, &request.params)
+                && let Some(text) = self.look_up(cache, key, &request.params).await
             {
                 self.metrics.cache_hits.inc();
                 let seconds = started.elapsed().as_secs_f64();
@@ -252,11 +264,11 @@ impl Speeches {
         let this = Arc::clone(self);
         let params = request.params;
         let frontend = request.frontend;
-        tokio::spawn(async move {
+        tokio::spawn(mananera_health::timed("relay", async move {
             let stored = Stored { model, key, params };
             this.relay(worker_events, tx, slot, stored, frontend, started)
                 .await;
-        });
+        }));
         Ok(Answer::Streaming {
             topic,
             events,
@@ -290,19 +302,20 @@ impl Speeches {
                     .time_to_first_token
                     .observe(started.elapsed().as_secs_f64());
             }
-            let outcome = match &event {
-                Event::Delta(_) => None,
-                Event::Done(generation) => {
-                    self.keep(&stored, generation);
-                    Some(if generation.stop_reason == StopReason::Cancelled {
-                        "cancelled"
-                    } else {
-                        "ok"
-                    })
+            // The speech reaches the caller first; storing it comes after.
+            let (outcome, keep) = match &event {
+                Event::Delta(_) => (None, None),
+                Event::Done(generation) if generation.stop_reason == StopReason::Cancelled => {
+                    (Some("cancelled"), None)
                 }
-                Event::Failed(_) => Some("error"),
+                Event::Done(generation) => (Some("ok"), Some(generation.text.clone())),
+                Event::Failed(_) => (Some("error"), None),
             };
             let sent = to_caller.send(event).is_ok();
+            if let Some(text) = keep {
+                self.keep(stored, text);
+                break "ok";
+            }
             match (outcome, sent) {
                 (Some(outcome), _) => break outcome,
                 (None, false) => break "cancelled",
@@ -314,20 +327,40 @@ impl Speeches {
             .record_request(frontend, outcome, started.elapsed().as_secs_f64());
     }
 
-    /// Stores a complete speech in the cache of the model that wrote it (never a cancelled
-    /// one).
-    fn keep(&self, stored: &Stored, generation: &Generation) {
-        if generation.stop_reason == StopReason::Cancelled {
+    /// A stored speech for `key`, read on the store's thread; `None` (a miss) when the
+    /// store does not answer in time.
+    async fn look_up(
+        &self,
+        cache: &Arc<PromptCache>,
+        key: &[u8],
+        params: &SamplingParams,
+    ) -> Option<String> {
+        let (cache, key, params) = (Arc::clone(cache), key.to_vec(), params.clone());
+        self.store
+            .call("cache_lookup", move || cache.lookup(&key, &params))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stores a complete speech in the cache of the model that wrote it, behind: queued on
+    /// the store's thread.
+    fn keep(&self, stored: Stored, text: String) {
+        let Stored { model, key, params } = stored;
+        let (Some(cache), Some(key)) = (model.cache.clone(), key) else {
             return;
-        }
-        if let (Some(cache), Some(key)) = (&stored.model.cache, &stored.key) {
-            cache.store(key, &stored.params, &generation.text);
-            self.refresh_gauges();
-        }
+        };
+        let metrics = Arc::clone(&self.metrics);
+        self.store.send("cache_store", move || {
+            cache.store(&key, &params, &text);
+            let stats = cache.stats();
+            metrics.cache_entries.set(stats.entries as f64);
+            metrics.cache_bytes.set(stats.bytes as f64);
+        });
     }
 
     /// Copies the queue depth, the batch size (of every model still running, a replaced one
-    /// included) and the cache's size into the metrics.
+    /// included) and the cache's size into the metrics. Counters only: nothing is scanned.
     pub fn refresh_gauges(&self) {
         let model = self.model();
         let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
@@ -391,9 +424,11 @@ impl Speeches {
             .clone();
         let all = std::iter::once(&model).chain(draining.iter());
         futures_util::future::join_all(all.map(|m| m.generator.shut_down())).await;
-        if let Some(cache) = &model.cache {
-            match cache.flush() {
-                Ok(()) => tracing::info!("prompt cache flushed"),
+        if let Some(cache) = model.cache.clone() {
+            // Behind the speeches stored just before: the store runs its jobs in order.
+            match self.store.call("cache_flush", move || cache.flush()).await {
+                Ok(Ok(())) => tracing::info!("prompt cache flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "the prompt cache could not be flushed"),
                 Err(e) => tracing::error!(error = %e, "the prompt cache could not be flushed"),
             }
         }

@@ -14,7 +14,7 @@ pub(super) async fn status(State(state): State<AppState>, headers: HeaderMap) ->
     if let Some(refused) = unauthorized(&state, &headers) {
         return refused;
     }
-    axum::Json(state.admin.status()).into_response()
+    axum::Json(state.admin.status().await).into_response()
 }
 
 pub(super) async fn retrain(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -22,8 +22,7 @@ use crate::service::queue::Event;
 use crate::service::{Answer, Rejection, Request};
 
 const EXAMPLE: &str = r#"{"topic": "el petróleo", "max_words": 80}"#;
-const FIELDS: &str =
-    "topic, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, max_words";
+const FIELDS: &str = "topic, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, min_new_tokens, max_words";
 
 /// Reads the request body: a topic and optional sampling settings (left out or null: the
 /// `[generation]` value). Errors name the field.
@@ -47,6 +46,7 @@ fn parse_body(text: &str, defaults: &SamplingParams) -> Result<(String, Sampling
             "repetition_penalty" => params.repetition_penalty = field(&key, value)?,
             "seed" => params.seed = Some(field(&key, value)?),
             "max_new_tokens" => params.max_new_tokens = field(&key, value)?,
+            "min_new_tokens" => params.min_new_tokens = field(&key, value)?,
             "max_words" => params.max_words = field(&key, value)?,
             other => {
                 return Err(format!("unknown field `{other}`; the fields are {FIELDS}"));
@@ -116,7 +116,7 @@ pub(super) async fn generate(
         params,
         topic,
     };
-    match speeches.ask(request) {
+    match speeches.ask(request).await {
         Err(rejection) => rejected(&rejection),
         Ok(answer) if streaming => sse(answer, started).into_response(),
         Ok(answer) => whole(answer, started).await,

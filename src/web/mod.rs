@@ -3,8 +3,10 @@
 
 mod admin;
 mod api;
+mod conn;
 
-use std::net::SocketAddr;
+pub use conn::ConnectionLimits;
+
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -17,6 +19,7 @@ use crate::admin::Admin;
 use crate::engine::SamplingParams;
 use crate::service::Speeches;
 use crate::service::metrics::Metrics;
+use crate::stall::RuntimeHealth;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -31,6 +34,10 @@ pub struct AppState {
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// What the stall watchdog found, for `/healthz`.
+    pub runtime_health: Arc<RuntimeHealth>,
+    /// Open connections and their timeouts.
+    pub connections: ConnectionLimits,
 }
 
 /// The routes.
@@ -49,18 +56,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
+/// Serves the routes on `listener` until `shutdown` resolves, then waits (a bounded time)
+/// for open requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.connections.clone();
+    conn::serve(listener, router(state), limits, shutdown).await
 }
 
 async fn page() -> impl IntoResponse {
@@ -75,8 +79,17 @@ async fn page() -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// 200 while the process answers and its runtime has not stalled lately; 503 with the
+/// reason otherwise.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.runtime_health.problem() {
+        None => axum::Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "stalled", "error": problem })),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -2,15 +2,21 @@
 //! address from stdout, talk to it, stop it with a signal.
 #![allow(dead_code)] // each test binary uses part of these helpers
 
+pub mod evidence;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mananera");
+
+/// Every speech runs to its `max_new_tokens`: no end of text before, so no test depends on
+/// where a sampled speech of a random model happens to stop.
+pub const WHOLE_LENGTH: &str = "generation.min_new_tokens=100000";
 
 /// The tiny fixture model: fast, real tokenizer.
 pub fn tiny_model() -> PathBuf {
@@ -60,9 +66,10 @@ pub fn cache_command(verb: &str, dir: &Path, extra: &[&str]) -> std::process::Ou
         .unwrap()
 }
 
-/// A running daemon.
+/// A running daemon; a panic of the test that started it prints its evidence
+/// ([`evidence`]).
 pub struct Daemon {
-    child: Child,
+    child: Arc<Mutex<Child>>,
     pub url: String,
     pub state_dir: PathBuf,
     stderr: PathBuf,
@@ -114,6 +121,8 @@ impl Daemon {
     pub fn spawn(mut cmd: Command, state_dir: &Path, stderr: PathBuf) -> Daemon {
         let mut child = cmd.spawn().expect("start mananera serve");
         let stdout = child.stdout.take().unwrap();
+        let child = Arc::new(Mutex::new(child));
+        evidence::register(&child, stderr.clone());
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let url = line
@@ -153,22 +162,24 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> (ExitStatus, String) {
-        signal(self.child.id(), "TERM");
-        let status = wait_with_timeout(&mut self.child, Duration::from_secs(300));
+    pub fn terminate(self) -> (ExitStatus, String) {
+        signal(self.pid(), "TERM");
+        let status = wait_with_timeout(&self.child, Duration::from_secs(300));
         let log = self.log();
         (status, log)
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        evidence::forget(&self.child);
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -182,10 +193,16 @@ pub fn signal(pid: u32, name: &str) {
     assert!(ok, "kill -{name} {pid}");
 }
 
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+fn wait_with_timeout(child: &Mutex<Child>, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        // Locked only while looking, so the evidence hook can see the child too.
+        let exited = child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_wait()
+            .unwrap();
+        if let Some(status) = exited {
             return status;
         }
         assert!(Instant::now() < deadline, "the daemon did not exit");

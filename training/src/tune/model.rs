@@ -195,14 +195,32 @@ pub fn save_weights(
     super::tensors::save(path, &ordered)
 }
 
-/// Random weights in bloom's initialisation (N(0, 0.02²), LayerNorm 1/0), for benchmarks.
-pub fn random_weights(shape: &Shape) -> Result<HashMap<String, Tensor>, TrainError> {
+/// Random weights in bloom's initialisation (N(0, 0.02²), LayerNorm 1/0), for benchmarks and
+/// tests. Drawn from `seed` in the tensors' fixed order, so the same seed and shape always
+/// give the same model (candle's own `randn` draws from an unseeded generator).
+pub fn random_weights(shape: &Shape, seed: u64) -> Result<HashMap<String, Tensor>, TrainError> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for (name, dims) in shape.tensors() {
         let tensor = match (dims.len(), name.ends_with(".bias")) {
             (1, true) => Tensor::zeros(dims, DType::F32, &Device::Cpu)?,
             (1, false) => Tensor::ones(dims, DType::F32, &Device::Cpu)?,
-            _ => Tensor::randn(0f32, 0.02, dims, &Device::Cpu)?,
+            _ => {
+                let count: usize = dims.iter().product();
+                let mut values = Vec::with_capacity(count + 1);
+                // Box–Muller: two uniform draws give two independent normal values.
+                while values.len() < count {
+                    let u1: f32 = 1.0 - rng.random::<f32>();
+                    let u2: f32 = rng.random::<f32>();
+                    let radius = 0.02 * (-2.0 * u1.ln()).sqrt();
+                    let angle = std::f32::consts::TAU * u2;
+                    values.push(radius * angle.cos());
+                    values.push(radius * angle.sin());
+                }
+                values.truncate(count);
+                Tensor::from_vec(values, dims, &Device::Cpu)?
+            }
         };
         out.insert(name, tensor);
     }
