@@ -913,3 +913,222 @@ async fn telegram_webhook_mode_takes_updates_with_the_secret_only() {
     assert!(status.success(), "{log}");
     assert!(!log.contains("telegram-test-token"), "the token was logged");
 }
+
+/// The longest time between two consecutive calls of `method` at or after `from`.
+fn longest_gap(calls: &[tg::Call], method: &str, from: std::time::Instant) -> Duration {
+    let times: Vec<_> = calls
+        .iter()
+        .filter(|c| c.method == method && c.at >= from)
+        .map(|c| c.at)
+        .collect();
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_stalls_nobody_the_bot_keeps_polling_and_every_speech_is_answered() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The first cache read parks the store's thread for 15 s, as a stalled disk would.
+    let mut daemon_env = vec![("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token")];
+    daemon_env.push(("MANANERA_FAILPOINTS", "store.cache=1*sleep(15000)"));
+    let sets = [
+        format!("telegram.api_url={:?}", fake.url),
+        "telegram.poll_timeout_s=1".to_string(),
+        "generation.max_new_tokens=40".to_string(),
+        "limits.per_minute=0".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let daemon =
+        Daemon::start_with_env(&tiny_model(), &dir.path().join("state"), &sets, &daemon_env);
+    fake.wait_for(Duration::from_secs(30), "long polling", |calls| {
+        calls.iter().any(|c| c.method == "getupdates").then_some(())
+    })
+    .await;
+    let timeouts = "mananera_store_timeouts_total{op=\"cache_lookup\"}";
+    let before = metric(&daemon.url, timeouts).await;
+    let asked = std::time::Instant::now();
+    let chats: Vec<i64> = (0..4).map(|n| 7100 + n).collect();
+    for &chat in &chats {
+        fake.user_says(chat, chat, &format!("/mananera tema {chat}"), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every speech is answered while the store is still parked.
+    fake.wait_for(Duration::from_secs(12), "a speech in every chat", |calls| {
+        chats
+            .iter()
+            .all(|&chat| {
+                let pages = telegram_final(calls, chat, 0);
+                pages
+                    .last()
+                    .is_some_and(|p| !p.is_empty() && !p.ends_with(" …"))
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The bot kept polling every second or two the whole time.
+    let calls = fake.calls();
+    let gap = longest_gap(&calls, "getupdates", asked);
+    assert!(gap < Duration::from_secs(3), "getUpdates {gap:?} apart");
+    assert_eq!(metric(&daemon.url, timeouts).await, before + 4.0);
+    assert_eq!(
+        metric(&daemon.url, "mananera_runtime_stalls_total").await,
+        0.0
+    );
+    let max_gap = metric(&daemon.url, "mananera_runtime_heartbeat_max_gap_seconds").await;
+    assert!(
+        max_gap < 3.0,
+        "the runtime answered its probe {max_gap} s late"
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("failing; logged once until it recovers")
+            .count(),
+        1,
+        "one incident, logged once: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_a_followup_never_answered_is_not_sent_twice_and_others_are_served() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
+        calls.iter().any(|c| c.method == "PUT").then_some(())
+    })
+    .await;
+    fake.swallow_followups(1);
+    let lost = fake.slash("mañanera", Some("el agua"), "301", true);
+    let posted = fake
+        .wait_for(SPEECH_WITHIN, "the first follow-up", |calls, _| {
+            calls
+                .iter()
+                .find(|c| c.method == "POST" && c.path.ends_with(&lost))
+                .map(|c| c.at)
+        })
+        .await;
+    // Another person's speech is written whole meanwhile.
+    let other = fake.slash("mañanera", Some("el petróleo"), "302", true);
+    let pages = fake
+        .wait_for(SPEECH_WITHIN, "the other speech", |calls, _| {
+            let pages = discord_final(calls, &other);
+            (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&cached_speech(&daemon, "el petróleo").await)
+    );
+    // Past the writer's deadline the unanswered reply has ended, with its follow-up sent once.
+    let after = posted + Duration::from_secs(20);
+    tokio::time::sleep_until(after.into()).await;
+    let calls = fake.calls();
+    let lost_calls: Vec<&dc::Call> = calls.iter().filter(|c| c.path.contains(&lost)).collect();
+    let posts = lost_calls.iter().filter(|c| c.method == "POST").count();
+    assert_eq!(posts, 1, "{lost_calls:#?}");
+    assert!(
+        lost_calls.iter().all(|c| c.at <= posted),
+        "nothing was sent for that reply after the unanswered follow-up: {lost_calls:#?}"
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("it may have been posted"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_answering_3_s_late_still_shows_whole_speeches_even_at_sigterm() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let daemon = discord_daemon(&fake, &state, &slow_model(), LONG);
+    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
+        calls.iter().any(|c| c.method == "PUT").then_some(())
+    })
+    .await;
+    fake.delay_answers(Duration::from_secs(3));
+    let token = fake.slash("mañanera", Some("la refinería"), "401", true);
+    fake.wait_for(SPEECH_WITHIN, "the first edit", |calls, _| {
+        calls
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path.contains(&token))
+            .then_some(())
+    })
+    .await;
+    // Stopped while the speech is being shown, far behind the model: every page still comes.
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    let pages = discord_final(&fake.calls(), &token);
+    assert!(
+        pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
+        "{pages:#?}\n{log}"
+    );
+    // The speech, as the daemon stored it, read back after a restart.
+    fake.delay_answers(Duration::ZERO);
+    let again = discord_daemon(&fake, &state, &slow_model(), LONG);
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&cached_speech(&again, "la refinería").await)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_quiet_long_polls_longer_than_17_s_never_fail() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sets = [
+        format!("telegram.api_url={:?}", fake.url),
+        "telegram.poll_timeout_s=20".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with_env(
+        &tiny_model(),
+        &dir.path().join("state"),
+        &sets,
+        &[("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token")],
+    );
+    // No update for 45 s: each poll is held for its whole 20 s and answered empty.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let polls: Vec<std::time::Instant> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "getupdates")
+        .map(|c| c.at)
+        .collect();
+    assert!(polls.len() >= 2, "{} polls", polls.len());
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (Duration::from_secs(19)..Duration::from_secs(23)).contains(&gap),
+            "polls {gap:?} apart: {}",
+            daemon.log()
+        );
+    }
+    // And a message then is answered at once.
+    let asked = std::time::Instant::now();
+    fake.user_says(7200, 7200, "/mananera el agua", None);
+    fake.wait_for(Duration::from_secs(10), "the speech", |calls| {
+        calls
+            .iter()
+            .any(|c| c.method == "sendmessage" && c.body["chat_id"] == json!(7200))
+            .then_some(())
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("getUpdates"), "{log}");
+}

@@ -687,3 +687,79 @@ async fn a_token_protects_the_api_and_remote_listening_must_be_asked_for() {
         "{err}"
     );
 }
+
+#[test]
+fn a_flood_of_slow_headers_is_cut_off_and_a_normal_request_is_answered_at_once() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let sets = [
+        "serve.max_connections=100",
+        "serve.header_timeout_s=1",
+        "serve.idle_timeout_s=2",
+    ];
+    let d = Daemon::start(&tiny_model(), &state.path().join("s"), &sets);
+    let host = d.url.strip_prefix("http://").unwrap().to_string();
+    // 300 clients that each send half a request header and then nothing.
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| {
+            let mut stream = std::net::TcpStream::connect(&host).ok()?;
+            let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            Some(stream)
+        })
+        .collect();
+    assert!(flood.len() >= 200, "{} connections", flood.len());
+    // Past the cap they are closed at once; the rest when their header time is up.
+    let started = Instant::now();
+    for mut stream in flood {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 64];
+        let closed = matches!(stream.read(&mut byte), Ok(0) | Err(_))
+            || String::from_utf8_lossy(&byte).starts_with("HTTP/1.1 408");
+        assert!(closed, "a slow client was kept");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let asked = Instant::now();
+    assert_eq!(daemon::status_of(&d.url, "/healthz"), Some(200));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_blocked_on_both_workers_is_seen_by_the_stall_watchdog() {
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd_env = Vec::new();
+    cmd_env.push(("MANANERA_FAILPOINTS", "web.page=2*sleep(5000)"));
+    let d = Daemon::start_with_env(&tiny_model(), &state.path().join("s"), &[], &cmd_env);
+    assert_eq!(metric(&d.url, "mananera_runtime_stalls_total").await, 0.0);
+    // Two page requests hold both of the daemon's worker threads for 5 s.
+    let pages: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(reqwest::get(format!("{}/", d.url))))
+        .collect();
+    for page in pages {
+        assert_eq!(page.await.unwrap().unwrap().status(), 200);
+    }
+    let health = reqwest::get(format!("{}/healthz", d.url)).await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "stalled", "{health}");
+    assert_eq!(metric(&d.url, "mananera_runtime_stalls_total").await, 1.0);
+    assert!(metric(&d.url, "mananera_runtime_heartbeat_max_gap_seconds").await >= 3.0);
+    assert_eq!(
+        metric(&d.url, "mananera_slow_polls_total{task=\"http\"}").await,
+        2.0
+    );
+    let (status, log) = d.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the async runtime did not answer"), "{log}");
+    assert!(log.contains("stuck_workers"), "{log}");
+    assert!(log.contains("the async runtime answers again"), "{log}");
+}

@@ -243,22 +243,94 @@ mod tests {
         assert_eq!(pages("", 10), [""]);
     }
 
-    /// Records every call; fails the calls whose number is in `refuse`.
+    /// Records every call; fails the calls whose number is in `refuse`, and never answers
+    /// those in `hang`.
     struct Recorder {
         calls: Arc<Mutex<Vec<(Instant, usize, String)>>>,
         refuse: Vec<usize>,
+        hang: Vec<usize>,
     }
 
     impl Surface for Recorder {
         const LIMIT: usize = 20;
         async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
-            let mut calls = self.calls.lock().unwrap();
-            calls.push((Instant::now(), index, text.to_string()));
-            if self.refuse.contains(&(calls.len() - 1)) {
+            let number = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((Instant::now(), index, text.to_string()));
+                calls.len() - 1
+            };
+            if self.hang.contains(&number) {
+                std::future::pending::<()>().await;
+            }
+            if self.refuse.contains(&number) {
                 return Err(Delivery::RetryAfter(Duration::from_secs(3)));
             }
             Ok(())
         }
+    }
+
+    /// The messages as the calls left them.
+    fn messages(calls: &[(Instant, usize, String)]) -> Vec<String> {
+        let mut shown: Vec<String> = Vec::new();
+        for (_, index, text) in calls {
+            if *index == shown.len() {
+                shown.push(text.clone());
+            } else {
+                shown[*index] = text.clone();
+            }
+        }
+        shown
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_edit_is_sent_again_and_the_end_is_whole() {
+        let calls = Arc::default();
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: vec![],
+            hang: vec![1],
+        };
+        let outcome = write(&mut surface, stream(3), Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Shown);
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[1].1, 0, "the second call was an edit");
+        assert!(calls[2].0 - calls[1].0 >= CALL_WITHIN);
+        assert_eq!(messages(&calls).join(" "), "palabra0 palabra1 palabra2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_new_message_is_never_sent_twice() {
+        let calls = Arc::default();
+        // 30 words of 9 characters: two or more messages of 20; the first follow-up hangs.
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: vec![],
+            hang: vec![],
+        };
+        let outcome = write(&mut surface, stream(30), Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Shown);
+        let first_create = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|(_, index, _)| *index == 1)
+            .unwrap();
+        let calls = Arc::default();
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: vec![],
+            hang: vec![first_create],
+        };
+        let outcome = write(&mut surface, stream(30), Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Undelivered);
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), first_create + 1, "nothing was sent after it");
+        assert_eq!(
+            calls.iter().filter(|(_, index, _)| *index == 1).count(),
+            1,
+            "the new message was sent once"
+        );
+        assert_eq!(messages(&calls).len(), 2);
     }
 
     fn stream(words: usize) -> Reply {
@@ -278,6 +350,7 @@ mod tests {
         let mut surface = Recorder {
             calls: Arc::clone(&calls),
             refuse: vec![1],
+            hang: vec![],
         };
         let outcome = write(&mut surface, stream(30), Duration::from_secs(1)).await;
         assert_eq!(outcome, Outcome::Shown);
@@ -287,15 +360,12 @@ mod tests {
             assert!(gap >= Duration::from_secs(1), "edits {gap:?} apart");
         }
         assert!(calls[2].0 - calls[1].0 >= Duration::from_secs(3));
-        let mut last = Vec::new();
-        for (_, index, text) in calls.iter() {
-            assert!(text.chars().count() <= Recorder::LIMIT);
-            if *index == last.len() {
-                last.push(text.clone());
-            } else {
-                last[*index] = text.clone();
-            }
-        }
+        assert!(
+            calls
+                .iter()
+                .all(|(_, _, text)| text.chars().count() <= Recorder::LIMIT)
+        );
+        let last = messages(&calls);
         let expected: String = (0..30).map(|i| format!("palabra{i} ")).collect();
         assert_eq!(last.join(" "), expected.trim_end());
     }
@@ -310,6 +380,7 @@ mod tests {
         let mut surface = Recorder {
             calls: Arc::clone(&calls),
             refuse: vec![],
+            hang: vec![],
         };
         let outcome = write(
             &mut surface,

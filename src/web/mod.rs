@@ -68,6 +68,8 @@ pub async fn serve(
 }
 
 async fn page() -> impl IntoResponse {
+    // Lets a test block a runtime worker, as a blocking call slipped onto it would.
+    crate::failpoint::hit("web.page");
     (
         [(
             header::CONTENT_SECURITY_POLICY,

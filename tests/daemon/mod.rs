@@ -211,7 +211,7 @@ fn wait_with_timeout(child: &Mutex<Child>, limit: Duration) -> ExitStatus {
 }
 
 /// The status code of `GET path` over a plain blocking connection (for readiness polling).
-fn status_of(url: &str, path: &str) -> Option<u16> {
+pub fn status_of(url: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let host = url.strip_prefix("http://")?;
     let mut stream = std::net::TcpStream::connect(host).ok()?;

@@ -50,6 +50,10 @@ struct Inner {
     seq: u64,
     /// Answer the next RESUME with INVALID_SESSION (not resumable).
     refuse_resume: bool,
+    /// Every REST answer waits this long.
+    delay: Duration,
+    /// Follow-ups still to create (recorded, like Discord posting them) and never answer.
+    followups_to_swallow: usize,
 }
 
 /// The fake: its REST address (for `discord.api_proxy`) and what it saw.
@@ -93,6 +97,16 @@ impl FakeDiscord {
 
     pub fn frames(&self) -> Vec<GatewayFrame> {
         self.inner.lock().unwrap().frames.clone()
+    }
+
+    /// Every REST call is answered `delay` late.
+    pub fn delay_answers(&self, delay: Duration) {
+        self.inner.lock().unwrap().delay = delay;
+    }
+
+    /// The next `n` follow-ups are created (they count as posted) but never answered.
+    pub fn swallow_followups(&self, n: usize) {
+        self.inner.lock().unwrap().followups_to_swallow = n;
     }
 
     /// The next `n` edits are answered 429.
@@ -305,6 +319,8 @@ async fn rest_call(
     uri: Uri,
     body: axum::body::Bytes,
 ) -> Response {
+    let delay = fake.inner.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
     let path = uri.path().to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let parts: Vec<&str> = path.trim_start_matches("/api/v10/").split('/').collect();
@@ -371,6 +387,15 @@ async fn rest_call(
                 created: message["id"].as_str().map(str::to_string),
                 ..call
             });
+            let swallow = {
+                let mut inner = fake.inner.lock().unwrap();
+                let swallow = inner.followups_to_swallow > 0;
+                inner.followups_to_swallow = inner.followups_to_swallow.saturating_sub(1);
+                swallow
+            };
+            if swallow {
+                std::future::pending::<()>().await;
+            }
             ok(message)
         }
         _ => {
