@@ -763,3 +763,32 @@ async fn a_runtime_blocked_on_both_workers_is_seen_by_the_stall_watchdog() {
     assert!(log.contains("stuck_workers"), "{log}");
     assert!(log.contains("the async runtime answers again"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_worker_that_dies_is_replaced_and_its_request_told() {
+    let state = tempfile::tempdir().unwrap();
+    let env = [("MANANERA_FAILPOINTS", "generation.step=1*panic")];
+    let sets = [UNLIMITED[0], "generation.max_words=0", WHOLE_LENGTH];
+    let d = Daemon::start_with_env(&tiny_model(), &state.path().join("s"), &sets, &env);
+    let body = json!({"topic": "el agua", "max_new_tokens": 20});
+    let first = tokio::time::timeout(Duration::from_secs(30), generate(&d.url, &body))
+        .await
+        .expect("the request in flight is answered, not left waiting");
+    assert_ne!(first.status, 200, "{:?}", first.json);
+    let error = first.json["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ask again"), "{:?}", first.json);
+    let second = generate(
+        &d.url,
+        &json!({"topic": "el petróleo", "max_new_tokens": 20}),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{:?}", second.json);
+    assert!(!second.json["text"].as_str().unwrap().is_empty());
+    assert_eq!(
+        metric(&d.url, "mananera_generation_restarts_total").await,
+        1.0
+    );
+    let (status, log) = d.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("a new one takes the queue"), "{log}");
+}

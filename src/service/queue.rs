@@ -97,7 +97,7 @@ impl Generator {
         let worker_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("generation".into())
-            .spawn(move || Worker::new(engine, worker_shared).run(&rx))?;
+            .spawn(move || supervise(&engine, &worker_shared, &rx))?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             shared,
@@ -197,6 +197,23 @@ impl Generator {
             );
             self.shared.abort.store(true, Ordering::SeqCst);
             let _ = join.await;
+        }
+    }
+}
+
+/// Runs the worker, and a new one in its place whenever one dies outside the model code's
+/// own guard (its requests are told, see [`Worker`]'s `Drop`), until the queue is closed.
+fn supervise(engine: &Arc<Engine>, shared: &Arc<Shared>, jobs: &mpsc::Receiver<Job>) {
+    loop {
+        let worker = Worker::new(Arc::clone(engine), Arc::clone(shared));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(jobs)));
+        match run {
+            Ok(()) => return,
+            Err(_) => {
+                shared.metrics.health.generation_restarts.inc();
+                shared.running.store(0, Ordering::SeqCst);
+                tracing::error!("the generation worker died; a new one takes the queue");
+            }
         }
     }
 }
@@ -315,6 +332,8 @@ impl Worker {
         if self.batch.is_empty() {
             return;
         }
+        // Lets a test kill the worker outside the model code's guard.
+        crate::failpoint::hit("generation.step");
         for r in &mut self.batch {
             if r.job.events.is_closed() {
                 r.seq.cancel();
@@ -369,6 +388,17 @@ impl Worker {
             *mean = 0.8 * *mean + 0.2 * seconds;
             drop(mean);
             let _ = r.job.events.send(Event::Done(generation));
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// A worker that dies tells the requests it was writing, so none waits for ever.
+    fn drop(&mut self) {
+        for r in self.batch.drain(..) {
+            let _ = r.job.events.send(Event::Failed(
+                "the server had a problem writing this speech; please ask again".into(),
+            ));
         }
     }
 }
