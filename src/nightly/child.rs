@@ -37,6 +37,8 @@ pub struct Limits {
     pub memory_max_mib: u64,
     /// After a cancel, time to finish cleanly before SIGKILL.
     pub stop_grace: Duration,
+    /// Past this the child is stopped as a cancel stops it (`None`: no limit).
+    pub time_limit: Option<Duration>,
 }
 
 /// What a finished child left behind.
@@ -47,8 +49,10 @@ pub struct Finished {
     pub stdout: String,
     /// Its last log lines.
     pub tail: Vec<String>,
-    /// True when it was asked to stop.
+    /// True when it was asked to stop (a cancel, or its time limit).
     pub cancelled: bool,
+    /// True when it was stopped at its time limit.
+    pub timed_out: bool,
 }
 
 impl Finished {
@@ -137,12 +141,29 @@ pub async fn run(
         Vec::from(tail)
     };
     let grace = limits.stop_grace;
+    let time_limit = limits.time_limit;
     let wait = async {
         let mut cancelled = false;
+        let mut timed_out = false;
+        let out_of_time = async {
+            match time_limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let status = tokio::select! {
             status = child.wait() => status,
-            () = cancel_asked(&mut cancel) => {
+            stop = async {
+                tokio::select! {
+                    () = cancel_asked(&mut cancel) => false,
+                    () = out_of_time => true,
+                }
+            } => {
                 cancelled = true;
+                timed_out = stop;
+                if timed_out {
+                    tracing::warn!(task, pid, limit_s = time_limit.unwrap_or_default().as_secs(), "the child process ran past its time limit: stopping it");
+                }
                 tracing::info!(task, pid, grace_s = grace.as_secs(), "asking the child process to stop");
                 signal(pid, libc::SIGTERM);
                 match tokio::time::timeout(grace, child.wait()).await {
@@ -155,15 +176,16 @@ pub async fn run(
                 }
             }
         }?;
-        Ok::<_, std::io::Error>((status, cancelled))
+        Ok::<_, std::io::Error>((status, cancelled, timed_out))
     };
     let (waited, stdout, tail) = tokio::join!(wait, read_stdout, read_stderr);
-    let (status, cancelled) = waited?;
+    let (status, cancelled, timed_out) = waited?;
     Ok(Finished {
         status,
         stdout,
         tail,
         cancelled,
+        timed_out,
     })
 }
 

@@ -329,14 +329,17 @@ impl Nightly {
     ) -> Result<Outcome, String> {
         let config = self.live.config();
         let settings = write_child_config(&config)?;
+        let minutes = |m: u64| (m > 0).then(|| Duration::from_secs(m * 60));
         let limits = child::Limits {
             nice: config.nightly.nice,
             memory_max_mib: config.nightly.memory_max_mib,
             stop_grace: Duration::from_secs(config.nightly.stop_grace_s),
+            time_limit: minutes(config.nightly.train_max_minutes),
         };
         // The memory cap is for the training; the scrape needs little.
         let scrape_limits = child::Limits {
             memory_max_mib: 0,
+            time_limit: minutes(config.nightly.scrape_max_minutes),
             ..limits.clone()
         };
         self.phase("scraping");
@@ -350,6 +353,12 @@ impl Nightly {
         )
         .await
         .map_err(|e| format!("the scrape could not start: {e}"))?;
+        if scrape.timed_out {
+            return Err(format!(
+                "the scrape ran past nightly.scrape_max_minutes ({} min) and was stopped",
+                config.nightly.scrape_max_minutes
+            ));
+        }
         if scrape.cancelled {
             return Ok(Outcome::Cancelled);
         }
@@ -418,6 +427,12 @@ impl Nightly {
                     self.update(|r| r.trained = trained);
                 }
                 outcome
+            }
+            _ if train.timed_out => {
+                self.state().running.as_mut().map(|r| {
+                    r.cancelled_by = Some("its time limit (nightly.train_max_minutes)".into())
+                });
+                return Ok(Outcome::Cancelled);
             }
             Some(STOPPED) => return Ok(Outcome::Cancelled),
             _ if train.cancelled => return Ok(Outcome::Cancelled),

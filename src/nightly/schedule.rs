@@ -33,6 +33,11 @@ pub struct NightlyConfig {
     /// After a cancel, how long the training process gets to save its checkpoint before it
     /// is killed.
     pub stop_grace_s: u64,
+    /// The scrape is stopped (and the run fails) past this many minutes; 0: no limit.
+    pub scrape_max_minutes: u64,
+    /// The training is stopped at a checkpoint past this many minutes (the next run resumes
+    /// it); 0: no limit.
+    pub train_max_minutes: u64,
     /// Run records kept in the state store.
     pub keep_runs: usize,
 }
@@ -49,6 +54,8 @@ impl Default for NightlyConfig {
             threads: 0,
             memory_max_mib: 0,
             stop_grace_s: 120,
+            scrape_max_minutes: 120,
+            train_max_minutes: 720,
             keep_runs: 100,
         }
     }
