@@ -103,8 +103,8 @@ pub struct RunRecord {
 }
 
 /// Run records in the `nightly_runs` tree, newest last. Read from memory (the tree is read
-/// once, at open) and written behind through the [`Store`] thread, so neither a status
-/// request nor a run's phase change waits on the disk.
+/// once, at open) and written (and flushed) behind through the [`Store`] thread, so neither
+/// a status request nor a run's phase change waits on the disk.
 #[derive(Clone)]
 pub struct Runs {
     tree: sled::Tree,
@@ -165,10 +165,13 @@ impl Runs {
         };
         let (tree, id) = (self.tree.clone(), record.id);
         self.store.send("run_record_write", move || {
+            // Flushed at once (on the store's thread): a run record must survive the daemon
+            // being killed a moment later, or the next start cannot tell the run was cut short.
             let result = tree.insert(id.to_be_bytes(), value).and_then(|_| {
                 dropped
                     .iter()
-                    .try_for_each(|old| tree.remove(old.to_be_bytes()).map(drop))
+                    .try_for_each(|old| tree.remove(old.to_be_bytes()).map(drop))?;
+                tree.flush().map(drop)
             });
             if let Err(error) = result {
                 tracing::error!(%error, run = id, "the run record could not be stored");
