@@ -161,26 +161,52 @@ impl Workers {
     }
 }
 
-/// Every thread of the process: name, state and where it sleeps in the kernel, from /proc.
+/// Every thread of this process as `name:state:wchan`, for the stall's log line.
 fn thread_states() -> String {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return "(no /proc)".into();
+    threads("self")
+        .iter()
+        .map(|t| format!("{}:{}:{}", t.name, t.state, t.wchan))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One thread of a process, as /proc tells it.
+pub struct ThreadState {
+    pub tid: String,
+    pub name: String,
+    /// The state letter (`R` running, `S` sleeping, `D` in uninterruptible I/O…).
+    pub state: String,
+    /// Where it sleeps in the kernel.
+    pub wchan: String,
+}
+
+/// Every thread of process `pid` (`"self"`: this one), from /proc; empty without /proc.
+pub fn threads(pid: &str) -> Vec<ThreadState> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    let mut out = Vec::new();
-    for task in tasks.flatten() {
-        let path = task.path();
-        let read = |name: &str| {
-            std::fs::read_to_string(path.join(name))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
-        let state = read("stat")
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
-            .unwrap_or_default();
-        out.push(format!("{}:{state}:{}", read("comm"), read("wchan")));
-    }
-    out.join(" ")
+    tasks
+        .flatten()
+        .map(|task| {
+            let path = task.path();
+            let read = |name: &str| {
+                std::fs::read_to_string(path.join(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            // `stat` is "tid (name) state …"; the name may hold spaces and parentheses.
+            let state = read("stat")
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default();
+            ThreadState {
+                tid: task.file_name().to_string_lossy().into_owned(),
+                name: read("comm"),
+                state,
+                wchan: read("wchan"),
+            }
+        })
+        .collect()
 }

@@ -96,6 +96,33 @@ fn discord_final(calls: &[dc::Call], token: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the bot has registered its commands.
+async fn registered(fake: &FakeDiscord) {
+    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
+        calls.iter().any(|c| c.method == "PUT").then_some(())
+    })
+    .await;
+}
+
+/// Waits until the reply of interaction `token` has been edited once.
+async fn first_edit(fake: &FakeDiscord, token: &str, within: Duration) {
+    fake.wait_for(within, "a first edit", |calls, _| {
+        calls
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path.contains(token))
+            .then_some(())
+    })
+    .await;
+}
+
+/// The speech is shown whole: several messages, none still marked as being written.
+fn assert_whole(pages: &[String], log: &str) {
+    assert!(
+        pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
+        "{pages:#?}\n{log}"
+    );
+}
+
 /// The speech the daemon stored for `topic`, fetched over HTTP (a cache hit).
 async fn cached_speech(daemon: &Daemon, topic: &str) -> String {
     let reply = daemon::generate(&daemon.url, &json!({ "topic": topic })).await;
@@ -789,10 +816,7 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
     // A grace period no loaded test machine can exhaust: the speech must finish.
     let grace = [LONG, &["queue.grace_s=300"]].concat();
     let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), &grace);
-    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
-        calls.iter().any(|c| c.method == "PUT").then_some(())
-    })
-    .await;
+    registered(&fake).await;
 
     // The network drops the connection and the session cannot be resumed.
     fake.refuse_next_resume();
@@ -819,20 +843,11 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
     // A speech asked on the new session; SIGTERM while it is written: it is finished
     // and shown whole before the daemon exits.
     let token = fake.slash("mañanera", Some("la soberanía"), "501", true);
-    fake.wait_for(Duration::from_secs(10), "a first edit", |calls, _| {
-        calls
-            .iter()
-            .any(|c| c.path.contains(&token) && c.method == "PATCH")
-            .then_some(())
-    })
-    .await;
+    first_edit(&fake, &token, Duration::from_secs(10)).await;
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     let pages = discord_final(&fake.calls(), &token);
-    assert!(
-        pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
-        "{pages:?}\n{log}"
-    );
+    assert_whole(&pages, &log);
     assert!(pages.join(" ").split_whitespace().count() >= 1100);
 }
 
@@ -934,8 +949,10 @@ async fn a_stalled_store_stalls_nobody_the_bot_keeps_polling_and_every_speech_is
     let fake = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
     // The first cache read parks the store's thread for 15 s, as a stalled disk would.
-    let mut daemon_env = vec![("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token")];
-    daemon_env.push(("MANANERA_FAILPOINTS", "store.cache=1*sleep(15000)"));
+    let daemon_env = [
+        ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
+        ("MANANERA_FAILPOINTS", "store.cache=1*sleep(15000)"),
+    ];
     let sets = [
         format!("telegram.api_url={:?}", fake.url),
         "telegram.poll_timeout_s=1".to_string(),
@@ -1005,10 +1022,7 @@ async fn discord_a_followup_never_answered_is_not_sent_twice_and_others_are_serv
     let fake = FakeDiscord::start().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
-    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
-        calls.iter().any(|c| c.method == "PUT").then_some(())
-    })
-    .await;
+    registered(&fake).await;
     fake.swallow_followups(1);
     let lost = fake.slash("mañanera", Some("el agua"), "301", true);
     let posted = fake
@@ -1057,27 +1071,15 @@ async fn discord_answering_3_s_late_still_shows_whole_speeches_even_at_sigterm()
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let daemon = discord_daemon(&fake, &state, &slow_model(), LONG);
-    fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
-        calls.iter().any(|c| c.method == "PUT").then_some(())
-    })
-    .await;
+    registered(&fake).await;
     fake.delay_answers(Duration::from_secs(3));
     let token = fake.slash("mañanera", Some("la refinería"), "401", true);
-    fake.wait_for(SPEECH_WITHIN, "the first edit", |calls, _| {
-        calls
-            .iter()
-            .any(|c| c.method == "PATCH" && c.path.contains(&token))
-            .then_some(())
-    })
-    .await;
+    first_edit(&fake, &token, SPEECH_WITHIN).await;
     // Stopped while the speech is being shown, far behind the model: every page still comes.
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     let pages = discord_final(&fake.calls(), &token);
-    assert!(
-        pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …")),
-        "{pages:#?}\n{log}"
-    );
+    assert_whole(&pages, &log);
     // The speech, as the daemon stored it, read back after a restart.
     fake.delay_answers(Duration::ZERO);
     let again = discord_daemon(&fake, &state, &slow_model(), LONG);

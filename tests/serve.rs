@@ -736,9 +736,8 @@ fn a_flood_of_slow_headers_is_cut_off_and_a_normal_request_is_answered_at_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_blocked_on_both_workers_is_seen_by_the_stall_watchdog() {
     let state = tempfile::tempdir().unwrap();
-    let mut cmd_env = Vec::new();
-    cmd_env.push(("MANANERA_FAILPOINTS", "web.page=2*sleep(5000)"));
-    let d = Daemon::start_with_env(&tiny_model(), &state.path().join("s"), &[], &cmd_env);
+    let env = [("MANANERA_FAILPOINTS", "web.page=2*sleep(5000)")];
+    let d = Daemon::start_with_env(&tiny_model(), &state.path().join("s"), &[], &env);
     assert_eq!(metric(&d.url, "mananera_runtime_stalls_total").await, 0.0);
     // Two page requests hold both of the daemon's worker threads for 5 s.
     let pages: Vec<_> = (0..2)

@@ -100,16 +100,17 @@ pub async fn run(
     }
 }
 
-/// Time to connect to Discord's REST API, and for a whole call.
+/// Time to connect to Discord's REST API, and for a whole request (the writer gives each
+/// message a shorter deadline of its own).
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-const CALL_WITHIN: Duration = Duration::from_secs(20);
+const REQUEST_WITHIN: Duration = Duration::from_secs(20);
 
 /// The REST client, with a deadline on every call (serenity's own has none).
 fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .use_rustls_tls()
         .connect_timeout(CONNECT_WITHIN)
-        .timeout(CALL_WITHIN)
+        .timeout(REQUEST_WITHIN)
         .build()
         .map_err(|e| e.to_string())
 }

@@ -46,7 +46,7 @@ impl<F: Future> Future for Timed<F> {
         let took = started.elapsed();
         if took > SLOW_POLL {
             match REPORTER.get() {
-                Some(report) => report(*this.task, took),
+                Some(report) => report(this.task, took),
                 None => tracing::warn!(
                     task = this.task,
                     took_ms = took.as_millis() as u64,

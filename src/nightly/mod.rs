@@ -429,9 +429,10 @@ impl Nightly {
                 outcome
             }
             _ if train.timed_out => {
-                self.state().running.as_mut().map(|r| {
-                    r.cancelled_by = Some("its time limit (nightly.train_max_minutes)".into())
-                });
+                if let Some(running) = self.state().running.as_mut() {
+                    running.cancelled_by =
+                        Some("its time limit (nightly.train_max_minutes)".into());
+                }
                 return Ok(Outcome::Cancelled);
             }
             Some(STOPPED) => return Ok(Outcome::Cancelled),

@@ -82,7 +82,7 @@ pub struct Limits {
     tree: sled::Tree,
     store: Store,
     /// Every user's counts (read from `tree` at start; users idle since yesterday dropped).
-    usage: Mutex<HashMap<String, Usage>>,
+    usage: Mutex<Counts>,
     in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -122,7 +122,10 @@ impl Limits {
             config,
             tree,
             store,
-            usage: Mutex::new(usage),
+            usage: Mutex::new(Counts {
+                users: usage,
+                pruned_day: today,
+            }),
             in_flight: Arc::default(),
         }
     }
@@ -173,12 +176,13 @@ impl Limits {
     /// written behind.
     fn count(&self, user: &str, now_ms: u64) -> Result<(), Refusal> {
         let (per_minute, per_day) = self.rates(user);
-        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         let day = now_ms / DAY_MS;
-        if all.len() > PRUNE_ABOVE {
-            all.retain(|_, u| u.day >= day);
+        if counts.users.len() > PRUNE_ABOVE && counts.pruned_day != day {
+            counts.users.retain(|_, u| u.day >= day);
+            counts.pruned_day = day;
         }
-        let usage = all.entry(user.to_string()).or_default();
+        let usage = counts.users.entry(user.to_string()).or_default();
         usage
             .recent_ms
             .retain(|&t| now_ms.saturating_sub(t) < 60_000);
@@ -215,8 +219,14 @@ impl Limits {
     }
 }
 
-/// Past this many users in memory, those idle since before today are dropped.
+/// Past this many users in memory, those idle since before today are dropped (once a day).
 const PRUNE_ABOVE: usize = 10_000;
+
+/// The users' counts in memory, and the day they were last pruned.
+struct Counts {
+    users: HashMap<String, Usage>,
+    pruned_day: u64,
+}
 
 #[cfg(test)]
 mod tests {

@@ -37,16 +37,6 @@ impl LabeledCounter {
             .or_default() += 1;
     }
 
-    /// The count of one label's value (0 when never counted).
-    pub fn get(&self, label: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(label)
-            .copied()
-            .unwrap_or(0)
-    }
-
     fn render(&self, out: &mut String, name: &str, label: &str) {
         for (value, n) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let value = value.replace(['"', '\\', '\n'], "_");
@@ -56,7 +46,7 @@ impl LabeledCounter {
 }
 
 /// What `/metrics` shows of the daemon's own health: stalls of the async runtime, slow task
-/// polls, a state store that does not answer, and calls to the platforms that fail.
+/// polls, a state store that does not answer, and generation workers that died.
 #[derive(Debug, Default)]
 pub struct HealthMetrics {
     /// Times the runtime did not answer the watchdog's probe in time.

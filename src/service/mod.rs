@@ -353,9 +353,7 @@ impl Speeches {
         let metrics = Arc::clone(&self.metrics);
         self.store.send("cache_store", move || {
             cache.store(&key, &params, &text);
-            let stats = cache.stats();
-            metrics.cache_entries.set(stats.entries as f64);
-            metrics.cache_bytes.set(stats.bytes as f64);
+            show_cache_size(&metrics, &cache);
         });
     }
 
@@ -372,9 +370,7 @@ impl Speeches {
             .batch_size
             .set(all().map(|m| m.generator.batch_size()).sum::<usize>() as f64);
         if let Some(cache) = &model.cache {
-            let stats = cache.stats();
-            self.metrics.cache_entries.set(stats.entries as f64);
-            self.metrics.cache_bytes.set(stats.bytes as f64);
+            show_cache_size(&self.metrics, cache);
         }
     }
 
@@ -433,6 +429,13 @@ impl Speeches {
             }
         }
     }
+}
+
+/// Copies the cache's entry and byte counts into the metrics.
+fn show_cache_size(metrics: &Metrics, cache: &PromptCache) {
+    let stats = cache.stats();
+    metrics.cache_entries.set(stats.entries as f64);
+    metrics.cache_bytes.set(stats.bytes as f64);
 }
 
 /// What a finished speech is stored under: the model that wrote it, its cache key and

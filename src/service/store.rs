@@ -133,15 +133,22 @@ pub struct Store {
 
 struct Inner {
     jobs: std::sync::mpsc::SyncSender<Job>,
-    /// When the job running now started (ms since `epoch`), 0 when idle.
-    busy_since_ms: AtomicU64,
-    epoch: Instant,
+    /// Shared with the thread, which holds nothing else of the store: once every `Store`
+    /// is dropped the queue closes and the thread ends.
+    busy: Arc<Busy>,
     metrics: Arc<Metrics>,
     /// Open while the store does not answer in time: logged once, not once per call.
     stalled: Incident,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// When the job running now started.
+struct Busy {
+    /// Milliseconds since `epoch`; 0 when idle.
+    since_ms: AtomicU64,
+    epoch: Instant,
+}
 
 /// Jobs waiting at most; past it a write is dropped (and counted), a read answers "stalled".
 const QUEUE: usize = 4096;
@@ -158,25 +165,28 @@ impl Store {
     /// Starts the store's thread.
     pub fn start(metrics: Arc<Metrics>) -> std::io::Result<Store> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
-        let inner = Arc::new(Inner {
-            jobs,
-            busy_since_ms: AtomicU64::new(0),
+        let busy = Arc::new(Busy {
+            since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            metrics,
-            stalled: Incident::new("the state store"),
         });
-        let worker = Arc::clone(&inner);
+        let worker = Arc::clone(&busy);
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
                 for job in queue {
                     let now = worker.epoch.elapsed().as_millis() as u64;
-                    worker.busy_since_ms.store(now.max(1), Ordering::SeqCst);
+                    worker.since_ms.store(now.max(1), Ordering::SeqCst);
                     // A panic in one job must not end the thread that runs them all.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    worker.busy_since_ms.store(0, Ordering::SeqCst);
+                    worker.since_ms.store(0, Ordering::SeqCst);
                 }
             })?;
+        let inner = Arc::new(Inner {
+            jobs,
+            busy,
+            metrics,
+            stalled: Incident::new("the state store"),
+        });
         Ok(Store { inner })
     }
 
@@ -229,10 +239,10 @@ impl Store {
 
     /// How long the job running now has been running, if one is.
     pub fn busy_for(&self) -> Option<Duration> {
-        let since = self.inner.busy_since_ms.load(Ordering::SeqCst);
+        let busy = &self.inner.busy;
+        let since = busy.since_ms.load(Ordering::SeqCst);
         (since > 0).then(|| {
-            self.inner
-                .epoch
+            busy.epoch
                 .elapsed()
                 .saturating_sub(Duration::from_millis(since))
         })

@@ -105,28 +105,16 @@ fn stacks(pid: u32) -> String {
         return String::from_utf8_lossy(&out.stdout).into_owned();
     }
     let mut text = String::from("(no gdb: /proc only)\n");
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return text;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let read = |name: &str| {
-            std::fs::read_to_string(path.join(name))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
-        let state = read("stat")
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+    for t in mananera::stall::threads(&pid.to_string()) {
+        let stack = std::fs::read_to_string(format!("/proc/{pid}/task/{}/stack", t.tid))
             .unwrap_or_default();
         text.push_str(&format!(
-            "{} {} state {state} wchan {}\n{}\n",
-            task.file_name().to_string_lossy(),
-            read("comm"),
-            read("wchan"),
-            read("stack")
+            "{} {} state {} wchan {}\n{}\n",
+            t.tid,
+            t.name,
+            t.state,
+            t.wchan,
+            stack.trim()
         ));
     }
     text
