@@ -69,33 +69,6 @@ fn words(text: &str) -> Vec<&str> {
     text.split_whitespace().collect()
 }
 
-/// What the bot's messages show in the end: the reply's edits, then its follow-ups in order.
-fn discord_final(calls: &[dc::Call], token: &str) -> Vec<String> {
-    let mut original = String::new();
-    let mut followups: Vec<(String, String)> = Vec::new();
-    for call in calls.iter().filter(|c| c.path.contains(token)) {
-        let content = call.body["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        match (call.method.as_str(), call.path.rsplit('/').next().unwrap()) {
-            ("PATCH", "@original") => original = content,
-            ("PATCH", id) => {
-                if let Some(f) = followups.iter_mut().find(|(i, _)| i == id) {
-                    f.1 = content;
-                }
-            }
-            ("POST", last) if last == token => {
-                followups.push((call.created.clone().unwrap(), content));
-            }
-            _ => {}
-        }
-    }
-    std::iter::once(original)
-        .chain(followups.into_iter().map(|(_, c)| c))
-        .collect()
-}
-
 /// Waits until the bot has registered its commands.
 async fn registered(fake: &FakeDiscord) {
     fake.wait_for(Duration::from_secs(30), "registration", |calls, _| {
@@ -207,7 +180,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     assert!(callback.at - asked < Duration::from_secs(3));
     let final_pages = fake
         .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
-            let pages = discord_final(calls, &token);
+            let pages = dc::final_pages(calls, &token);
             (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
         })
         .await;
@@ -247,7 +220,7 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
     let token = fake.slash("mañanera", Some("@everyone el agua <@&1234>"), "112", true);
     let pages = fake
         .wait_for(SPEECH_WITHIN, "the cached speech", |calls, _| {
-            let pages = discord_final(calls, &token);
+            let pages = dc::final_pages(calls, &token);
             (pages.len() >= 4).then_some(pages)
         })
         .await;
@@ -314,7 +287,7 @@ async fn discord_honours_429_and_keeps_answering_across_a_reconnect() {
     // The speech accepted before the reconnect still finishes.
     let pages = fake
         .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
-            let pages = discord_final(calls, &token);
+            let pages = dc::final_pages(calls, &token);
             (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
         })
         .await;
@@ -461,7 +434,7 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
     let token = fake.slash("mañanera", Some("el tren maya"), "401", true);
     assert_eq!(first_response(&fake, &token).await["type"], 5);
     fake.wait_for(SPEECH_WITHIN, "the other person's speech", |calls, _| {
-        let pages = discord_final(calls, &token);
+        let pages = dc::final_pages(calls, &token);
         (!pages[0].is_empty() && !pages[0].ends_with(" …")).then_some(())
     })
     .await;
@@ -519,33 +492,6 @@ fn telegram_daemon(
     )
 }
 
-/// What the bot's messages in `chat` show in the end, in order, and the calls that made them.
-fn telegram_final(calls: &[tg::Call], chat: i64, after: usize) -> Vec<String> {
-    let mut messages: Vec<(i64, String)> = Vec::new();
-    let mut next_id = None;
-    for call in &calls[after..] {
-        if call.body["chat_id"] != json!(chat) {
-            continue;
-        }
-        let text = call.body["text"].as_str().unwrap_or_default().to_string();
-        match call.method.as_str() {
-            "sendmessage" => {
-                messages.push((next_id.take().unwrap_or(-1), text));
-            }
-            "editmessagetext" => {
-                let id = call.body["message_id"].as_i64().unwrap();
-                if let Some(m) = messages.iter_mut().find(|(i, _)| *i == id) {
-                    m.1 = text;
-                } else if let Some(m) = messages.iter_mut().find(|(i, _)| *i == -1) {
-                    *m = (id, text);
-                }
-            }
-            _ => {}
-        }
-    }
-    messages.into_iter().map(|(_, t)| t).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_registers_types_streams_paced_and_continues_past_4096_characters() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
@@ -576,7 +522,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     fake.user_says(42, 42, "el agua *negritas* <b>x</b> _y_", None);
     let texts = fake
         .wait_for(SPEECH_WITHIN, "the whole speech", |calls| {
-            let texts = telegram_final(calls, 42, start);
+            let texts = tg::final_messages(calls, 42, start);
             (texts.len() >= 2 && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
         })
         .await;
@@ -623,7 +569,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     fake.user_says(-100, 7, "/mananera@otro_bot el agua", None);
     fake.user_says(-100, 8, "/mananera@mananera_bot la sequía", None);
     fake.wait_for(SPEECH_WITHIN, "the group's speech", |calls| {
-        let texts = telegram_final(calls, -100, start);
+        let texts = tg::final_messages(calls, -100, start);
         (!texts.is_empty() && !texts[0].ends_with(" …") && texts.len() >= 2).then_some(())
     })
     .await;
@@ -645,7 +591,7 @@ async fn telegram_registers_types_streams_paced_and_continues_past_4096_characte
     fake.user_says(43, 43, "el agua *negritas* <b>x</b> _y_", None);
     let texts = fake
         .wait_for(SPEECH_WITHIN, "the cached speech", |calls| {
-            let texts = telegram_final(calls, 43, start);
+            let texts = tg::final_messages(calls, 43, start);
             (texts.len() >= 2).then_some(texts)
         })
         .await;
@@ -703,7 +649,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     let start = fake.calls().len();
     fake.user_says(50, 50, "/mananera la refinería", None);
     fake.wait_for(SPEECH_WITHIN, "the speech", |calls| {
-        let texts = telegram_final(calls, 50, start);
+        let texts = tg::final_messages(calls, 50, start);
         (!texts.is_empty()
             && !texts[0].ends_with(" …")
             && calls.iter().any(|c| c.method == "editmessagetext 429"))
@@ -773,7 +719,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
         let start = fake.calls().len();
         fake.user_says(chat, chat, text, None);
         fake.wait_for(SPEECH_WITHIN, "a speech", |calls| {
-            let texts = telegram_final(calls, chat, start);
+            let texts = tg::final_messages(calls, chat, start);
             (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
         })
         .await;
@@ -787,7 +733,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     }
     fake.user_says(91, 91, "el tren maya", None);
     fake.wait_for(SPEECH_WITHIN, "the other person's speech", |calls| {
-        let texts = telegram_final(calls, 91, start);
+        let texts = tg::final_messages(calls, 91, start);
         (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
     })
     .await;
@@ -846,7 +792,7 @@ async fn discord_reidentifies_after_a_dropped_connection_and_an_invalid_session_
     first_edit(&fake, &token, Duration::from_secs(10)).await;
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
-    let pages = discord_final(&fake.calls(), &token);
+    let pages = dc::final_pages(&fake.calls(), &token);
     assert_whole(&pages, &log);
     assert!(pages.join(" ").split_whitespace().count() >= 1100);
 }
@@ -916,7 +862,7 @@ async fn telegram_webhook_mode_takes_updates_with_the_secret_only() {
         .unwrap();
     assert_eq!(posted.status(), 200);
     fake.wait_for(SPEECH_WITHIN, "a speech", |calls| {
-        let texts = telegram_final(calls, 71, start);
+        let texts = tg::final_messages(calls, 71, start);
         (!texts.is_empty() && !texts[0].ends_with(" …")).then_some(())
     })
     .await;
@@ -979,7 +925,7 @@ async fn a_stalled_store_stalls_nobody_the_bot_keeps_polling_and_every_speech_is
         chats
             .iter()
             .all(|&chat| {
-                let pages = telegram_final(calls, chat, 0);
+                let pages = tg::final_messages(calls, chat, 0);
                 pages
                     .last()
                     .is_some_and(|p| !p.is_empty() && !p.ends_with(" …"))
@@ -1037,7 +983,7 @@ async fn discord_a_followup_never_answered_is_not_sent_twice_and_others_are_serv
     let other = fake.slash("mañanera", Some("el petróleo"), "302", true);
     let pages = fake
         .wait_for(SPEECH_WITHIN, "the other speech", |calls, _| {
-            let pages = discord_final(calls, &other);
+            let pages = dc::final_pages(calls, &other);
             (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
         })
         .await;
@@ -1078,7 +1024,7 @@ async fn discord_answering_3_s_late_still_shows_whole_speeches_even_at_sigterm()
     // Stopped while the speech is being shown, far behind the model: every page still comes.
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
-    let pages = discord_final(&fake.calls(), &token);
+    let pages = dc::final_pages(&fake.calls(), &token);
     assert_whole(&pages, &log);
     // The speech, as the daemon stored it, read back after a restart.
     fake.delay_answers(Duration::ZERO);
@@ -1136,4 +1082,52 @@ async fn telegram_quiet_long_polls_longer_than_17_s_never_fail() {
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     assert!(!log.contains("getUpdates"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_5xx_with_garbage_is_logged_once_retried_and_the_speech_still_shown_whole() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &slow_model(), LONG);
+    registered(&fake).await;
+    fake.break_edits(4);
+    let token = fake.slash("mañanera", Some("el litio"), "701", true);
+    // The web API answers meanwhile.
+    let asked = std::time::Instant::now();
+    let web = daemon::generate(
+        &daemon.url,
+        &json!({"topic": "otro tema", "max_new_tokens": 20}),
+    )
+    .await;
+    assert_eq!(web.status, 200, "{:?}", web.json);
+    assert!(asked.elapsed() < Duration::from_secs(30));
+    let pages = fake
+        .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
+            let pages = dc::final_pages(calls, &token);
+            (pages.len() >= 4 && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&cached_speech(&daemon, "el litio").await)
+    );
+    let broken = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PATCH 500")
+        .count();
+    assert_eq!(broken, 4);
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    let opened = log
+        .lines()
+        .filter(|l| l.contains("discord's REST API") && l.contains("failing; logged once"))
+        .count();
+    assert_eq!(opened, 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("discord's REST API") && l.contains("failed_calls=4")),
+        "{log}"
+    );
 }

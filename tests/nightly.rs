@@ -14,35 +14,8 @@ use std::time::{Duration, Instant};
 
 use daemon::{BIN, Daemon, EventStream, signal, tiny_model};
 use fake_chat::telegram::FakeTelegram;
-use fake_site::{Entry, Kind, Reply, Site, fixture, wordpress_source};
+use fake_site::{Kind, Site, speech, transcript, wordpress_source};
 use serde_json::{Value, json};
-
-/// A day's transcript on the fake WordPress site: the fixture page with `lines` lines of
-/// the Spanish corpus (or other words) as the president's speech.
-fn transcript(day: u32, words: &str) -> Entry {
-    let page = fixture("lopezobrador-2019-08-02.html")
-        .replace("agosto 2, 2019", &format!("marzo {day}, 2023"))
-        .replace("Así es, la unidad, la unidad.", words);
-    Entry {
-        path: format!(
-            "/2023/03/{day:02}/version-estenografica-de-la-conferencia-de-prensa-matutina-del-presidente-andres-manuel-lopez-obrador-{day}/"
-        ),
-        listed_date: format!("marzo {day}, 2023"),
-        timestamp: String::new(),
-        reply: Reply::Article(page),
-    }
-}
-
-/// 40 lines of real speech, different for each day.
-fn speech(day: u32) -> String {
-    let corpus = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus_es.txt"),
-    )
-    .unwrap();
-    let lines: Vec<&str> = corpus.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = (day as usize * 40) % (lines.len() - 40);
-    lines[start..start + 40].join(" ")
-}
 
 /// The fake site, a config file for it, and the daemon's directories.
 struct World {

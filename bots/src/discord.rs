@@ -18,6 +18,7 @@ use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{DiscordConfig, Token};
 use crate::port::{AdminAction, Ask, Platform, Speaker};
 use crate::writer::{self, Delivery, Surface};
+use mananera_health::Incident;
 
 /// The command's name: Discord allows lowercase letters of any script.
 pub const COMMAND: &str = "mañanera";
@@ -99,6 +100,9 @@ pub async fn run(
         }
     }
 }
+
+/// Failing REST calls, logged once while they fail.
+static REST: Incident = Incident::new("discord's REST API");
 
 /// Time to connect to Discord's REST API, and for a whole request (the writer gives each
 /// message a shorter deadline of its own).
@@ -290,9 +294,12 @@ async fn respond(
     response: CreateInteractionResponse,
 ) -> bool {
     match command.create_response(http, response).await {
-        Ok(()) => true,
+        Ok(()) => {
+            REST.resolved();
+            true
+        }
         Err(error) => {
-            tracing::warn!(%error, "discord: the interaction could not be answered");
+            REST.failed(&format!("the interaction could not be answered: {error}"));
             false
         }
     }
@@ -307,6 +314,10 @@ struct Reply {
 
 impl Surface for Reply {
     const LIMIT: usize = 2000;
+
+    fn incident() -> &'static Incident {
+        &REST
+    }
 
     async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
         let result = if index == 0 {

@@ -79,6 +79,9 @@ pub async fn run(
     }
 }
 
+/// Failing Bot API calls (other than getUpdates), logged once while they fail.
+static BOT_API: Incident = Incident::new("telegram's Bot API");
+
 /// Time to connect to the Bot API.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// A call may take this long past the long-polling timeout (a poll is answered after it).
@@ -363,8 +366,9 @@ async fn send_plain(bot: &Bot, message: &Message, text: &str) {
         .send_message(message.chat.id, text)
         .reply_parameters(ReplyParameters::new(message.id).allow_sending_without_reply())
         .await;
-    if let Err(error) = sent {
-        tracing::warn!(%error, "telegram: a reply could not be sent");
+    match sent {
+        Ok(_) => BOT_API.resolved(),
+        Err(error) => BOT_API.failed(&format!("a reply could not be sent: {error}")),
     }
 }
 
@@ -409,6 +413,10 @@ struct Chat<'a> {
 
 impl Surface for Chat<'_> {
     const LIMIT: usize = 4096;
+
+    fn incident() -> &'static Incident {
+        &BOT_API
+    }
 
     async fn turn(&mut self) {
         self.pacer.turn(self.chat, self.interval).await;

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, sleep_until};
 
 use crate::port::{Piece, Reply};
+use mananera_health::Incident;
 
 /// Why a message could not be shown.
 #[derive(Debug)]
@@ -37,6 +38,9 @@ pub trait Surface: Send {
         index: usize,
         text: &str,
     ) -> impl Future<Output = Result<(), Delivery>> + Send;
+
+    /// The platform's incident: failed calls are logged once while it keeps failing.
+    fn incident() -> &'static Incident;
 
     /// Waits until the platform may be written to (a per-chat pace); not under the call's
     /// deadline.
@@ -188,6 +192,7 @@ async fn show_one<S: Surface>(
         tokio::time::timeout(CALL_WITHIN, surface.show(index, &target[index])).await;
     match shown_in_time {
         Ok(Ok(())) => {
+            S::incident().resolved();
             if index == shown.len() {
                 shown.push(target[index].clone());
             } else {
@@ -196,14 +201,12 @@ async fn show_one<S: Surface>(
             Step::Shown(Instant::now() + interval)
         }
         Ok(Err(Delivery::RetryAfter(wait))) => {
-            tracing::warn!(
-                wait_ms = wait.as_millis() as u64,
-                "the platform asked to slow down"
-            );
+            let ms = wait.as_millis();
+            S::incident().failed(&format!("asked to slow down for {ms} ms"));
             Step::Retry(Instant::now() + wait.max(interval))
         }
         Ok(Err(Delivery::Failed(reason))) => {
-            tracing::warn!(%reason, "a message could not be shown");
+            S::incident().failed(&format!("a message could not be shown: {reason}"));
             Step::Retry(Instant::now() + interval * 2)
         }
         Err(_) if index == shown.len() => {
@@ -215,11 +218,10 @@ async fn show_one<S: Surface>(
             Step::Stop
         }
         Err(_) => {
-            tracing::warn!(
-                message = index,
-                within_s = CALL_WITHIN.as_secs(),
-                "an edit got no answer in time; trying again"
-            );
+            S::incident().failed(&format!(
+                "an edit got no answer within {} s; trying again",
+                CALL_WITHIN.as_secs()
+            ));
             Step::Retry(Instant::now() + interval)
         }
     }
@@ -251,8 +253,13 @@ mod tests {
         hang: Vec<usize>,
     }
 
+    static RECORDER: Incident = Incident::new("the test recorder");
+
     impl Surface for Recorder {
         const LIMIT: usize = 20;
+        fn incident() -> &'static Incident {
+            &RECORDER
+        }
         async fn show(&mut self, index: usize, text: &str) -> Result<(), Delivery> {
             let number = {
                 let mut calls = self.calls.lock().unwrap();

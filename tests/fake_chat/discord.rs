@@ -28,6 +28,8 @@ pub struct Call {
     pub body: Value,
     /// The id of the message a follow-up created.
     pub created: Option<String>,
+    /// A follow-up the fake created but never answered ([`FakeDiscord::swallow_followups`]).
+    pub swallowed: bool,
 }
 
 /// One message the gateway received from the bot.
@@ -44,6 +46,8 @@ struct Inner {
     frames: Vec<GatewayFrame>,
     /// Edits still to answer with 429.
     edits_to_refuse: usize,
+    /// Edits still to answer with a 500 and a body that is not JSON.
+    edits_to_break: usize,
     next_message_id: u64,
     /// Senders to the live gateway connections, newest last.
     connections: Vec<mpsc::UnboundedSender<Value>>,
@@ -107,6 +111,11 @@ impl FakeDiscord {
     /// The next `n` follow-ups are created (they count as posted) but never answered.
     pub fn swallow_followups(&self, n: usize) {
         self.inner.lock().unwrap().followups_to_swallow = n;
+    }
+
+    /// The next `n` edits are answered 500 with an HTML body (not the JSON Discord sends).
+    pub fn break_edits(&self, n: usize) {
+        self.inner.lock().unwrap().edits_to_break = n;
     }
 
     /// The next `n` edits are answered 429.
@@ -330,6 +339,7 @@ async fn rest_call(
         path: path.clone(),
         body: body.clone(),
         created: None,
+        swallowed: false,
     };
     let ok = |value: Value| (StatusCode::OK, axum::Json(value)).into_response();
     match (method.as_str(), parts.as_slice()) {
@@ -361,6 +371,23 @@ async fn rest_call(
             StatusCode::NO_CONTENT.into_response()
         }
         ("PATCH", ["webhooks", _, _, "messages", _]) => {
+            let broken = {
+                let mut inner = fake.inner.lock().unwrap();
+                let broken = inner.edits_to_break > 0;
+                inner.edits_to_break = inner.edits_to_break.saturating_sub(1);
+                broken
+            };
+            if broken {
+                fake.record(Call {
+                    method: "PATCH 500".into(),
+                    ..call
+                });
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "<html><body>upstream error</body></html>",
+                )
+                    .into_response();
+            }
             let refuse = {
                 let mut inner = fake.inner.lock().unwrap();
                 let refuse = inner.edits_to_refuse > 0;
@@ -383,16 +410,17 @@ async fn rest_call(
         }
         ("POST", ["webhooks", _, _]) => {
             let message = fake.message(&body["content"]);
-            fake.record(Call {
-                created: message["id"].as_str().map(str::to_string),
-                ..call
-            });
             let swallow = {
                 let mut inner = fake.inner.lock().unwrap();
                 let swallow = inner.followups_to_swallow > 0;
                 inner.followups_to_swallow = inner.followups_to_swallow.saturating_sub(1);
                 swallow
             };
+            fake.record(Call {
+                created: message["id"].as_str().map(str::to_string),
+                swallowed: swallow,
+                ..call
+            });
             if swallow {
                 std::future::pending::<()>().await;
             }
@@ -410,4 +438,31 @@ async fn rest_call(
                 .into_response()
         }
     }
+}
+
+/// What the bot's messages show in the end: the reply's edits, then its follow-ups in order.
+pub fn final_pages(calls: &[Call], token: &str) -> Vec<String> {
+    let mut original = String::new();
+    let mut followups: Vec<(String, String)> = Vec::new();
+    for call in calls.iter().filter(|c| c.path.contains(token)) {
+        let content = call.body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match (call.method.as_str(), call.path.rsplit('/').next().unwrap()) {
+            ("PATCH", "@original") => original = content,
+            ("PATCH", id) => {
+                if let Some(f) = followups.iter_mut().find(|(i, _)| i == id) {
+                    f.1 = content;
+                }
+            }
+            ("POST", last) if last == token => {
+                followups.push((call.created.clone().unwrap(), content));
+            }
+            _ => {}
+        }
+    }
+    std::iter::once(original)
+        .chain(followups.into_iter().map(|(_, c)| c))
+        .collect()
 }

@@ -284,3 +284,30 @@ async fn get_updates(fake: FakeTelegram, body: &Value) -> Response {
         }
     }
 }
+
+/// What the bot's messages in `chat` show in the end, in order, and the calls that made them.
+pub fn final_messages(calls: &[Call], chat: i64, after: usize) -> Vec<String> {
+    let mut messages: Vec<(i64, String)> = Vec::new();
+    let mut next_id = None;
+    for call in &calls[after..] {
+        if call.body["chat_id"] != json!(chat) {
+            continue;
+        }
+        let text = call.body["text"].as_str().unwrap_or_default().to_string();
+        match call.method.as_str() {
+            "sendmessage" => {
+                messages.push((next_id.take().unwrap_or(-1), text));
+            }
+            "editmessagetext" => {
+                let id = call.body["message_id"].as_i64().unwrap();
+                if let Some(m) = messages.iter_mut().find(|(i, _)| *i == id) {
+                    m.1 = text;
+                } else if let Some(m) = messages.iter_mut().find(|(i, _)| *i == -1) {
+                    *m = (id, text);
+                }
+            }
+            _ => {}
+        }
+    }
+    messages.into_iter().map(|(_, t)| t).collect()
+}
