@@ -255,6 +255,7 @@ async fn soak_with(site: &Site) {
     record(&tallies, "discord", |t| t.cut_by_fault = cut);
     let duplicates_telegram = telegram_duplicates(&telegram.calls());
     let (status, log) = daemon.terminate();
+    let undelivered = log.matches("a reply could not be delivered whole").count();
 
     println!(
         "\n| front end | sent | answered | refused | lost | cut by a swallowed follow-up | p50 s | p99 s |"
@@ -275,7 +276,7 @@ async fn soak_with(site: &Site) {
         );
     }
     println!(
-        "\n{seconds} s, {tokens} tokens a speech, model {}; runtime heartbeat max gap {max_gap:.3} s; watchdog trips {stalls}; slow polls {slow_polls}; store timeouts {store_timeouts}; RSS start {rss_start:.0} MB, max {rss_max:.0} MB, end {rss_end:.0} MB; duplicates: discord {duplicates_discord}, telegram {duplicates_telegram}; nightly run: {nightly_outcome}; exit {status}",
+        "\n{seconds} s, {tokens} tokens a speech, model {}; runtime heartbeat max gap {max_gap:.3} s; watchdog trips {stalls}; slow polls {slow_polls}; store timeouts {store_timeouts}; RSS start {rss_start:.0} MB, max {rss_max:.0} MB, end {rss_end:.0} MB; duplicates: discord {duplicates_discord}, telegram {duplicates_telegram}; replies the bots gave up on: {undelivered}; nightly run: {nightly_outcome}; exit {status}",
         model.display()
     );
     assert!(status.success(), "{log}");

@@ -278,7 +278,11 @@ async fn answer(
                 followups: Vec::new(),
             };
             let outcome = writer::write(&mut surface, reply, config.edit_interval()).await;
-            tracing::debug!(?outcome, "discord: reply written");
+            if outcome == writer::Outcome::Undelivered {
+                tracing::warn!("discord: a reply could not be delivered whole");
+            } else {
+                tracing::debug!(?outcome, "discord: reply written");
+            }
         }
         other => {
             tracing::warn!(command = other, "discord: unknown command");

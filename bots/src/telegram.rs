@@ -333,7 +333,11 @@ async fn speak(bot: &Bot, state: &Shared, message: &Message, reply: Reply) {
         messages: Vec::new(),
     };
     let outcome = writer::write(&mut surface, reply, state.config.edit_interval()).await;
-    tracing::debug!(?outcome, "telegram: reply written");
+    if outcome == writer::Outcome::Undelivered {
+        tracing::warn!("telegram: a reply could not be delivered whole");
+    } else {
+        tracing::debug!(?outcome, "telegram: reply written");
+    }
 }
 
 /// Stops a background task (the "typing…" loop) however its owner ends.

@@ -53,8 +53,12 @@ pub trait Surface: Send {
 const WRITING: &str = " …";
 /// Shown when the model produced no words at all.
 const EMPTY: &str = "(el modelo no escribió nada; prueba con otro tema)";
-/// Attempts at showing the final text before giving up.
+/// Failed attempts at showing the final text before giving up.
 const FINAL_ATTEMPTS: u32 = 5;
+/// How long, in all, the final text waits on a platform's "retry after" before giving up.
+/// A rate limit is the platform asking for patience, not a failure: it does not count
+/// against [`FINAL_ATTEMPTS`].
+const FINAL_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Splits `text` into messages of at most `limit` characters, breaking at the last
 /// newline or space of a full message when there is one.
@@ -96,8 +100,10 @@ pub enum Outcome {
 enum Step {
     /// Shown (or nothing left to show); the next change may come at this instant.
     Shown(Instant),
-    /// Not shown; try again at this instant.
+    /// Not shown: the call failed; try again at this instant.
     Retry(Instant),
+    /// Not shown: the platform asked to wait this long, until this instant.
+    Wait(Duration, Instant),
     /// A new message got no answer: nothing more may be sent for this reply.
     Stop,
 }
@@ -117,7 +123,7 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
                     () = sleep_until(next), if dirty => {
                         let target = rendered(&text, true, S::LIMIT);
                         next = match show_one(surface, &mut shown, &target, interval).await {
-                            Step::Shown(at) | Step::Retry(at) => at,
+                            Step::Shown(at) | Step::Retry(at) | Step::Wait(_, at) => at,
                             Step::Stop => return Outcome::Undelivered,
                         };
                         continue;
@@ -142,7 +148,7 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
         full.push_str(&format!("\n\n⚠️ {reason}"));
     }
     let target = rendered(&full, false, S::LIMIT);
-    let mut failures = 0;
+    let (mut failures, mut waited) = (0, Duration::ZERO);
     while shown != target {
         sleep_until(next).await;
         next = match show_one(surface, &mut shown, &target, interval).await {
@@ -150,6 +156,13 @@ pub async fn write<S: Surface>(surface: &mut S, reply: Reply, interval: Duration
             Step::Retry(at) => {
                 failures += 1;
                 if failures >= FINAL_ATTEMPTS {
+                    return Outcome::Undelivered;
+                }
+                at
+            }
+            Step::Wait(wait, at) => {
+                waited += wait;
+                if waited > FINAL_PATIENCE {
                     return Outcome::Undelivered;
                 }
                 at
@@ -203,7 +216,7 @@ async fn show_one<S: Surface>(
         Ok(Err(Delivery::RetryAfter(wait))) => {
             let ms = wait.as_millis();
             S::incident().failed(&format!("asked to slow down for {ms} ms"));
-            Step::Retry(Instant::now() + wait.max(interval))
+            Step::Wait(wait, Instant::now() + wait.max(interval))
         }
         Ok(Err(Delivery::Failed(reason))) => {
             S::incident().failed(&format!("a message could not be shown: {reason}"));
@@ -287,6 +300,22 @@ mod tests {
             }
         }
         shown
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_on_the_final_text_are_waited_out_not_counted_as_failures() {
+        let calls = Arc::default();
+        // Every call after the first is refused (retry after 3 s), more times than the
+        // failures the final text may have.
+        let mut surface = Recorder {
+            calls: Arc::clone(&calls),
+            refuse: (1..=FINAL_ATTEMPTS as usize + 3).collect(),
+            hang: vec![],
+        };
+        let outcome = write(&mut surface, stream(3), Duration::from_secs(1)).await;
+        assert_eq!(outcome, Outcome::Shown);
+        let calls = calls.lock().unwrap();
+        assert_eq!(messages(&calls).join(" "), "palabra0 palabra1 palabra2");
     }
 
     #[tokio::test(start_paused = true)]
