@@ -32,6 +32,41 @@ pub struct Status {
     pub running: Option<RunRecord>,
     /// The newest runs, newest first.
     pub runs: Vec<RunRecord>,
+    /// Dependencies failing now (platform APIs, the state store, the web listener).
+    #[serde(default)]
+    pub failing: Vec<Failing>,
+}
+
+/// A dependency whose calls keep failing: an open incident.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failing {
+    /// Machine name, as in `/metrics`' `dependency` label.
+    pub dependency: String,
+    /// What a person reads ("discord's REST API").
+    pub what: String,
+    /// When it began failing (RFC 3339, UTC).
+    pub since: String,
+    /// Calls failed since then.
+    pub failed_calls: u64,
+    /// The newest error.
+    pub error: String,
+}
+
+/// The open incidents of the ledger.
+fn failing() -> Vec<Failing> {
+    mananera_health::ledger()
+        .into_iter()
+        .filter_map(|t| {
+            let since = jiff::Timestamp::try_from(t.failing_since?).ok()?;
+            Some(Failing {
+                dependency: t.id.to_string(),
+                what: t.what.to_string(),
+                since: since.round(jiff::Unit::Second).ok()?.to_string(),
+                failed_calls: t.failing_calls,
+                error: t.last_error.unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// An admin request, as the control socket and the HTTP API carry it.
@@ -88,6 +123,7 @@ impl Admin {
             next_run: self.nightly.next_run().map(|t| t.to_string()),
             running: self.nightly.running(),
             runs: self.nightly.history(STATUS_RUNS),
+            failing: failing(),
         }
     }
 

@@ -110,7 +110,28 @@ impl Port {
         if let Some(run) = s.runs.first() {
             text.push_str(&format!("\núltimo: {}", describe_run(run)));
         }
+        for f in &s.failing {
+            text.push_str(&format!(
+                "\nfallando: {} desde {} ({} llamadas fallidas)",
+                dependency_in_spanish(&f.dependency),
+                f.since,
+                f.failed_calls
+            ));
+        }
         text
+    }
+}
+
+/// A failing dependency's name in Spanish (its machine name if it is new to this list).
+fn dependency_in_spanish(id: &str) -> &str {
+    match id {
+        "discord_rest" => "la API REST de Discord",
+        "telegram_bot_api" => "la Bot API de Telegram",
+        "telegram_get_updates" => "la recepción de mensajes de Telegram (getUpdates)",
+        "state_store" => "el almacén de estado",
+        "web_accept" => "aceptar conexiones web",
+        "web_connection_cap" => "el tope de conexiones web (serve.max_connections)",
+        other => other,
     }
 }
 

@@ -943,6 +943,16 @@ async fn a_stalled_store_stalls_nobody_the_bot_keeps_polling_and_every_speech_is
     let gap = longest_gap(&calls, "getupdates", asked);
     assert!(gap < Duration::from_secs(3), "getUpdates {gap:?} apart");
     assert_eq!(metric(&daemon.url, timeouts).await, before + 4.0);
+    // The store is still parked: an open incident, in /metrics and status.
+    let open = r#"mananera_incident_open{dependency="state_store"}"#;
+    assert_eq!(metric(&daemon.url, open).await, 1.0);
+    let status =
+        daemon::send(reqwest::Client::new().get(format!("{}/api/status", daemon.url))).await;
+    assert_eq!(
+        status.json["failing"][0]["dependency"], "state_store",
+        "{:?}",
+        status.json
+    );
     assert_eq!(
         metric(&daemon.url, "mananera_runtime_stalls_total").await,
         0.0
@@ -1102,6 +1112,26 @@ async fn discord_5xx_with_garbage_is_logged_once_retried_and_the_speech_still_sh
     .await;
     assert_eq!(web.status, 200, "{:?}", web.json);
     assert!(asked.elapsed() < Duration::from_secs(30));
+    // While the edits fail (the second of four: two retries, 2 s apart, are still to come),
+    // /metrics and status say so.
+    fake.wait_for(SPEECH_WITHIN, "a second broken edit", |calls, _| {
+        (calls.iter().filter(|c| c.method == "PATCH 500").count() >= 2).then_some(())
+    })
+    .await;
+    let open = r#"mananera_incident_open{dependency="discord_rest"}"#;
+    assert_eq!(daemon::metric(&daemon.url, open).await, 1.0);
+    let status =
+        daemon::send(reqwest::Client::new().get(format!("{}/api/status", daemon.url))).await;
+    let failing = &status.json["failing"][0];
+    assert_eq!(failing["dependency"], "discord_rest", "{:?}", status.json);
+    assert!(failing["failed_calls"].as_u64().unwrap() >= 2, "{failing}");
+    assert!(
+        failing["error"]
+            .as_str()
+            .unwrap()
+            .contains("a message could not be shown"),
+        "{failing}"
+    );
     let pages = fake
         .wait_for(SPEECH_WITHIN, "the whole speech", |calls, _| {
             let pages = dc::final_pages(calls, &token);
@@ -1118,6 +1148,23 @@ async fn discord_5xx_with_garbage_is_logged_once_retried_and_the_speech_still_sh
         .filter(|c| c.method == "PATCH 500")
         .count();
     assert_eq!(broken, 4);
+    assert_eq!(daemon::metric(&daemon.url, open).await, 0.0);
+    let counted = |series: &str| format!(r#"{series}{{dependency="discord_rest"}}"#);
+    assert_eq!(
+        daemon::metric(
+            &daemon.url,
+            &counted("mananera_incident_failed_calls_total")
+        )
+        .await,
+        4.0
+    );
+    assert_eq!(
+        daemon::metric(&daemon.url, &counted("mananera_incidents_total")).await,
+        1.0
+    );
+    let status =
+        daemon::send(reqwest::Client::new().get(format!("{}/api/status", daemon.url))).await;
+    assert_eq!(status.json["failing"], json!([]), "{:?}", status.json);
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     let opened = log

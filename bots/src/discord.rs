@@ -102,7 +102,7 @@ pub async fn run(
 }
 
 /// Failing REST calls, logged once while they fail.
-static REST: Incident = Incident::new("discord's REST API");
+static REST: Incident = Incident::new("discord_rest", "discord's REST API");
 
 /// Time to connect to Discord's REST API, and for a whole request (the writer gives each
 /// message a shorter deadline of its own).

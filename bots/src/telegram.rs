@@ -80,7 +80,7 @@ pub async fn run(
 }
 
 /// Failing Bot API calls (other than getUpdates), logged once while they fail.
-static BOT_API: Incident = Incident::new("telegram's Bot API");
+static BOT_API: Incident = Incident::new("telegram_bot_api", "telegram's Bot API");
 
 /// Time to connect to the Bot API.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
@@ -178,7 +178,7 @@ async fn pump<E: std::fmt::Display>(
     me: &Arc<Me>,
 ) {
     tokio::pin!(updates);
-    let failing = Incident::new("telegram's getUpdates");
+    let failing = Incident::new("telegram_get_updates", "telegram's getUpdates");
     while let Some(update) = updates.next().await {
         let update = match update {
             Ok(update) => {

@@ -266,7 +266,7 @@ mod tests {
         hang: Vec<usize>,
     }
 
-    static RECORDER: Incident = Incident::new("the test recorder");
+    static RECORDER: Incident = Incident::new("test_recorder", "the test recorder");
 
     impl Surface for Recorder {
         const LIMIT: usize = 20;

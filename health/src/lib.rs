@@ -6,5 +6,5 @@
 pub mod incident;
 pub mod poll;
 
-pub use incident::Incident;
+pub use incident::{Incident, Tally, ledger};
 pub use poll::{set_slow_poll_reporter, timed};

@@ -72,6 +72,12 @@ pub fn status(config: &Config, format: Format) -> Result<(), Failure> {
         s.schedule,
         s.next_run.as_deref().unwrap_or("not scheduled")
     );
+    for f in &s.failing {
+        println!(
+            "failing: {} since {}, {} failed calls; newest error: {}",
+            f.what, f.since, f.failed_calls, f.error
+        );
+    }
     if s.runs.is_empty() {
         println!("no runs yet");
     }

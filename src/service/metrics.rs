@@ -174,6 +174,44 @@ pub struct RetrainMetrics {
     pub next_run: f64,
 }
 
+/// The incidents' ledger (platform APIs, the state store, the web listener): what is failing
+/// now, and how many calls and incidents each has had. A dependency appears once it has
+/// failed.
+fn render_incidents(out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {
+    let ledger = mananera_health::ledger();
+    let series: [(&str, &str, &str, fn(&mananera_health::Tally) -> f64); 3] = [
+        (
+            "mananera_incident_open",
+            "gauge",
+            "1 while calls to a dependency keep failing (an open incident), by dependency.",
+            |t| f64::from(u8::from(t.failing_since.is_some())),
+        ),
+        (
+            "mananera_incident_failed_calls_total",
+            "counter",
+            "Calls to a dependency that failed, by dependency.",
+            |t| t.failed_calls as f64,
+        ),
+        (
+            "mananera_incidents_total",
+            "counter",
+            "Incidents (runs of failing calls) opened, by dependency.",
+            |t| t.incidents as f64,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        head(out, name, kind, help);
+        for tally in &ledger {
+            let _ = writeln!(
+                out,
+                "{name}{{dependency=\"{}\"}} {}",
+                tally.id,
+                value(tally)
+            );
+        }
+    }
+}
+
 impl Metrics {
     /// Counts a finished request.
     pub fn record_request(&self, frontend: &str, outcome: &str, seconds: f64) {
@@ -422,6 +460,7 @@ impl Metrics {
         );
         h.store_timeouts
             .render(out, "mananera_store_timeouts_total", "op");
+        render_incidents(out, head);
     }
 
     fn render_retrain(&self, out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {

@@ -185,7 +185,7 @@ impl Store {
             jobs,
             busy,
             metrics,
-            stalled: Incident::new("the state store"),
+            stalled: Incident::new("state_store", "the state store"),
         });
         Ok(Store { inner })
     }

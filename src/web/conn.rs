@@ -56,8 +56,11 @@ pub async fn serve(
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let closing = tokio_util::sync::CancellationToken::new();
-    let accept_failing = Incident::new("accepting web connections");
-    let over_cap = Incident::new("the web connection cap (serve.max_connections)");
+    let accept_failing = Incident::new("web_accept", "accepting web connections");
+    let over_cap = Incident::new(
+        "web_connection_cap",
+        "the web connection cap (serve.max_connections)",
+    );
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
