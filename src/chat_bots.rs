@@ -152,6 +152,12 @@ fn describe_run(r: &RunRecord) -> String {
     );
     if let Some(t) = &r.trained {
         line.push_str(&format!(", {}", t.describe("perplejidad")));
+        if t.backlog > 0 {
+            line.push_str(&format!(", pendientes: {} transcripciones", t.backlog));
+            if let Some(n) = crate::commands::train::nights(t.backlog, t.new_transcripts) {
+                line.push_str(&format!(" (~{n} noches más a este ritmo)"));
+            }
+        }
     }
     if let Some(e) = &r.error {
         line.push_str(&format!("; {e}"));

@@ -316,8 +316,26 @@ pub struct TrainArgs {
     /// Passes over the training data (training.epochs).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Time budget in minutes, loading included (training.max_minutes): the run ends at
+    /// the first step past it and is validated like any run.
+    #[arg(long, value_parser = positive_minutes)]
+    pub max_minutes: Option<f64>,
+    /// Token budget: trained tokens, replay included (training.max_tokens).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens: Option<u64>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `--max-minutes`: a positive number of minutes.
+fn positive_minutes(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!(
+            "`{text}` is not a time budget: give a positive number of minutes (300 for five \
+             hours), or leave the flag out for none"
+        )),
+    }
 }
 
 impl TrainArgs {
@@ -340,6 +358,18 @@ impl TrainArgs {
             "training.epochs",
             "--epochs",
             self.epochs.map(|s| s.to_string()),
+        );
+        push(
+            &mut out,
+            "training.max_minutes",
+            "--max-minutes",
+            self.max_minutes.map(|m| m.to_string()),
+        );
+        push(
+            &mut out,
+            "training.max_tokens",
+            "--max-tokens",
+            self.max_tokens.map(|t| t.to_string()),
         );
         out
     }

@@ -321,7 +321,9 @@ impl Config {
 
     /// The compiled transcript sources.
     pub fn sources(&self) -> Result<Vec<Source>, String> {
-        select_sources(&self.scrape, None).map_err(|e| e.to_string())
+        select_sources(&self.scrape, None)
+            .map(|s| s.sites)
+            .map_err(|e| e.to_string())
     }
 
     /// The corpus directory with defaults and `~` resolved.

@@ -52,6 +52,8 @@ fn versions_with_peft_adapter(base_model: &str) -> tempfile::TempDir {
             wall_s: 0.0,
             tokens_per_s: 0.0,
             data_window: (String::new(), String::new()),
+            backlog: 0,
+            budget_reached: false,
         },
         settings: Value::Null,
     };

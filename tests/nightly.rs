@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use daemon::{BIN, Daemon, EventStream, signal, tiny_model};
 use fake_chat::telegram::FakeTelegram;
-use fake_site::{Kind, Site, speech, transcript, wordpress_source};
+use fake_site::{Kind, Site, dataset_file, speech, tar_gz, transcript, wordpress_source};
 use serde_json::{Value, json};
 
 /// The fake site, a config file for it, and the daemon's directories.
@@ -104,7 +104,11 @@ dir = "{versions}"
             .env_remove("MANANERA_DISCORD_TOKEN")
             .env_remove("MANANERA_TELEGRAM_TOKEN")
             .env("XDG_DATA_HOME", self.path("data"))
-            .env("MANANERA_LOG", "info");
+            .env("MANANERA_LOG", "info")
+            // The fake site is the only source, and runs come when a test says (the
+            // bootstrap test sets both again).
+            .env("MANANERA_SCRAPE_ARCHIVES", "[]")
+            .env("MANANERA_NIGHTLY_FIRST_RUN", "scheduled");
         cmd
     }
 
@@ -814,4 +818,86 @@ fn wait_for_count(log: &Path, needle: &str, count: usize, within: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_fresh_daemon_bootstraps_from_the_dataset_archive_and_trains_its_backlog_night_by_night() {
+    // The site has one transcript; the dataset's archive holds ten older ones.
+    let world = World::new(1);
+    let files: Vec<(String, String)> = (1..=10)
+        .map(|day| dataset_file(day, &speech(day + 10)))
+        .collect();
+    world.site.put_file("/mananeras.tar.gz", tar_gz(&files));
+    // Each run may train 30 steps of 256 tokens (about three transcripts), with a little
+    // replay of those already trained.
+    world.write_config(
+        &[("max_tokens", "7680"), ("replay_ratio", "0.25")],
+        "[nightly]\ncron = \"*/3 * * * * *\"\ntime_zone = \"UTC\"\ntrain_budget_minutes = 0\n",
+    );
+    let archives = format!(
+        "[{{ name = \"mananeras\", url = \"{}\" }}]",
+        world.site.url("/mananeras.tar.gz")
+    );
+    let daemon = world.serve(&[
+        ("MANANERA_NIGHTLY_ENABLED", "true"),
+        ("MANANERA_NIGHTLY_FIRST_RUN", "now"),
+        ("MANANERA_SCRAPE_ARCHIVES", &archives),
+    ]);
+
+    // The first run starts at once (not on the schedule), imports the history and trains
+    // the newest part of it within its budget.
+    let first = world.wait_for_run("the first run", Duration::from_secs(180), |r| {
+        r["trigger"] == "first-run" && r["outcome"] != "running"
+    });
+    assert_eq!(first["outcome"], "accepted", "{first:#}");
+    assert_eq!(first["new_transcripts"], 11, "{first:#}");
+    let trained = &first["trained"];
+    assert_eq!(trained["version"], "v0001", "{first:#}");
+    assert_eq!(trained["steps"], 30, "{first:#}");
+    let backlog = trained["backlog"].as_u64().unwrap();
+    assert!(backlog > 0, "{first:#}");
+    let rt = runtime();
+    let (served, _, _) = rt.block_on(ask(&daemon.url, "el petróleo"));
+    assert!(served.contains("+v0001-"), "{served}");
+
+    // Every later night trains the next slice, until nothing is left; then a night with
+    // nothing new does nothing.
+    let mut left = backlog;
+    let mut last = "v0001".to_string();
+    while left > 0 {
+        let next = format!("v{:04}", last[1..].parse::<u32>().unwrap() + 1);
+        let run = world.wait_for_run(&format!("run of {next}"), Duration::from_secs(120), |r| {
+            r["trained"]["version"] == next.as_str()
+        });
+        assert_eq!(run["outcome"], "accepted", "{run:#}");
+        assert_eq!(run["trained"]["parent"], last.as_str(), "{run:#}");
+        let now = run["trained"]["backlog"].as_u64().unwrap();
+        assert!(
+            now < left,
+            "the backlog did not shrink: {left} → {now}: {run:#}"
+        );
+        left = now;
+        last = next;
+    }
+    let quiet = world.wait_for_run("a night with nothing new", Duration::from_secs(60), |r| {
+        r["outcome"] == "nothing_new"
+    });
+    assert!(quiet["trained"].is_null(), "{quiet:#}");
+    // Only the first run downloaded the archive; later ones were told it had not changed.
+    let fetches: Vec<u16> = world
+        .site
+        .log()
+        .into_iter()
+        .filter(|(path, _)| path == "/mananeras.tar.gz")
+        .map(|(_, status)| status)
+        .collect();
+    assert_eq!(fetches[0], 200, "{fetches:?}");
+    assert!(fetches.len() >= 3, "{fetches:?}");
+    assert!(fetches[1..].iter().all(|&s| s == 304), "{fetches:?}");
+    let versions = world.run(&["versions"]);
+    assert!(
+        String::from_utf8_lossy(&versions.stdout).contains(&format!("* {last}")),
+        "{}",
+        String::from_utf8_lossy(&versions.stdout)
+    );
 }

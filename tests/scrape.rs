@@ -123,6 +123,7 @@ dir = "{corpus}"
 
 [scrape]
 give_up_after = 2
+archives = []
 
 [http]
 user_agent = "mananera-test/1.0"

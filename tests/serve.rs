@@ -734,6 +734,27 @@ fn a_flood_of_slow_headers_is_cut_off_and_a_normal_request_is_answered_at_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_speech_that_takes_longer_than_the_idle_timeout_is_still_answered() {
+    // The idle timeout is for clients that send nothing; one waiting for its speech (no
+    // byte either way until it is written) is not idle.
+    let state = tempfile::tempdir().unwrap();
+    let sets = ["serve.idle_timeout_s=1", "serve.max_new_tokens=2048"];
+    let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
+    let asked = Instant::now();
+    let reply = generate(
+        &d.url,
+        &json!({"topic": "el agua", "max_new_tokens": 2048, "min_new_tokens": 2048}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    assert!(
+        asked.elapsed() > Duration::from_secs(2),
+        "the speech took {:?}, not long enough to outlast the idle timeout",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_blocked_on_both_workers_is_seen_by_the_stall_watchdog() {
     let state = tempfile::tempdir().unwrap();
     let env = [("MANANERA_FAILPOINTS", "web.page=2*sleep(5000)")];

@@ -161,6 +161,9 @@ async fn soak_with(site: &Site) {
         format!("generation.max_new_tokens={tokens}"),
         format!("serve.max_new_tokens={tokens}"),
         "generation.max_words=0".to_string(),
+        // The fake site is the only source; the nightly run comes at half time.
+        "scrape.archives=[]".to_string(),
+        "nightly.first_run=\"scheduled\"".to_string(),
     ];
     sets.extend(
         std::env::var("SOAK_SETS")

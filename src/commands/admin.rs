@@ -108,6 +108,12 @@ fn describe(r: &RunRecord) -> String {
     }
     if let Some(t) = &r.trained {
         line.push_str(&format!(", {}", t.describe("perplexity")));
+        if t.backlog > 0 {
+            line.push_str(&format!(", backlog: {} transcripts", t.backlog));
+            if let Some(n) = super::train::nights(t.backlog, t.new_transcripts) {
+                line.push_str(&format!(" (~{n} nights at this speed)"));
+            }
+        }
     }
     if let Some(v) = &r.serving {
         line.push_str(&format!(", serving {v}"));

@@ -3,8 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use mananera_training::bootstrap::{
+    ArchiveFailure, ArchiveSource, default_archives, import_archive,
+};
 use mananera_training::export::{ExportFormat, SourceStats, export, stats};
-use mananera_training::import::{find_files, import};
+use mananera_training::fetch::{FetchedFile, Fetcher};
+use mananera_training::import::{ImportReport, find_files, import};
 use mananera_training::page::Page;
 use mananera_training::store::{Corpus, StoreError};
 use mananera_training::{Cleaning, CorpusError};
@@ -30,6 +34,84 @@ pub fn corpus_failure(e: CorpusError) -> Failure {
     Failure {
         code,
         message: e.to_string(),
+    }
+}
+
+/// A dataset archive to import: a URL, or a `.tar.gz` / `.tgz` / `.zip` file.
+fn is_archive(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.starts_with("https://")
+        || name.starts_with("http://")
+        || [".tar.gz", ".tgz", ".zip"]
+            .iter()
+            .any(|e| name.ends_with(e))
+}
+
+/// The bytes of an archive named on the command line, downloaded (politely, size-capped)
+/// or read, with the configured archive settings that apply to it (the dataset's when its
+/// URL is configured, else the defaults).
+fn read_archive(config: &Config, path: &Path) -> Result<(Vec<u8>, ArchiveSource), Failure> {
+    let name = path.to_string_lossy().into_owned();
+    if name.ends_with(".zip") {
+        return Err(Failure::usage(format!(
+            "{name}: zip archives are not read; download the dataset as .tar.gz (GitHub's \
+             \"Download tar.gz\", or {}) and import that",
+            default_archives()[0].url
+        )));
+    }
+    let mut settings = config
+        .scrape
+        .archives
+        .iter()
+        .find(|a| a.url == name)
+        .cloned()
+        .unwrap_or_else(|| ArchiveSource {
+            name: name.clone(),
+            url: name.clone(),
+            hosts: Vec::new(),
+            sha256: String::new(),
+            ..default_archives().remove(0)
+        });
+    settings.enabled = true;
+    let limit = settings.limits.max_bytes;
+    if !name.starts_with("https://") && !name.starts_with("http://") {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Failure::usage(format!("{name}: {e}; give an archive to import")))?
+            .len();
+        if size > limit {
+            return Err(Failure::usage(format!(
+                "{name} is {size} bytes, more than the {limit}-byte cap (max_bytes of \
+                 [[scrape.archives]]); it is not the dataset, or raise the cap"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("{name}: {e}")))?;
+        return Ok((bytes, settings));
+    }
+    let url = settings.parsed_url().map_err(corpus_failure)?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { code: 1, message })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(super::no_runtime)?;
+    let mut hosts = settings.hosts.clone();
+    hosts.extend(url.host_str().map(str::to_string));
+    let got = runtime.block_on(fetcher.get_file(
+        &url,
+        &hosts,
+        None,
+        (limit, "max_bytes of [[scrape.archives]]"),
+        std::time::Duration::from_secs(settings.timeout_s.max(1)),
+    ));
+    match got {
+        Ok(FetchedFile::File { body, .. }) => Ok((body, settings)),
+        Ok(FetchedFile::NotModified) => Err(Failure {
+            code: 1,
+            message: format!("{name}: the server answered 304 to an unconditional request"),
+        }),
+        Err(e) => Err(Failure {
+            code: 1,
+            message: format!("the archive could not be downloaded: {e}"),
+        }),
     }
 }
 
@@ -76,6 +158,13 @@ pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Res
     }
     let cleaning = config.cleaning().map_err(Failure::usage)?;
     let sources = config.sources().map_err(Failure::usage)?;
+    let (archives, paths): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        paths.iter().partition(|p| is_archive(p));
+    // Every archive is downloaded or read and checked before anything is stored.
+    let mut fetched = Vec::new();
+    for archive in archives {
+        fetched.push((archive, read_archive(config, archive)?));
+    }
     let mut files = Vec::new();
     for path in paths {
         files.extend(find_files(path).map_err(corpus_failure)?);
@@ -83,15 +172,36 @@ pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Res
     let mut corpus = open(config)?;
     let bar = Bar::new("import");
     let started = Instant::now();
-    let report = import(
-        &mut corpus,
-        &files,
-        &sources,
-        &config.scrape.challenge_titles,
-        &cleaning,
-        &bar,
-    )
-    .map_err(corpus_failure)?;
+    let mut report = ImportReport::default();
+    for (name, (bytes, settings)) in fetched {
+        let imported = import_archive(
+            &mut corpus,
+            &bytes,
+            &settings.sha256,
+            &settings.limits,
+            &cleaning,
+            &bar,
+        )
+        .map_err(|e| match e {
+            ArchiveFailure::Archive(e) => Failure {
+                code: 2,
+                message: format!("{}: {e}", name.display()),
+            },
+            ArchiveFailure::Corpus(e) => corpus_failure(e),
+        })?;
+        report.merge(imported);
+    }
+    report.merge(
+        import(
+            &mut corpus,
+            &files,
+            &sources,
+            &config.scrape.challenge_titles,
+            &cleaning,
+            &bar,
+        )
+        .map_err(corpus_failure)?,
+    );
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     let mb_per_s = report.bytes as f64 / 1e6 / seconds.max(1e-9);

@@ -214,6 +214,11 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
     }
 }
 
+/// Runs the backlog will take if each trains as many transcripts as the last one did.
+pub fn nights(backlog: usize, last_run: usize) -> Option<usize> {
+    (backlog > 0 && last_run > 0).then(|| backlog.div_ceil(last_run))
+}
+
 fn print_summary(outcome: &Outcome) {
     match outcome {
         Outcome::Finished(v) => {
@@ -240,6 +245,19 @@ fn print_summary(outcome: &Outcome) {
                 m.data_window.0,
                 m.data_window.1
             );
+            if m.budget_reached || m.backlog > 0 {
+                println!(
+                    "{}backlog: {} transcripts not trained yet{}",
+                    if m.budget_reached {
+                        "the time budget ended the run; "
+                    } else {
+                        ""
+                    },
+                    m.backlog,
+                    nights(m.backlog, v.new_transcripts.len())
+                        .map_or(String::new(), |n| format!(", ~{n} more runs at this speed"))
+                );
+            }
         }
         Outcome::Stopped { step, total } => {
             println!("stopped after step {step} of {total}; `mananera train --resume` continues");
@@ -345,12 +363,12 @@ pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> 
         Format::Text => {
             println!("versions {}", dir.display());
             println!(
-                "{:<2}{:<7} {:<9} {:<6} {:>10} {:>10} {:>7} {:>5}  parent",
-                "", "id", "status", "method", "ppl before", "ppl after", "steps", "new"
+                "{:<2}{:<7} {:<9} {:<6} {:>10} {:>10} {:>7} {:>5} {:>7}  parent",
+                "", "id", "status", "method", "ppl before", "ppl after", "steps", "new", "backlog"
             );
             for v in &list {
                 println!(
-                    "{:<2}{:<7} {:<9} {:<6} {:>10.3} {:>10.3} {:>7} {:>5}  {}",
+                    "{:<2}{:<7} {:<9} {:<6} {:>10.3} {:>10.3} {:>7} {:>5} {:>7}  {}",
                     if current.as_deref() == Some(v.id.as_str()) {
                         "*"
                     } else {
@@ -363,7 +381,20 @@ pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> 
                     v.metrics.perplexity_after,
                     v.metrics.steps,
                     v.new_transcripts.len(),
+                    v.metrics.backlog,
                     v.parent.as_deref().unwrap_or("-")
+                );
+            }
+            if let Some(v) = list
+                .iter()
+                .find(|v| current.as_deref() == Some(v.id.as_str()))
+                && v.metrics.backlog > 0
+            {
+                println!(
+                    "backlog of the current version: {} transcripts{}",
+                    v.metrics.backlog,
+                    nights(v.metrics.backlog, v.new_transcripts.len())
+                        .map_or(String::new(), |n| format!(", ~{n} nights at this speed"))
                 );
             }
             if list.is_empty() {

@@ -22,7 +22,7 @@ use crate::live::{Live, Reloaded};
 use crate::service::metrics::RetrainMetrics;
 use crate::systemd;
 use runs::{Outcome, RunRecord, Runs, Trained};
-use schedule::Schedule;
+use schedule::{FirstRun, Schedule};
 
 /// Longest single sleep while waiting for a due time, so a changed wall clock (suspend,
 /// NTP) is noticed.
@@ -126,15 +126,23 @@ impl Nightly {
 
     fn catch_up(self: &Arc<Self>) {
         let config = self.live.config().nightly;
-        if !config.enabled || !config.catch_up {
-            return;
-        }
         let Ok(schedule) = Schedule::new(&config) else {
             return;
         };
         let Some(last) = self.runs.latest(1).into_iter().next() else {
+            if config.enabled && config.first_run == FirstRun::Now {
+                tracing::info!(
+                    "no nightly run has ever run here: running the first one now (nightly.first_run = \"now\")"
+                );
+                if let Err(e) = self.trigger("first-run") {
+                    tracing::warn!(error = %e, "the first run could not start");
+                }
+            }
             return;
         };
+        if !config.enabled || !config.catch_up {
+            return;
+        }
         let last_start =
             Timestamp::from_millisecond(last.id as i64).unwrap_or(Timestamp::UNIX_EPOCH);
         if let Some(due) = schedule.latest_until(Timestamp::now())
@@ -408,6 +416,10 @@ impl Nightly {
             train_args.push(format!("engine.threads={}", config.nightly.threads));
         }
         train_args.push("train".into());
+        if config.nightly.train_budget_minutes > 0.0 && !stopped_run {
+            train_args.push("--max-minutes".into());
+            train_args.push(config.nightly.train_budget_minutes.to_string());
+        }
         train_args.push(
             if stopped_run {
                 "--resume"
@@ -649,6 +661,9 @@ fn train_summary(stdout: &str) -> Result<(Outcome, Option<Trained>), String> {
             perplexity_before: number("perplexity_before"),
             perplexity_after: number("perplexity_after"),
             wall_s: number("wall_s"),
+            new_transcripts: version["new_transcripts"].as_array().map_or(0, Vec::len),
+            backlog: count("backlog"),
+            budget_reached: m["budget_reached"].as_bool().unwrap_or(false),
         }
     });
     Ok((outcome, trained))

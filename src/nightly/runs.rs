@@ -65,6 +65,15 @@ pub struct Trained {
     pub perplexity_before: Option<f64>,
     pub perplexity_after: Option<f64>,
     pub wall_s: Option<f64>,
+    /// Transcripts first trained on in this run.
+    #[serde(default)]
+    pub new_transcripts: usize,
+    /// Training transcripts the version has still not trained on.
+    #[serde(default)]
+    pub backlog: usize,
+    /// The time budget ended the run.
+    #[serde(default)]
+    pub budget_reached: bool,
 }
 
 impl Trained {

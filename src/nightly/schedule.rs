@@ -23,6 +23,10 @@ pub struct NightlyConfig {
     pub cron: String,
     /// Run at start-up when the daemon was down at a scheduled time.
     pub catch_up: bool,
+    /// A daemon that has never run the nightly run: `now` runs it at start-up (a fresh
+    /// deployment fetches the history and fine-tunes on its first night), `scheduled` waits
+    /// for the schedule.
+    pub first_run: FirstRun,
     /// CPU priority of the scrape and training processes (0 normal … 19 lowest).
     pub nice: i32,
     /// Matrix threads of the training process; 0 uses `engine.threads`.
@@ -38,6 +42,10 @@ pub struct NightlyConfig {
     /// The training is stopped at a checkpoint past this many minutes (the next run resumes
     /// it); 0: no limit.
     pub train_max_minutes: u64,
+    /// Training time budget of a run, in minutes (`train --max-minutes`); 0: none. Past it
+    /// the run validates what it trained and is accepted or rejected like any run; the
+    /// transcripts it did not reach (oldest first) are left for the next nights.
+    pub train_budget_minutes: f64,
     /// Run records kept in the state store.
     pub keep_runs: usize,
 }
@@ -50,12 +58,14 @@ impl Default for NightlyConfig {
             time_zone: "America/Mexico_City".into(),
             cron: String::new(),
             catch_up: true,
+            first_run: FirstRun::Now,
             nice: 19,
             threads: 0,
             memory_max_mib: 0,
             stop_grace_s: 120,
             scrape_max_minutes: 120,
             train_max_minutes: 720,
+            train_budget_minutes: 300.0,
             keep_runs: 100,
         }
     }
@@ -71,11 +81,37 @@ impl NightlyConfig {
                 self.nice
             ));
         }
+        if !(self.train_budget_minutes.is_finite() && self.train_budget_minutes >= 0.0) {
+            return Err(format!(
+                "nightly.train_budget_minutes = {}: give the training's time budget in minutes \
+                 (300 for five hours), or 0 for none",
+                self.train_budget_minutes
+            ));
+        }
+        if self.train_max_minutes > 0
+            && self.train_budget_minutes > 0.0
+            && self.train_budget_minutes >= self.train_max_minutes as f64
+        {
+            return Err(format!(
+                "nightly.train_budget_minutes = {} is not below nightly.train_max_minutes = {}: \
+                 the time limit would stop the training before its budget ends it; lower the \
+                 budget or raise the limit (validation and saving need time after the budget)",
+                self.train_budget_minutes, self.train_max_minutes
+            ));
+        }
         if self.keep_runs == 0 {
             return Err("nightly.keep_runs = 0: keep at least 1 run record".into());
         }
         Ok(())
     }
+}
+
+/// `nightly.first_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstRun {
+    Now,
+    Scheduled,
 }
 
 /// The times the nightly run is due.

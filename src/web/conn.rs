@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,12 +93,22 @@ pub async fn serve(
         let limits = limits.clone();
         let closed = closing.clone();
         connections.spawn(timed("http", async move {
-            let io = TokioIo::new(Idle::new(stream, limits.idle_timeout));
+            let answering = Arc::new(AtomicUsize::new(0));
+            let io = TokioIo::new(Idle::new(
+                stream,
+                limits.idle_timeout,
+                Arc::clone(&answering),
+            ));
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     let mut app = app.clone();
-                    async move { app.call(request).await }
+                    let answer = Answering::new(&answering);
+                    async move {
+                        let response = app.call(request).await;
+                        drop(answer);
+                        response
+                    }
                 });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -134,20 +145,39 @@ fn log_end(result: Result<(), hyper::Error>) {
     }
 }
 
+/// A request of a connection whose answer is being prepared: the client is waiting on us,
+/// not idle (a speech asked for whole can take minutes in a busy queue).
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A connection that fails with `TimedOut` once `timeout` passes without a byte read or
-/// written while hyper waits on it.
+/// written while hyper waits on it and no answer is being prepared.
 struct Idle {
     stream: TcpStream,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    answering: Arc<AtomicUsize>,
 }
 
 impl Idle {
-    fn new(stream: TcpStream, timeout: Duration) -> Self {
+    fn new(stream: TcpStream, timeout: Duration, answering: Arc<AtomicUsize>) -> Self {
         Self {
             stream,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            answering,
         }
     }
 
@@ -157,6 +187,10 @@ impl Idle {
 
     /// `Pending` stays pending unless the deadline passed.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.answering.load(Ordering::SeqCst) > 0 {
+            self.progressed();
+            return Ok(());
+        }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -63,6 +63,8 @@ struct SiteState {
     log: Vec<(String, u16)>,
     /// The listing answers with the challenge page.
     challenge_listing: bool,
+    /// Files served as they are (a dataset archive), with an ETag.
+    files: HashMap<String, Vec<u8>>,
 }
 
 /// A running fake site.
@@ -149,6 +151,15 @@ impl Site {
         self.state.lock().unwrap().entries.insert(0, entry);
     }
 
+    /// Serves `bytes` at `path` (with an ETag, answering `If-None-Match` with 304).
+    pub fn put_file(&self, path: &str, bytes: Vec<u8>) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_string(), bytes);
+    }
+
     pub fn set_robots(&self, robots: &str) {
         self.state.lock().unwrap().robots = robots.into();
     }
@@ -207,6 +218,20 @@ async fn serve(
             }
         }
         Routed::Text(text) => Response::new(Body::from(text)),
+        Routed::File(bytes) => {
+            let etag = format!("\"{:x}\"", fxhash_bytes(&bytes));
+            if headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+            {
+                status(304)
+            } else {
+                let mut r = Response::new(Body::from(bytes));
+                r.headers_mut()
+                    .insert(header::ETAG, HeaderValue::from_str(&etag).unwrap());
+                r
+            }
+        }
         Routed::Status(code) => status(code),
         Routed::Busy(seconds) => {
             let mut r = status(429);
@@ -239,7 +264,11 @@ fn status(code: u16) -> Response<Body> {
 
 /// A stable content hash for ETags.
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+    fxhash_bytes(s.as_bytes())
+}
+
+fn fxhash_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
 }
@@ -250,6 +279,7 @@ enum Routed {
     Status(u16),
     Busy(u64),
     Redirect(String),
+    File(Vec<u8>),
 }
 
 fn route(
@@ -265,6 +295,9 @@ fn route(
             200 => (Routed::Text(s.robots.clone()), Duration::ZERO),
             code => (Routed::Status(code), Duration::ZERO),
         };
+    }
+    if let Some(bytes) = s.files.get(path) {
+        return (Routed::File(bytes.clone()), Duration::ZERO);
     }
     if kind == Kind::WordPress && path.starts_with("/secciones/version-estenografica/") {
         if s.challenge_listing {
@@ -355,6 +388,37 @@ pub fn transcript(day: u32, words: &str) -> Entry {
         timestamp: String::new(),
         reply: Reply::Article(page),
     }
+}
+
+/// A file of the plain-text dataset: a conference of August `day`, 2019, where the
+/// president says `words`, at its place in the dataset.
+pub fn dataset_file(day: u32, words: &str) -> (String, String) {
+    (
+        format!(
+            "mananeras-main/articulos/2019/agosto/{day:02}--conferencia-de-prensa-matutina.txt"
+        ),
+        format!(
+            "Versión estenográfica de la conferencia de prensa matutina del presidente Andrés Manuel López Obrador\nPresidencia de la República\n{day:02} de agosto de 2019\n---\nMODERADOR\nBuenos días.\n---\nPRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR\n{words}\n"
+        ),
+    )
+}
+
+/// A `.tar.gz` of `(path, content)` files, as GitHub serves a repository.
+pub fn tar_gz(files: &[(String, String)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, content.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
 }
 
 /// 40 lines of real speech, different for each day.

@@ -100,8 +100,12 @@ pub enum FetchError {
         reason: String,
         attempts: u32,
     },
-    #[error("{url}: body larger than the {limit}-byte limit (scrape.max_body_bytes)")]
-    TooLarge { url: Url, limit: u64 },
+    #[error("{url}: body larger than the {limit}-byte limit ({setting})")]
+    TooLarge {
+        url: Url,
+        limit: u64,
+        setting: &'static str,
+    },
     #[error("{url}: not on the source's hosts; not fetched")]
     NotOnSource { url: Url },
     #[error("{from}: redirected to {to}, which is not one of the source's hosts; not followed")]
@@ -163,6 +167,25 @@ struct Exchange {
     body: Vec<u8>,
 }
 
+/// How much body a request may bring, and how long it may take.
+#[derive(Clone, Copy)]
+struct Want {
+    limit: u64,
+    setting: &'static str,
+    timeout: Option<Duration>,
+    robots: bool,
+}
+
+/// A fetched file (see [`Fetcher::get_file`]).
+#[derive(Debug, Clone)]
+pub enum FetchedFile {
+    File {
+        body: Vec<u8>,
+        validators: Validators,
+    },
+    NotModified,
+}
+
 impl Fetcher {
     /// A client with `config`'s timeouts and user agent; redirects are handled here.
     pub fn new(config: &Politeness) -> Result<Self, String> {
@@ -194,6 +217,59 @@ impl Fetcher {
         hosts: &[String],
         validators: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
+        let want = Want {
+            limit: self.config.max_body_bytes,
+            setting: "scrape.max_body_bytes",
+            timeout: None,
+            robots: true,
+        };
+        Ok(match self.fetch(url, hosts, validators, want).await? {
+            Raw::Body {
+                url,
+                body,
+                validators,
+            } => Fetched::Page {
+                url,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                validators,
+            },
+            Raw::NotModified => Fetched::NotModified,
+        })
+    }
+
+    /// GETs one large file named by configuration (a dataset archive), as [`Fetcher::get`]
+    /// does a page, but with its own size cap (`setting` names it) and `timeout` for the
+    /// whole download. robots.txt is not consulted: this is one configured download a
+    /// night, conditional when validators are known, not crawling.
+    pub async fn get_file(
+        &self,
+        url: &Url,
+        hosts: &[String],
+        validators: Option<&Validators>,
+        limit: (u64, &'static str),
+        timeout: Duration,
+    ) -> Result<FetchedFile, FetchError> {
+        let want = Want {
+            limit: limit.0,
+            setting: limit.1,
+            timeout: Some(timeout),
+            robots: false,
+        };
+        Ok(match self.fetch(url, hosts, validators, want).await? {
+            Raw::Body {
+                body, validators, ..
+            } => FetchedFile::File { body, validators },
+            Raw::NotModified => FetchedFile::NotModified,
+        })
+    }
+
+    async fn fetch(
+        &self,
+        url: &Url,
+        hosts: &[String],
+        validators: Option<&Validators>,
+        want: Want,
+    ) -> Result<Raw, FetchError> {
         let mut url = url.clone();
         for _ in 0..=self.config.max_redirects {
             if !url.host_str().is_some_and(|h| hosts.iter().any(|o| o == h)) {
@@ -201,8 +277,10 @@ impl Fetcher {
             }
             let host = self.host(&url);
             let mut host = host.lock().await;
-            self.check_robots(&mut host, &url).await?;
-            let exchange = self.exchange(&mut host, &url, validators).await?;
+            if want.robots {
+                self.check_robots(&mut host, &url).await?;
+            }
+            let exchange = self.exchange(&mut host, &url, validators, want).await?;
             drop(host);
             let status = exchange.status;
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
@@ -233,7 +311,7 @@ impl Fetcher {
                 continue;
             }
             return match status.as_u16() {
-                304 => Ok(Fetched::NotModified),
+                304 => Ok(Raw::NotModified),
                 200..=299 => {
                     let header = |name| {
                         exchange
@@ -246,9 +324,9 @@ impl Fetcher {
                         etag: header(header::ETAG),
                         last_modified: header(header::LAST_MODIFIED),
                     };
-                    Ok(Fetched::Page {
+                    Ok(Raw::Body {
                         url,
-                        body: String::from_utf8_lossy(&exchange.body).into_owned(),
+                        body: exchange.body,
                         validators,
                     })
                 }
@@ -279,7 +357,13 @@ impl Fetcher {
             robots_url.set_path("/robots.txt");
             robots_url.set_query(None);
             robots_url.set_fragment(None);
-            let robots = match self.exchange(host, &robots_url, None).await {
+            let want = Want {
+                limit: self.config.max_body_bytes,
+                setting: "scrape.max_body_bytes",
+                timeout: None,
+                robots: false,
+            };
+            let robots = match self.exchange(host, &robots_url, None, want).await {
                 Ok(e) if e.status.is_success() => {
                     let agent = self
                         .config
@@ -324,6 +408,7 @@ impl Fetcher {
         host: &mut Host,
         url: &Url,
         validators: Option<&Validators>,
+        want: Want,
     ) -> Result<Exchange, FetchError> {
         let attempts = self.config.retries + 1;
         let mut backoff = Duration::from_millis(self.config.backoff_ms);
@@ -332,7 +417,7 @@ impl Fetcher {
             if let Some(last) = host.last_request {
                 tokio::time::sleep_until((last + delay).into()).await;
             }
-            let result = self.attempt(url, validators).await;
+            let result = self.attempt(url, validators, want).await;
             host.last_request = Some(Instant::now());
             let last = attempt == attempts;
             let wait = match result {
@@ -374,14 +459,15 @@ impl Fetcher {
                 Err(AttemptError::TooLarge) => {
                     return Err(FetchError::TooLarge {
                         url: url.clone(),
-                        limit: self.config.max_body_bytes,
+                        limit: want.limit,
+                        setting: want.setting,
                     });
                 }
                 Err(AttemptError::Timeout) if last => {
                     return Err(FetchError::Timeout {
                         url: url.clone(),
                         attempts,
-                        timeout_s: self.config.timeout_s,
+                        timeout_s: want.timeout.map_or(self.config.timeout_s, |t| t.as_secs()),
                     });
                 }
                 Err(AttemptError::Other(reason)) if last => {
@@ -404,8 +490,12 @@ impl Fetcher {
         &self,
         url: &Url,
         validators: Option<&Validators>,
+        want: Want,
     ) -> Result<Exchange, AttemptError> {
         let mut request = self.client.get(url.clone());
+        if let Some(timeout) = want.timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(v) = validators {
             if let Some(etag) = &v.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -419,7 +509,7 @@ impl Fetcher {
         let headers = response.headers().clone();
         let mut body = Vec::new();
         if status.is_success() {
-            let limit = self.config.max_body_bytes;
+            let limit = want.limit;
             if response.content_length().is_some_and(|n| n > limit) {
                 return Err(AttemptError::TooLarge);
             }
@@ -436,6 +526,16 @@ impl Fetcher {
             body,
         })
     }
+}
+
+/// What [`Fetcher::fetch`] got.
+enum Raw {
+    Body {
+        url: Url,
+        body: Vec<u8>,
+        validators: Validators,
+    },
+    NotModified,
 }
 
 enum AttemptError {

@@ -9,6 +9,7 @@ use jiff::civil::Date;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::archive::DatasetFile;
 use crate::date::{find_date, month_number};
 use crate::page::{Article, Page};
 use crate::scrape::{Failure, Observer};
@@ -35,6 +36,20 @@ pub struct ImportReport {
     pub skipped: Vec<Failure>,
     /// Files that could not be read as a transcript, with the reason.
     pub failed: Vec<Failure>,
+}
+
+impl ImportReport {
+    /// Adds another import's counts to this one's.
+    pub fn merge(&mut self, other: ImportReport) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.tally.new += other.tally.new;
+        self.tally.updated += other.tally.updated;
+        self.tally.unchanged += other.tally.unchanged;
+        self.tally.duplicates += other.tally.duplicates;
+        self.skipped.extend(other.skipped);
+        self.failed.extend(other.failed);
+    }
 }
 
 /// Every importable file under `path` (or `path` itself), in a stable order.
@@ -94,37 +109,80 @@ pub fn import(
             .map(|file| read_file(file, sources, challenge, cleaning))
             .collect();
         for (file, read) in batch.iter().zip(read) {
-            let name = file.display().to_string();
-            let word = match read {
-                Read::Transcript { bytes, transcript } => {
-                    report.files += 1;
-                    report.bytes += bytes;
-                    report.tally.record(&corpus.add(transcript)?)
-                }
-                Read::Skipped { bytes, reason } => {
-                    report.files += 1;
-                    report.bytes += bytes;
-                    report.skipped.push(Failure {
-                        url: name.clone(),
-                        reason,
-                    });
-                    "skipped"
-                }
-                Read::Failed { bytes, reason } => {
-                    report.files += usize::from(bytes.is_some());
-                    report.bytes += bytes.unwrap_or(0);
-                    report.failed.push(Failure {
-                        url: name.clone(),
-                        reason,
-                    });
-                    "failed"
-                }
-            };
-            observer.done("import", &name, word);
+            record(
+                corpus,
+                &file.display().to_string(),
+                read,
+                observer,
+                &mut report,
+            )?;
         }
         corpus.flush()?;
     }
     Ok(report)
+}
+
+/// Imports files of the plain-text dataset already in memory (from its archive) into
+/// `corpus`, adding to `report`.
+pub fn import_dataset_files(
+    corpus: &mut Corpus,
+    files: Vec<DatasetFile>,
+    cleaning: &Cleaning,
+    observer: &dyn Observer,
+    report: &mut ImportReport,
+) -> Result<(), CorpusError> {
+    let read: Vec<Read> = files
+        .par_iter()
+        .map(|file| read_content(&file.path, &file.content, &[], &[], cleaning))
+        .collect();
+    for (file, read) in files.iter().zip(read) {
+        record(
+            corpus,
+            &file.path.display().to_string(),
+            read,
+            observer,
+            report,
+        )?;
+    }
+    corpus.flush()?;
+    Ok(())
+}
+
+/// Stores what was read of one file and counts it.
+fn record(
+    corpus: &mut Corpus,
+    name: &str,
+    read: Read,
+    observer: &dyn Observer,
+    report: &mut ImportReport,
+) -> Result<(), CorpusError> {
+    let word = match read {
+        Read::Transcript { bytes, transcript } => {
+            report.files += 1;
+            report.bytes += bytes;
+            report.tally.record(&corpus.add(transcript)?)
+        }
+        Read::Skipped { bytes, reason } => {
+            report.files += 1;
+            report.bytes += bytes;
+            report.skipped.push(Failure {
+                url: name.to_string(),
+                reason,
+            });
+            "skipped"
+        }
+        Read::Failed { bytes, reason } => {
+            report.files += usize::from(bytes.is_some());
+            report.bytes += bytes.unwrap_or(0);
+            report.failed.push(Failure {
+                url: name.to_string(),
+                reason,
+            });
+            "failed"
+        }
+    };
+    observer.done("import", name, word);
+    Ok(())
 }
 
 /// One file, read and cleaned.
@@ -146,17 +204,26 @@ enum Read {
 }
 
 fn read_file(file: &Path, sources: &[Source], challenge: &[String], cleaning: &Cleaning) -> Read {
-    let raw = match std::fs::read(file) {
-        Ok(raw) => raw,
-        Err(e) => {
-            return Read::Failed {
-                bytes: None,
-                reason: format!("cannot read: {e}"),
-            };
-        }
-    };
+    match std::fs::read(file) {
+        Ok(raw) => read_content(file, &raw, sources, challenge, cleaning),
+        Err(e) => Read::Failed {
+            bytes: None,
+            reason: format!("cannot read: {e}"),
+        },
+    }
+}
+
+/// One file's content, cleaned; `file` says what it is (its extension) and where it lies
+/// in the dataset.
+fn read_content(
+    file: &Path,
+    raw: &[u8],
+    sources: &[Source],
+    challenge: &[String],
+    cleaning: &Cleaning,
+) -> Read {
     let bytes = raw.len() as u64;
-    let text = String::from_utf8_lossy(&raw);
+    let text = String::from_utf8_lossy(raw);
     let is_html = matches!(
         file.extension().and_then(|e| e.to_str()),
         Some("html" | "htm")
@@ -167,7 +234,11 @@ fn read_file(file: &Path, sources: &[Source], challenge: &[String], cleaning: &C
         read_dataset_file(file, &text)
     };
     match parsed {
-        Ok((mut transcript, paragraphs)) => match cleaning.clean(transcript.date, paragraphs) {
+        Ok((mut transcript, paragraphs)) => match cleaning.clean_titled(
+            transcript.date,
+            &[&transcript.title, &transcript.url],
+            paragraphs,
+        ) {
             Ok(cleaned) => {
                 transcript.speaker = cleaned.speaker;
                 transcript.text = cleaned.text;
@@ -280,7 +351,9 @@ fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Para
         let mut lines = block.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
         let Some(first) = lines.next() else { continue };
         let label = first.trim_end_matches(':').trim();
-        if looks_like_label(label) {
+        // `???` is how the dataset writes a speaker it could not name (in speeches, the
+        // president): still a new speaker, whom the title may name.
+        if looks_like_label(label) || is_unknown_label(label) {
             let text = lines.next().unwrap_or_default().to_string();
             paragraphs.push(Paragraph {
                 label: Some(label.to_string()),
@@ -304,6 +377,11 @@ fn read_dataset_file(file: &Path, content: &str) -> Result<(Transcript, Vec<Para
         transcript(date, DATASET_SOURCE, dataset_url(file), title),
         paragraphs,
     ))
+}
+
+/// The dataset's line for a speaker it could not name: question marks only.
+fn is_unknown_label(line: &str) -> bool {
+    !line.is_empty() && line.chars().all(|c| c == '?')
 }
 
 /// `import:mananeras/articulos/…`: the file's place in the dataset, whatever folder it was

@@ -8,10 +8,13 @@
 //! - [`turns`], [`speakers`], [`text`], [`date`]: from paragraphs to the kept speaker's words.
 //! - [`segment`]: sentences and 1000-character chunks.
 //! - [`store`], [`transcript`], [`fsio`]: the corpus directory and its crash-safe writes.
-//! - [`scrape`]: discovery and incremental fetching; [`import`]: archives people already have.
+//! - [`scrape`]: discovery and incremental fetching; [`import`]: archives people already have;
+//!   [`archive`], [`bootstrap`]: the public dataset's archive, checked whole, as a source.
 //! - [`export`]: statistics and the clean corpus for other tools.
 //! - [`tune`]: fine-tuning BLOOM on the corpus (LoRA or full), with versions.
 
+pub mod archive;
+pub mod bootstrap;
 pub mod date;
 pub mod export;
 pub mod fetch;
@@ -96,10 +99,27 @@ impl Cleaning {
         })
     }
 
-    /// The kept words of a transcript given on `date`, or why there are none.
+    /// The kept words of a transcript given on `date`, or why there are none; for a
+    /// transcript whose title is not known ([`Cleaning::clean_titled`] with none).
     pub fn clean(
         &self,
         date: Date,
+        paragraphs: impl IntoIterator<Item = Paragraph>,
+    ) -> Result<Cleaned, String> {
+        self.clean_titled(date, &[], paragraphs)
+    }
+
+    /// The kept words of a transcript given on `date`, or why there are none. `titles` are
+    /// what the transcript is called: its headline and its address (whose slug,
+    /// `mensaje-del-presidente-…`, often names the speaker when the headline does not).
+    ///
+    /// Only the speakers of the day count, by their labels; and when a title names one of
+    /// them as the one speaking (their speech or message, `corpus.speakers.titles`), the
+    /// paragraphs before any label and the blocks with an unknown label (`???`) are theirs.
+    pub fn clean_titled(
+        &self,
+        date: Date,
+        titles: &[&str],
         paragraphs: impl IntoIterator<Item = Paragraph>,
     ) -> Result<Cleaned, String> {
         let day = self.speakers.on(date);
@@ -108,6 +128,7 @@ impl Cleaning {
                 "no speaker is configured for {date} (corpus.speakers)"
             ));
         }
+        let day = day.titled(titles);
         let kept = self.cleaner.keep(paragraphs, &day);
         let text = kept.text();
         match kept.speaker {

@@ -26,6 +26,8 @@ pub struct ScrapeConfig {
     pub challenge_titles: Vec<String>,
     /// The transcript sites.
     pub sources: Vec<crate::source::SourceConfig>,
+    /// Dataset archives: the whole history in one download.
+    pub archives: Vec<crate::bootstrap::ArchiveSource>,
     /// Runs in a row a page may fail (timeouts, 5xx, challenge pages...) before it is set
     /// aside as skipped, so one broken page does not fail every nightly run; `--full` tries
     /// it again. 0 = never give up.
@@ -41,6 +43,7 @@ impl Default for ScrapeConfig {
                 "Attention Required!".into(),
             ],
             sources: crate::source::default_sources(),
+            archives: crate::bootstrap::default_archives(),
             give_up_after: 7,
         }
     }
@@ -95,48 +98,85 @@ pub trait Observer: Send + Sync {
     fn done(&self, source: &str, url: &str, outcome: &str);
 }
 
-/// The configured sources `only` selects (all when `None`), compiled.
-pub fn select_sources(
-    config: &ScrapeConfig,
-    only: Option<&str>,
-) -> Result<Vec<Source>, CorpusError> {
-    let mut sources = Vec::new();
+/// What a scrape fetches: the sites and the dataset archives.
+#[derive(Debug, Clone, Default)]
+pub struct Selected {
+    pub sites: Vec<Source>,
+    pub archives: Vec<crate::bootstrap::ArchiveSource>,
+}
+
+/// The configured sources and archives `only` selects (all enabled ones when `None`),
+/// compiled.
+pub fn select_sources(config: &ScrapeConfig, only: Option<&str>) -> Result<Selected, CorpusError> {
+    let mut selected = Selected::default();
     let mut names = std::collections::HashSet::new();
-    for c in &config.sources {
-        if !names.insert(c.name.as_str()) {
+    let all_names = config
+        .sources
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(config.archives.iter().map(|a| a.name.as_str()));
+    for name in all_names {
+        if !names.insert(name) {
             return Err(CorpusError::Config(format!(
-                "scrape.sources: two sources are named {:?}",
-                c.name
+                "scrape.sources and scrape.archives: two are named {name:?}"
             )));
         }
+    }
+    for c in &config.sources {
         if only.is_none_or(|only| only == c.name) {
-            sources.push(Source::new(c).map_err(|e| CorpusError::Config(e.to_string()))?);
+            selected
+                .sites
+                .push(Source::new(c).map_err(|e| CorpusError::Config(e.to_string()))?);
+        }
+    }
+    for a in &config.archives {
+        a.parsed_url()?;
+        let named = only == Some(a.name.as_str());
+        if named || (only.is_none() && a.enabled) {
+            selected.archives.push(a.clone());
         }
     }
     if let Some(only) = only
-        && sources.is_empty()
+        && selected.sites.is_empty()
+        && selected.archives.is_empty()
     {
-        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = config
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(config.archives.iter().map(|a| a.name.as_str()))
+            .collect();
         return Err(CorpusError::Config(format!(
             "--source {only}: no such source; configured: {}",
             names.join(", ")
         )));
     }
-    Ok(sources)
+    Ok(selected)
 }
 
 /// Runs every source concurrently (one request at a time per host) and stores what is new
 /// in `corpus`.
 pub async fn scrape(
     corpus: &Mutex<Corpus>,
-    sources: &[Source],
+    selected: &Selected,
     config: &ScrapeConfig,
     fetcher: &Fetcher,
     cleaning: &Cleaning,
     options: &ScrapeOptions,
     observer: &dyn Observer,
 ) -> Result<Vec<SourceReport>, CorpusError> {
-    let runs = sources.iter().map(|source| {
+    // The archives first: on a fresh corpus they bring the history, and the sites' runs
+    // then find those transcripts known (by date and text) instead of fetching them anew.
+    let mut reports = Vec::new();
+    for archive in &selected.archives {
+        let run =
+            crate::bootstrap::fetch_archive(archive, corpus, fetcher, cleaning, options, observer);
+        reports.push(
+            run.instrument(tracing::info_span!("scrape", source = %archive.name))
+                .await?,
+        );
+    }
+    let runs = selected.sites.iter().map(|source| {
         let run = Run {
             source,
             corpus,
@@ -149,10 +189,10 @@ pub async fn scrape(
         run.go()
             .instrument(tracing::info_span!("scrape", source = source.name()))
     });
-    futures_util::future::join_all(runs)
-        .await
-        .into_iter()
-        .collect()
+    for report in futures_util::future::join_all(runs).await {
+        reports.push(report?);
+    }
+    Ok(reports)
 }
 
 /// One source's run.
@@ -631,7 +671,11 @@ impl Run<'_> {
         {
             return Ok(Stored::TooOld(article.date));
         }
-        let cleaned = match self.cleaning.clean(article.date, article.paragraphs) {
+        let cleaned = match self.cleaning.clean_titled(
+            article.date,
+            &[&article.title, final_url.as_str()],
+            article.paragraphs,
+        ) {
             Ok(cleaned) => cleaned,
             Err(reason) => return Ok(Stored::Skipped(reason)),
         };

@@ -2,9 +2,10 @@
 //! tolerant of the typos real transcripts contain and strict about look-alikes.
 
 use jiff::civil::Date;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::text::compact_label;
+use crate::text::{compact_label, fold_accents};
 
 /// One speaker to keep, as configured in `[[corpus.speakers]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,12 @@ pub struct SpeakerRule {
     /// Letters that may be missing, extra or wrong in a label and still match.
     #[serde(default = "default_max_typos")]
     pub max_typos: usize,
+    /// Titles of transcripts in which this speaker is the one speaking (their speeches and
+    /// messages), as regular expressions compared without case or accents. In such a
+    /// transcript, paragraphs before any label and blocks whose label is unknown (`???`)
+    /// are this speaker's. They must not match anyone else's message or a conference.
+    #[serde(default)]
+    pub titles: Vec<String>,
 }
 
 fn default_max_typos() -> usize {
@@ -39,9 +46,18 @@ impl SpeakerRule {
     }
 }
 
+/// A speech, message or report ("Mensaje del presidente …"): the start of a title pattern.
+const SPEECH: &str = r"\b(?:mensaje|palabras|discurso|informe)(?: de bienvenida)?";
+
+/// What may follow "del presidente" / "de la presidenta" in a speech's title without a name
+/// after it: "de México", "de la República", then the occasion ("en …", "durante …", ". …");
+/// not "de Cuba", "municipal", "del INE".
+const WITHOUT_NAME: &str = r"(?: de méxico| de la república| de los estados unidos mexicanos)?(?: ?[,.:;|]| (?:a|al|ante|en|desde|durante|sobre|con|por)\b|$)";
+
 /// The default speakers: the president of the day.
 pub fn default_speakers() -> Vec<SpeakerRule> {
     let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+    let office = "(?:de méxico|de la república|de los estados unidos mexicanos)?,? ?";
     vec![
         SpeakerRule {
             name: "Andrés Manuel López Obrador".into(),
@@ -61,6 +77,12 @@ pub fn default_speakers() -> Vec<SpeakerRule> {
                 "INTELIGENCIA ARTIFICIAL",
             ]),
             max_typos: 2,
+            titles: vec![
+                format!(
+                    "{SPEECH} del? (?:lic\\. |licenciado )?(?:presidente {office})?(?:andrés manuel )?lópez obrador\\b"
+                ),
+                format!("{SPEECH} del presidente{WITHOUT_NAME}"),
+            ],
         },
         SpeakerRule {
             name: "Claudia Sheinbaum Pardo".into(),
@@ -81,17 +103,22 @@ pub fn default_speakers() -> Vec<SpeakerRule> {
                 "INTELIGENCIA ARTIFICIAL",
             ]),
             max_typos: 2,
+            titles: vec![
+                format!("{SPEECH} de (?:la )?(?:presidenta {office})?claudia sheinbaum\\b"),
+                format!("{SPEECH} de la presidenta{WITHOUT_NAME}"),
+            ],
         },
     ]
 }
 
-/// A rule prepared for matching: labels and rejected words in compact form.
+/// A rule prepared for matching: labels and rejected words in compact form, titles compiled.
 #[derive(Debug, Clone)]
 struct Compiled {
     name: String,
     rule: SpeakerRule,
     labels: Vec<String>,
     reject: Vec<String>,
+    titles: Vec<Regex>,
 }
 
 /// The configured speakers, ready to classify labels.
@@ -131,11 +158,27 @@ impl Speakers {
                     rule.name
                 )));
             }
+            let titles = rule
+                .titles
+                .iter()
+                .map(|pattern| {
+                    RegexBuilder::new(&fold_accents(pattern))
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| {
+                            SpeakerConfigError(format!(
+                                "speaker {:?}: title pattern {pattern:?} does not compile: {e}",
+                                rule.name
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
             compiled.push(Compiled {
                 name: rule.name.clone(),
                 rule: rule.clone(),
                 labels,
                 reject: rule.reject.iter().map(|w| compact_label(w)).collect(),
+                titles,
             });
         }
         Ok(Self { rules: compiled })
@@ -149,20 +192,50 @@ impl Speakers {
                 .iter()
                 .filter(|r| r.rule.active_on(date))
                 .collect(),
+            speaking: None,
         }
     }
 }
 
-/// The speakers kept on one day.
+/// The speakers kept on one day, for one transcript.
 #[derive(Debug)]
 pub struct DaySpeakers<'a> {
     rules: Vec<&'a Compiled>,
+    /// The kept speaker the transcript's title names as the one speaking (a speech of the
+    /// president): unlabelled openings and unknown labels are theirs.
+    speaking: Option<&'a Compiled>,
 }
 
 impl<'a> DaySpeakers<'a> {
-    /// The kept speaker a label names, if any.
+    /// The same speakers for a transcript called `titles` (its headline, its address): if
+    /// one of them is one of a kept speaker's `titles` (their speech, their message), that
+    /// speaker holds the transcript's unlabelled opening and every block with an unknown
+    /// label. An address reads as words: `mensaje-del-presidente` as `mensaje del presidente`.
+    pub fn titled(mut self, titles: &[&str]) -> Self {
+        let titles: Vec<String> = titles
+            .iter()
+            .map(|t| fold_accents(&t.replace(['-', '_', '/'], " ")))
+            .collect();
+        self.speaking = self.rules.iter().copied().find(|r| {
+            r.titles
+                .iter()
+                .any(|pattern| titles.iter().any(|t| pattern.is_match(t)))
+        });
+        self
+    }
+
+    /// Who speaks before any label: the speaker the title names, if any.
+    pub fn opening(&self) -> Option<&'a str> {
+        self.speaking.map(|r| r.name.as_str())
+    }
+
+    /// The kept speaker a label names, if any. A label without a letter or digit (`???`,
+    /// the plain-text dataset's unknown speaker) is the speaker the title names, if any.
     pub fn classify(&self, label: &str) -> Option<&'a str> {
         let label = compact_label(label);
+        if label.is_empty() {
+            return self.opening();
+        }
         self.rules.iter().find_map(|r| {
             if r.reject
                 .iter()

@@ -56,6 +56,18 @@ pub fn compact_label(label: &str) -> String {
         .collect()
 }
 
+/// `text` normalised ([`normalize`]) with its accents and other combining marks removed
+/// (`Mensaje del Presidente Andrés` → `Mensaje del Presidente Andres`); case is kept, so a
+/// regular expression folded this way keeps its meaning.
+pub fn fold_accents(text: &str) -> String {
+    normalize(
+        &text
+            .nfd()
+            .filter(|&c| !unicode_normalization::char::is_combining_mark(c))
+            .collect::<String>(),
+    )
+}
+
 /// Stable SHA-256 of `text`, as lowercase hex.
 pub fn sha256_hex(text: &str) -> String {
     hex(&sha2::Sha256::digest(text.as_bytes()))
@@ -104,6 +116,18 @@ mod tests {
         assert_eq!(compact_label("LÓ'PEZ OBRADOR"), "LOPEZOBRADOR");
         assert_eq!(compact_label("PRESIDENT E"), "PRESIDENTE");
         assert_eq!(compact_label("PEÑA"), "PENA");
+    }
+
+    #[test]
+    fn fold_accents_keeps_case_and_regex_syntax() {
+        assert_eq!(
+            fold_accents("Mensaje del Presidente  Andre\u{301}s López\u{a0}Obrador"),
+            "Mensaje del Presidente Andres Lopez Obrador"
+        );
+        assert_eq!(
+            fold_accents(r"^discurso\b\S+ (?:de|del)"),
+            r"^discurso\b\S+ (?:de|del)"
+        );
     }
 
     #[test]

@@ -27,14 +27,17 @@ pub struct Paragraph {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CleaningRules {
-    /// A paragraph that starts a video or audio clip; nothing is kept until its end.
+    /// A paragraph that starts a video or audio clip: what follows, up to `clip_end`, is
+    /// left out. A start never closed (before another start, an end marker or the end of
+    /// the transcript) is only a placeholder and is dropped alone.
     pub clip_start: String,
     /// A paragraph that ends a clip.
     pub clip_end: String,
-    /// A paragraph that ends the transcript's speech (`---`, `—000—`, `+++++`).
+    /// A paragraph that ends the transcript's speech (`---`, `—000—`, `―000―`, `+++++`).
     pub end_marker: String,
-    /// Whole paragraphs to drop without ending the turn (stage directions, off-mic asides,
-    /// the year's motto, "Descarga audio").
+    /// Whole paragraphs to drop without ending the turn (stage directions, off-mic asides
+    /// between dashes such as `–Adelante–.`, not a quoted line that only opens with one, the year's motto, "Descarga audio", the dataset's dateline
+    /// `Presidencia de la República | 01 de diciembre de 2018`).
     pub drop_paragraph: String,
     /// Notes to cut out of a kept paragraph ("(Inaudible)", "(Aplausos)").
     pub drop_inline: String,
@@ -45,10 +48,11 @@ impl Default for CleaningRules {
         Self {
             clip_start: r"(?i)^\((?:inicia|comienza|empieza|se proyecta|proyección de)\b[^)]*\)$".into(),
             clip_end: r"(?i)^\((?:finaliza|termina|concluye|fin)\b[^)]*\)$".into(),
-            end_marker: r"^(?:[-–—]{3,}|[-–—]+\s*0+\s*[-–—]+|\+{3,}|\*{3,})$".into(),
+            end_marker: r"^(?:[-–—―]{3,}|[-–—―]+\s*0+\s*[-–—―]+|\+{3,}|\*{3,})$".into(),
             drop_paragraph: concat!(
-                r"(?i)^(?:\([^()]*\)|\[[^\[\]]*\]|[-–—][^-–—]{1,80}[-–—]?",
-                r"|(?:19|20)\d\d\s*[:.,]\s*año de\b.*|descarga(?:r)?\s+(?:el\s+)?audio\b.*)$"
+                r"(?i)^(?:\([^()]*\)|\[[^\[\]]*\]|[-–—―][^-–—―]{1,80}[-–—―][.,;:]?",
+                r"|(?:19|20)\d\d\s*[:.,]\s*año de\b.*|descarga(?:r)?\s+(?:el\s+)?audio\b.*",
+                r"|presidencia de la rep[úu]blica\s*\|\s*\d{1,2}º? de \w+ de \d{4})$"
             )
             .into(),
             drop_inline: r"(?i)\s*\((?:inaudible|aplausos?|risas?|música|sic|falla de audio|sin audio|corte de audio)\)".into(),
@@ -83,77 +87,56 @@ impl Cleaner {
 
     /// The kept speaker's words: one string per paragraph, each turn ending with an empty
     /// string so turn boundaries survive; and the name of the kept speaker heard first.
+    ///
+    /// A clip (`clip_start` … `clip_end`) is left out whole, the labels of its recorded
+    /// voices included, and whoever spoke before it speaks again after it. A clip start that
+    /// is never closed is only a placeholder (gob.mx writes `(PROYECCIÓN DE VIDEO)` where a
+    /// video played, untranscribed, and the next speaker's label follows): when another clip
+    /// start, an end marker or the end of the transcript comes first, the start is dropped
+    /// and the paragraphs held since are read as usual. A label given apart (a new block of
+    /// the plain-text dataset) ends a clip.
     pub fn keep<'s>(
         &self,
         paragraphs: impl IntoIterator<Item = Paragraph>,
         speakers: &DaySpeakers<'s>,
     ) -> Kept<'s> {
-        let mut kept = Kept::default();
-        let mut current: Option<&'s str> = None;
-        let mut in_clip = false;
-        let mut seen: HashMap<String, Option<&'s str>> = HashMap::new();
+        let mut turns = Turns {
+            cleaner: self,
+            speakers,
+            kept: Kept::default(),
+            current: speakers.opening(),
+            seen: HashMap::new(),
+        };
+        // The paragraphs since a clip start, until we know whether the clip is closed.
+        let mut clip: Option<Vec<Line>> = None;
         for paragraph in paragraphs {
-            let text = normalize(&paragraph.text);
-            let explicit_label = paragraph.label.is_some();
-            let (label, text) = match paragraph.label {
-                Some(label) => (Some(normalize(&label)), text),
-                None => match split_label(&text) {
-                    Some((label, rest)) => (Some(label.to_string()), rest.to_string()),
-                    None => (None, text),
-                },
-            };
-            // Inside a clip nothing counts, labels in the text included: the voices are
-            // recorded ones, and whoever spoke before the clip speaks again after it. A
-            // label given apart (a new block of the plain-text dataset) ends the clip.
-            if in_clip && !explicit_label {
-                in_clip = !self.clip_end.is_match(&text);
-                continue;
-            }
-            in_clip = false;
-            if let Some(label) = label {
-                kept.end_turn();
-                // A transcript repeats a handful of labels hundreds of times.
-                current = match seen.get(&label) {
-                    Some(speaker) => *speaker,
-                    None => {
-                        let speaker = speakers.classify(&label);
-                        seen.insert(label, speaker);
-                        speaker
+            let line = Line::new(paragraph);
+            if let Some(held) = clip.as_mut() {
+                if line.apart || self.clip_end.is_match(&line.text) {
+                    // Closed: the clip is left out, and the line is read as usual (a
+                    // `clip_end` line is dropped there, its label, if any, counts).
+                    clip = None;
+                } else if self.clip_start.is_match(&line.text)
+                    || self.end_marker.is_match(&line.text)
+                {
+                    // Never closed: it was a placeholder.
+                    for held in clip.take().unwrap_or_default() {
+                        turns.read(held);
                     }
-                };
-                if kept.speaker.is_none() {
-                    kept.speaker = current;
+                } else {
+                    held.push(line);
+                    continue;
                 }
-            } else if paragraph.all_bold && !text.is_empty() && !self.is_note(&text) {
-                // An unlabelled bold paragraph is a reporter's question.
-                kept.end_turn();
-                current = None;
-                continue;
             }
-            if self.clip_start.is_match(&text) {
-                in_clip = true;
-                continue;
-            }
-            if self.end_marker.is_match(&text) {
-                kept.end_turn();
-                current = None;
-                continue;
-            }
-            if current.is_none()
-                || self.clip_end.is_match(&text)
-                || self.drop_paragraph.is_match(&text)
-            {
-                continue;
-            }
-            let text = self.drop_inline.replace_all(&text, "");
-            let text = text.trim();
-            if !text.is_empty() {
-                kept.paragraphs.push(text.to_string());
-                kept.open_turn = true;
+            if turns.read(line) == Read::ClipStart {
+                clip = Some(Vec::new());
             }
         }
-        kept.end_turn();
-        kept
+        for held in clip.unwrap_or_default() {
+            turns.read(held);
+        }
+        turns.kept.end_turn();
+        turns.kept
     }
 
     fn is_note(&self, text: &str) -> bool {
@@ -164,12 +147,107 @@ impl Cleaner {
     }
 }
 
+/// One paragraph, normalised, with its label (given apart or split off its text).
+#[derive(Debug)]
+struct Line {
+    label: Option<String>,
+    text: String,
+    /// The label was given apart from the text (a block of the plain-text dataset).
+    apart: bool,
+    all_bold: bool,
+}
+
+impl Line {
+    fn new(paragraph: Paragraph) -> Self {
+        let text = normalize(&paragraph.text);
+        let apart = paragraph.label.is_some();
+        let (label, text) = match paragraph.label {
+            Some(label) => (Some(normalize(&label)), text),
+            None => match split_label(&text) {
+                Some((label, rest)) => (Some(label.to_string()), rest.to_string()),
+                None => (None, text),
+            },
+        };
+        Self {
+            label,
+            text,
+            apart,
+            all_bold: paragraph.all_bold,
+        }
+    }
+}
+
+/// What [`Turns::read`] made of a line.
+#[derive(Debug, PartialEq)]
+enum Read {
+    /// Kept, dropped, or a turn boundary: nothing more to do.
+    Done,
+    /// The line starts a clip: the caller holds what follows until it knows the clip's end.
+    ClipStart,
+}
+
+/// Who is speaking, and what was kept so far.
+struct Turns<'c, 's> {
+    cleaner: &'c Cleaner,
+    speakers: &'c DaySpeakers<'s>,
+    kept: Kept<'s>,
+    current: Option<&'s str>,
+    /// A transcript repeats a handful of labels hundreds of times.
+    seen: HashMap<String, Option<&'s str>>,
+}
+
+impl<'s> Turns<'_, 's> {
+    /// Reads one line outside any clip.
+    fn read(&mut self, line: Line) -> Read {
+        let cleaner = self.cleaner;
+        let text = line.text;
+        if let Some(label) = line.label {
+            self.kept.end_turn();
+            self.current = match self.seen.get(&label) {
+                Some(speaker) => *speaker,
+                None => {
+                    let speaker = self.speakers.classify(&label);
+                    self.seen.insert(label, speaker);
+                    speaker
+                }
+            };
+        } else if line.all_bold && !text.is_empty() && !cleaner.is_note(&text) {
+            // An unlabelled bold paragraph is a reporter's question.
+            self.kept.end_turn();
+            self.current = None;
+            return Read::Done;
+        }
+        if cleaner.clip_start.is_match(&text) {
+            return Read::ClipStart;
+        }
+        if cleaner.end_marker.is_match(&text) {
+            self.kept.end_turn();
+            self.current = None;
+            return Read::Done;
+        }
+        let Some(speaker) = self.current else {
+            return Read::Done;
+        };
+        if cleaner.clip_end.is_match(&text) || cleaner.drop_paragraph.is_match(&text) {
+            return Read::Done;
+        }
+        let text = cleaner.drop_inline.replace_all(&text, "");
+        let text = text.trim();
+        if !text.is_empty() {
+            self.kept.paragraphs.push(text.to_string());
+            self.kept.open_turn = true;
+            self.kept.speaker.get_or_insert(speaker);
+        }
+        Read::Done
+    }
+}
+
 /// The result of [`Cleaner::keep`].
 #[derive(Debug, Default)]
 pub struct Kept<'s> {
     /// Kept paragraphs; an empty string marks the end of a turn.
     pub paragraphs: Vec<String>,
-    /// The first kept speaker whose label appeared.
+    /// The kept speaker whose words come first.
     pub speaker: Option<&'s str>,
     open_turn: bool,
 }
@@ -209,10 +287,15 @@ pub fn split_label(text: &str) -> Option<(&str, &str)> {
     if !(2..=200).contains(&label.chars().count()) {
         return None;
     }
-    let rest = start[colon + 1..].trim_start();
-    let rest = rest
-        .strip_prefix(['-', '–', '—'])
-        .map_or(rest, str::trim_start);
+    let after = &start[colon + 1..];
+    let rest = after.trim_start();
+    let spaced = rest.len() < after.len();
+    let rest = match rest.strip_prefix(['-', '–', '—', '―']) {
+        // A dash that only follows the label (`PARDO :—Pues`, `PARDO: — Pues`) goes; one
+        // that opens an aside (`PARDO: –Acá–.`) stays, so the aside is recognised.
+        Some(tail) if !spaced || tail.starts_with(char::is_whitespace) => tail.trim_start(),
+        _ => rest,
+    };
     (looks_like_label(label) || label.starts_with('(') && looks_like_label(&label[1..]))
         .then_some((label, rest))
 }
@@ -243,12 +326,27 @@ mod tests {
     }
 
     fn keep(paragraphs: Vec<Paragraph>) -> String {
+        keep_titled("", paragraphs)
+    }
+
+    /// AMLO's words, in a transcript titled `title`.
+    fn keep_titled(title: &str, paragraphs: Vec<Paragraph>) -> String {
         let speakers = Speakers::new(&default_speakers()).unwrap();
         let cleaner = Cleaner::new(&CleaningRules::default()).unwrap();
         cleaner
-            .keep(paragraphs, &speakers.on(date(2021, 6, 28)))
+            .keep(paragraphs, &speakers.on(date(2021, 6, 28)).titled(&[title]))
             .text()
     }
+
+    fn block(label: &str, text: &str) -> Paragraph {
+        Paragraph {
+            label: Some(label.into()),
+            text: text.into(),
+            all_bold: false,
+        }
+    }
+
+    const AMLO: &str = "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR";
 
     #[test]
     fn labels_in_every_shape() {
@@ -265,6 +363,14 @@ mod tests {
             Some(("PREGUNTA (VIDEOLLAMADA)", "¿Qué?"))
         );
         assert_eq!(split_label("PREGUNTA:"), Some(("PREGUNTA", "")));
+        assert_eq!(
+            split_label("PRESIDENTA: – Gracias"),
+            Some(("PRESIDENTA", "Gracias"))
+        );
+        assert_eq!(
+            split_label("PRESIDENTA: –Acá–."),
+            Some(("PRESIDENTA", "–Acá–."))
+        );
         assert_eq!(split_label("2023: Año de Francisco Villa"), None);
         assert_eq!(split_label("Les digo: no"), None);
         assert_eq!(split_label("Primero: que se cumpla"), None);
@@ -332,5 +438,100 @@ mod tests {
         );
         assert_eq!(kept.text(), "Así es.\nMuchas gracias.");
         assert_eq!(kept.speaker, Some("Andrés Manuel López Obrador"));
+    }
+
+    #[test]
+    fn a_clip_never_closed_is_a_placeholder_and_the_transcript_goes_on() {
+        // gob.mx since 2024: the video is not transcribed and nothing closes it.
+        let text = keep(vec![
+            p(&format!("{AMLO}: Vamos a ver un video.")),
+            p("(PROYECCIÓN DE VIDEO)"),
+            p("MARÍA LUISA ALBORES, SECRETARIA DEL MEDIO AMBIENTE: Como se vio."),
+            p("Es todo."),
+            p(&format!("{AMLO}: Muy bien.")),
+            p("Sigo yo."),
+        ]);
+        assert_eq!(text, "Vamos a ver un video.\n\nMuy bien.\nSigo yo.");
+    }
+
+    #[test]
+    fn a_placeholder_inside_a_turn_drops_only_itself() {
+        let text = keep(vec![
+            p(&format!("{AMLO}: Vamos a ver.")),
+            p("(PROYECCIÓN DE VIDEO)"),
+            p("Como ven, avanza."),
+            p(&format!("{AMLO}: (PROYECCIÓN DE VIDEO)")),
+            p("Y aquí también."),
+        ]);
+        assert_eq!(text, "Vamos a ver.\nComo ven, avanza.\n\nY aquí también.");
+    }
+
+    #[test]
+    fn a_closed_clip_is_left_out_whole_even_after_a_placeholder() {
+        let text = keep(vec![
+            p(&format!("{AMLO}: Primero.")),
+            p("(PROYECCIÓN DE VIDEO)"),
+            p(&format!("{AMLO}: Segundo.")),
+            // A new clip start: the placeholder was not a clip.
+            p("(INICIA VIDEO)"),
+            p("VOZ MUJER: Un anuncio."),
+            p(&format!("{AMLO}: Palabras de archivo.")),
+            p("(FINALIZA VIDEO)"),
+            p("Tercero."),
+            p("(INICIA AUDIO)"),
+            p("Un audio sin cierre."),
+            p("---"),
+            p("Después del final."),
+        ]);
+        // The audio is never closed: what follows it is read as usual, up to the end marker.
+        assert_eq!(text, "Primero.\n\nSegundo.\nTercero.\nUn audio sin cierre.");
+    }
+
+    #[test]
+    fn asides_between_dashes_are_dropped_with_their_period() {
+        let text = keep(vec![
+            p(&format!("{AMLO}: –Adelante–.")),
+            p("―Adelante, Delfina―."),
+            p("—¿Cómo se llama?—"),
+            p("–Presento un calendario–. Me voy a concentrar en 2025."),
+            // A dash that is never closed opens a line of a dialogue he tells, not an aside.
+            p("-¿Y usted qué hubiese hecho?"),
+            p("―No, señor, yo no soy bandido, los bandidos son otros."),
+        ]);
+        assert_eq!(
+            text,
+            "–Presento un calendario–. Me voy a concentrar en 2025.\n\
+             -¿Y usted qué hubiese hecho?\n\
+             ―No, señor, yo no soy bandido, los bandidos son otros."
+        );
+    }
+
+    #[test]
+    fn a_speech_of_the_president_keeps_its_unlabelled_opening_and_unknown_blocks() {
+        let title = "Mensaje del presidente Andrés Manuel López Obrador en el Zócalo";
+        let speech = || {
+            vec![
+                p("Presidencia de la República | 01 de diciembre de 2018"),
+                p("Amigas y amigos."),
+                block("???", "Pueblo de México."),
+                p("No les voy a fallar."),
+                block("MODERADOR", "Se retira el presidente."),
+                block("", "Gracias."),
+            ]
+        };
+        assert_eq!(
+            keep_titled(title, speech()),
+            "Amigas y amigos.\n\nPueblo de México.\nNo les voy a fallar.\n\nGracias."
+        );
+        // Without a title naming him, nobody is known to speak.
+        assert_eq!(keep(speech()), "");
+        // An official's message is not the president's.
+        assert_eq!(
+            keep_titled(
+                "Mensaje del vocero de la Presidencia, Jesús Ramírez",
+                speech()
+            ),
+            ""
+        );
     }
 }

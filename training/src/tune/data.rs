@@ -126,6 +126,40 @@ pub fn epoch_order(blocks: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// The order a budgeted run visits its blocks in: the `new` blocks (newest transcript first)
+/// with the `replay` blocks (indices `new..new + replay`) mixed in at `ratio` per new block
+/// while they last, shuffled only within windows of `window` blocks (seeded by the run's seed
+/// and the epoch). A run cut short has then trained a newest-first prefix of its transcripts,
+/// with its share of replay.
+pub fn budget_order(
+    new: usize,
+    replay: usize,
+    ratio: f64,
+    window: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<usize> {
+    let mut order = Vec::with_capacity(new + replay);
+    let (mut taken_new, mut taken_replay) = (0, 0);
+    while taken_new + taken_replay < new + replay {
+        let replay_due = taken_replay < replay
+            && (taken_new == new || (taken_replay as f64) < ratio * taken_new as f64);
+        if replay_due {
+            order.push(new + taken_replay);
+            taken_replay += 1;
+        } else {
+            order.push(taken_new);
+            taken_new += 1;
+        }
+    }
+    let mix = seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
+    for chunk in order.chunks_mut(window.max(1)) {
+        chunk.shuffle(&mut rng);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +233,24 @@ mod tests {
         assert_eq!(picked.len(), 2);
         assert_eq!(replay(&old, 150, 0.0, 7).len(), 0);
         assert_eq!(replay(&old, 150, 1.0, 7), picked);
+    }
+
+    #[test]
+    fn a_budgeted_order_is_newest_first_with_replay_mixed_in_and_shuffled_within_windows() {
+        let order = budget_order(8, 4, 0.5, 3, 7, 0);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..12).collect::<Vec<_>>());
+        // Every window holds the blocks of that stretch of the merged sequence.
+        let merged = [0, 8, 1, 2, 9, 3, 4, 10, 5, 6, 11, 7];
+        for (window, expected) in order.chunks(3).zip(merged.chunks(3)) {
+            let (mut a, mut b) = (window.to_vec(), expected.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b);
+        }
+        assert_eq!(order, budget_order(8, 4, 0.5, 3, 7, 0));
+        // More replay than the ratio wants comes after the new blocks.
+        assert_eq!(budget_order(2, 3, 0.5, 1, 0, 0), [0, 2, 1, 3, 4]);
     }
 }

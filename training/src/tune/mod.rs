@@ -45,6 +45,11 @@ pub struct TrainingConfig {
     pub epochs: usize,
     /// Stop after this many optimizer steps; 0 = as many as `epochs` take.
     pub max_steps: usize,
+    /// Time budget of a run in minutes, loading included (0 = none): the run ends at the
+    /// first step boundary past it, then validates and is accepted or rejected like any run.
+    pub max_minutes: f64,
+    /// Token budget of a run: trained tokens, replay included (0 = none).
+    pub max_tokens: usize,
     /// Peak learning rate.
     pub learning_rate: f64,
     pub schedule: Schedule,
@@ -89,6 +94,8 @@ impl Default for TrainingConfig {
             grad_accumulation: 8,
             epochs: 1,
             max_steps: 0,
+            max_minutes: 0.0,
+            max_tokens: 0,
             learning_rate: 2e-4,
             schedule: Schedule::Cosine,
             warmup_steps: 10,
@@ -122,6 +129,12 @@ impl TrainingConfig {
             dropout: self.lora_dropout,
             targets: self.lora_targets.clone(),
         }
+    }
+
+    /// Whether a time or token budget bounds the run: then the untrained transcripts are
+    /// visited newest first, and those a run does not reach stay for the next one.
+    pub fn is_budgeted(&self) -> bool {
+        self.max_minutes > 0.0 || self.max_tokens > 0
     }
 
     /// Refuses settings that cannot train, naming the setting.
@@ -159,6 +172,21 @@ impl TrainingConfig {
         }
         if !(self.replay_ratio >= 0.0 && self.tolerance >= 0.0 && self.weight_decay >= 0.0) {
             return bad("training.replay_ratio, tolerance and weight_decay must be ≥ 0".into());
+        }
+        if !(self.max_minutes.is_finite() && self.max_minutes >= 0.0) {
+            return bad(format!(
+                "training.max_minutes is {}; give the run's time budget in minutes (300 for \
+                 five hours), or 0 for none",
+                self.max_minutes
+            ));
+        }
+        let per_step = self.block_size * self.batch_size * self.grad_accumulation;
+        if self.max_tokens > 0 && self.max_tokens < per_step {
+            return bad(format!(
+                "training.max_tokens is {}, less than one optimizer step trains ({per_step} = \
+                 block_size × batch_size × grad_accumulation); raise it, or 0 for none",
+                self.max_tokens
+            ));
         }
         if self.max_validation_blocks == 0 {
             return bad("training.max_validation_blocks must be at least 1".into());

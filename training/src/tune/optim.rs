@@ -34,6 +34,23 @@ impl Schedule {
             Schedule::Constant => 1.0,
         }
     }
+
+    /// The factor for a budgeted run at step `step` of at most `total`, `time` being the
+    /// share of its time budget spent (0 without one): past warm-up the schedule follows
+    /// whichever of the steps and the time is further along, so it ends near 0 when the
+    /// budget does.
+    pub fn factor_at(self, step: usize, warmup: usize, total: usize, time: f64) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let by_steps = (step - warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
+        let progress = by_steps.max(time).clamp(0.0, 1.0);
+        match self {
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Schedule::Linear => 1.0 - progress,
+            Schedule::Constant => 1.0,
+        }
+    }
 }
 
 /// AdamW's hyper-parameters.

@@ -92,7 +92,23 @@ struct PlanRecord {
     replay: Vec<String>,
     validation: Vec<String>,
     window: (String, String),
+    /// Budgeted runs: where each of `new` lies in the training blocks (the replay blocks
+    /// follow them), so a run cut short knows which transcripts it trained whole.
+    #[serde(default)]
+    spans: Vec<Span>,
 }
+
+/// The blocks `[start, end)` that hold a transcript's tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Span {
+    start: usize,
+    end: usize,
+    date: String,
+}
+
+/// Blocks a budgeted run shuffles among, in optimizer steps: small enough that a run cut
+/// short has trained a newest-first prefix, large enough to mix several transcripts.
+const BUDGET_WINDOW_STEPS: usize = 8;
 
 /// Blocks and the record of where they came from.
 struct Plan {
@@ -147,10 +163,13 @@ pub fn train(
         drop(served);
         let per_step = settings.batch_size * settings.grad_accumulation;
         let per_epoch = plan.train.len().div_ceil(per_step);
-        let total = match settings.max_steps {
+        let mut total = match settings.max_steps {
             0 => per_epoch * settings.epochs,
             n => n,
         };
+        if settings.max_tokens > 0 {
+            total = total.min(settings.max_tokens / (per_step * settings.block_size));
+        }
         let state = RunState {
             settings: settings.clone(),
             incremental: job.incremental,
@@ -178,9 +197,46 @@ pub fn train(
         "training started"
     );
     on(Event::Start { total: state.total });
-    let warmup = settings.warmup_steps.min(state.total);
+    let budgeted = settings.is_budgeted();
+    // A lineage warms up once: a budgeted run that continues a version starts at the peak.
+    let warmup = if budgeted && state.parent.is_some() {
+        0
+    } else {
+        settings.warmup_steps.min(state.total)
+    };
+    let budget_s = settings.max_minutes * 60.0;
+    let elapsed = |state: &RunState| state.wall_s + started.elapsed().as_secs_f64();
     let epoch_len = plan.train.len().div_ceil(per_step);
+    let new_blocks = state.plan.spans.last().map_or(0, |s| s.end);
+    let visit_order = |epoch: usize| {
+        if budgeted {
+            data::budget_order(
+                new_blocks,
+                plan.train.len() - new_blocks,
+                settings.replay_ratio,
+                per_step * BUDGET_WINDOW_STEPS,
+                settings.seed,
+                epoch,
+            )
+        } else if settings.shuffle {
+            data::epoch_order(plan.train.len(), settings.seed, epoch)
+        } else {
+            (0..plan.train.len()).collect()
+        }
+    };
+    let mut order: Option<(usize, Vec<usize>)> = None;
+    let mut budget_reached = false;
     while state.step < state.total {
+        if budget_s > 0.0 && state.step > 0 && elapsed(&state) >= budget_s {
+            budget_reached = true;
+            tracing::info!(
+                step = state.step,
+                planned = state.total,
+                budget_minutes = settings.max_minutes,
+                "the time budget is spent; validating what was trained"
+            );
+            break;
+        }
         if job.stop.load(Ordering::SeqCst) {
             state.wall_s += started.elapsed().as_secs_f64();
             on(Event::Phase("saving a checkpoint"));
@@ -192,14 +248,28 @@ pub fn train(
         }
         let step = state.step;
         let (epoch, within) = (step / epoch_len, step % epoch_len);
-        let order = if settings.shuffle {
-            data::epoch_order(plan.train.len(), settings.seed, epoch)
-        } else {
-            (0..plan.train.len()).collect()
-        };
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((epoch, visit_order(epoch)));
+        }
+        let order = order
+            .as_ref()
+            .map(|(_, o)| o.as_slice())
+            .unwrap_or_default();
         let picked = &order[within * per_step..((within + 1) * per_step).min(order.len())];
         let micro: Vec<&[usize]> = picked.chunks(settings.batch_size).collect();
-        let lr = settings.learning_rate * settings.schedule.factor(step, warmup, state.total);
+        let factor = if budgeted {
+            // The schedule fits the budget: its progress is the larger of the steps' and the
+            // time's share.
+            let time = if budget_s > 0.0 {
+                elapsed(&state) / budget_s
+            } else {
+                0.0
+            };
+            settings.schedule.factor_at(step, warmup, state.total, time)
+        } else {
+            settings.schedule.factor(step, warmup, state.total)
+        };
+        let lr = settings.learning_rate * factor;
         let seed = settings.seed ^ ((step as u64) << 16);
         let Stepped { loss, grad_norm } = optimizer_step(
             &model,
@@ -222,7 +292,7 @@ pub fn train(
         state.step += 1;
         on(Event::Step {
             step: state.step,
-            total: state.total,
+            total: estimated_total(&state, elapsed(&state), budget_s),
             loss,
             lr,
             grad_norm,
@@ -242,6 +312,19 @@ pub fn train(
     let wall_s = state.wall_s + started.elapsed().as_secs_f64();
     let (before, after_ppl) = (state.validation_loss_before.exp(), after.exp());
     let accepted = after_ppl <= before * (1.0 + settings.tolerance);
+    // A run cut short has trained only part of its transcripts.
+    let trained = if budgeted && state.step < epoch_len {
+        let order = visit_order(0);
+        let visited = &order[..(state.step * per_step).min(order.len())];
+        trained_mostly(&state.plan, visited, plan.train.len())
+    } else {
+        state.plan.new.clone()
+    };
+    let backlog = state.plan.new.len() - trained.len();
+    let window = match budgeted {
+        true => trained_window(&state.plan, &trained),
+        false => state.plan.window.clone(),
+    };
     let metrics = Metrics {
         steps: state.step,
         tokens: state.trained_tokens,
@@ -255,13 +338,15 @@ pub fn train(
         perplexity_after: after_ppl,
         wall_s,
         tokens_per_s: state.trained_tokens as f64 / wall_s.max(1e-9),
-        data_window: state.plan.window.clone(),
+        data_window: window,
+        backlog,
+        budget_reached,
     };
     let seen: BTreeSet<String> = state
         .plan
         .seen
         .iter()
-        .chain(&state.plan.new)
+        .chain(&trained)
         .chain(&state.plan.replay)
         .cloned()
         .collect();
@@ -280,7 +365,7 @@ pub fn train(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         transcripts: seen.into_iter().collect(),
-        new_transcripts: state.plan.new.clone(),
+        new_transcripts: trained,
         validation: state.plan.validation.clone(),
         metrics,
         settings: serde_json::to_value(&settings).unwrap_or_default(),
@@ -302,6 +387,56 @@ pub fn train(
         "training finished"
     );
     Ok(Outcome::Finished(Box::new(record)))
+}
+
+/// The steps a run will take: the planned ones, or fewer when the time budget's share spent
+/// runs ahead of the steps' (so the ETA shown is the budget's).
+fn estimated_total(state: &RunState, elapsed_s: f64, budget_s: f64) -> usize {
+    if budget_s <= 0.0 || elapsed_s <= 0.0 {
+        return state.total;
+    }
+    let by_time = (state.step as f64 * budget_s / elapsed_s).ceil() as usize;
+    by_time.clamp(state.step, state.total)
+}
+
+/// The new transcripts a run cut short counts as trained: those with at least half of their
+/// blocks among `visited` (the rest of a long one is not worth a night of its own), and
+/// at least the newest when any of its blocks were, so a transcript longer than two budgets
+/// cannot hold the backlog up for good.
+fn trained_mostly(record: &PlanRecord, visited: &[usize], blocks: usize) -> Vec<String> {
+    let mut seen = vec![false; blocks];
+    for &b in visited {
+        seen[b] = true;
+    }
+    let share = |span: &Span| seen[span.start..span.end].iter().filter(|&&v| v).count();
+    record
+        .new
+        .iter()
+        .zip(&record.spans)
+        .enumerate()
+        .filter(|(i, (_, span))| {
+            let visited = share(span);
+            let len = span.end.saturating_sub(span.start);
+            len > 0 && (visited * 2 >= len || (*i == 0 && visited > 0))
+        })
+        .map(|(_, (id, _))| id.clone())
+        .collect()
+}
+
+/// The oldest and newest dates of the transcripts a budgeted run trained.
+fn trained_window(record: &PlanRecord, trained: &[String]) -> (String, String) {
+    let trained: BTreeSet<&str> = trained.iter().map(String::as_str).collect();
+    let dates: Vec<&str> = record
+        .new
+        .iter()
+        .zip(&record.spans)
+        .filter(|(id, _)| trained.contains(id.as_str()))
+        .map(|(_, span)| span.date.as_str())
+        .collect();
+    (
+        dates.iter().min().unwrap_or(&"").to_string(),
+        dates.iter().max().unwrap_or(&"").to_string(),
+    )
 }
 
 /// What one optimizer step measured.
@@ -473,13 +608,41 @@ fn plan(job: &Job, documents: &[Document], parent: Option<&Version>) -> Result<P
     let seen: BTreeSet<&str> = parent
         .map(|p| p.transcripts.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    let (new, old): (Vec<String>, Vec<String>) = split
+    let (mut new, old): (Vec<String>, Vec<String>) = split
         .train
         .iter()
         .cloned()
         .partition(|id| !seen.contains(id.as_str()));
+    let budgeted = settings.is_budgeted();
+    if budgeted {
+        // Newest first: a run that does not reach the end leaves the oldest for later.
+        new.sort_by(|a, b| {
+            by_id[b.as_str()]
+                .date
+                .cmp(&by_id[a.as_str()].date)
+                .then(a.cmp(b))
+        });
+    }
     let new_tokens = tokens(&new)?;
     let mut train = data::pack(new_tokens.iter().map(Vec::as_slice), settings.block_size);
+    let spans = if budgeted {
+        let block = settings.block_size;
+        let mut at = 0;
+        new.iter()
+            .zip(&new_tokens)
+            .map(|(id, t)| {
+                let start = at / block;
+                at += t.len();
+                Span {
+                    start,
+                    end: at.div_ceil(block).min(train.len()),
+                    date: by_id[id.as_str()].date.clone(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut replay = Vec::new();
     if parent.is_some() && !new.is_empty() {
         let old_tokens = tokens(&old)?;
@@ -550,6 +713,7 @@ fn plan(job: &Job, documents: &[Document], parent: Option<&Version>) -> Result<P
             replay,
             validation: split.validation,
             window,
+            spans,
         },
         train,
         validation,

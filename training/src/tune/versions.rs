@@ -71,6 +71,12 @@ pub struct Metrics {
     pub tokens_per_s: f64,
     /// The oldest and newest conference dates trained on.
     pub data_window: (String, String),
+    /// Training transcripts this version has not trained on: what the next runs have left.
+    #[serde(default)]
+    pub backlog: usize,
+    /// The run ended at its time budget (`training.max_minutes`) before its planned steps.
+    #[serde(default)]
+    pub budget_reached: bool,
 }
 
 /// What `version.json` records.
