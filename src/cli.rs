@@ -318,7 +318,7 @@ pub struct TrainArgs {
     pub epochs: Option<usize>,
     /// Time budget in minutes, loading included (training.max_minutes): the run ends at
     /// the first step past it and is validated like any run.
-    #[arg(long, value_parser = positive_minutes)]
+    #[arg(long, value_parser = positive_minutes, allow_negative_numbers = true)]
     pub max_minutes: Option<f64>,
     /// Token budget: trained tokens, replay included (training.max_tokens).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

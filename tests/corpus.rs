@@ -2,6 +2,8 @@
 //! through the same speaker rules, idempotent re-imports, exports for other tools, and a
 //! corpus that survives a lost manifest, stray temporary files and hand-damaged files.
 
+mod fake_site;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -231,4 +233,98 @@ fn the_manifest_is_rebuilt_from_the_files_and_damage_is_named() {
         "{err}"
     );
     assert!(id.exists());
+}
+
+/// The fixture dataset as GitHub's archive of the repository: `mananeras-main/articulos/…`.
+fn fixture_archive() -> Vec<u8> {
+    let root = fixtures().join("mananeras");
+    let mut files = Vec::new();
+    let mut stack = vec![root.join("articulos")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path.strip_prefix(&root).unwrap().display().to_string();
+                let content = std::fs::read_to_string(&path).unwrap();
+                files.push((format!("mananeras-main/{relative}"), content));
+            }
+        }
+    }
+    files.sort();
+    files.push(("mananeras-main/readme.md".into(), "# mananeras".into()));
+    fake_site::tar_gz(&files)
+}
+
+#[test]
+fn the_dataset_archive_imports_like_its_files_and_bad_archives_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    let archive = dir.path().join("mananeras-main.tar.gz");
+    let bytes = fixture_archive();
+    std::fs::write(&archive, &bytes).unwrap();
+    let (report, out) = import(&corpus, std::slice::from_ref(&archive));
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["files"], 3, "{report}");
+    assert_eq!(
+        (report["new"].as_u64(), report["duplicates"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    // The same transcripts as the files: importing those changes nothing.
+    let before = std::fs::read(corpus.join("manifest.json")).unwrap();
+    let (again, out) = import(&corpus, &[fixtures().join("mananeras")]);
+    assert!(out.status.success(), "{again}");
+    assert_eq!(
+        (again["new"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(std::fs::read(corpus.join("manifest.json")).unwrap(), before);
+
+    // Refused whole, with the reason; the corpus is as it was.
+    let refused = |name: &str, content: &[u8], phrase: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = mananera(&corpus, &["corpus", "import", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(phrase), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(std::fs::read(corpus.join("manifest.json")).unwrap(), before);
+    };
+    refused(
+        "cut.tar.gz",
+        &bytes[..bytes.len() / 2],
+        "not a complete .tar.gz",
+    );
+    refused(
+        "other.tar.gz",
+        &fake_site::tar_gz(&[("proyecto/src/main.rs".into(), "fn main() {}".into())]),
+        "not the mananeras dataset",
+    );
+    refused("dataset.zip", b"PK\x03\x04", "zip archives are not read");
+
+    // By URL: a configured archive's checksum and size cap hold.
+    let site = fake_site::Site::start(fake_site::Kind::WordPress, "localhost");
+    site.put_file("/mananeras.tar.gz", bytes.clone());
+    let url = site.url("/mananeras.tar.gz");
+    let with = |settings: &str| {
+        let set =
+            format!("scrape.archives=[{{ name = \"mananeras\", url = \"{url}\", {settings} }}]");
+        let out = mananera(&corpus, &["--set", &set, "corpus", "import", &url]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = with(&format!("sha256 = \"{}\"", "0".repeat(64)));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("SHA-256"), "{stderr}");
+    let (code, stderr) = with("max_bytes = 100");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("100-byte limit"), "{stderr}");
+    assert_eq!(std::fs::read(corpus.join("manifest.json")).unwrap(), before);
+    let (code, stderr) = with("sha256 = \"\"");
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -375,6 +375,19 @@ fn bad_input_gets_clear_errors_and_touches_nothing() {
         "training.block_size",
     );
     assert_fails(&ws.train(&["--method", "adapter"]), 2, "training.method");
+    assert_fails(&ws.train(&["--max-minutes", "0"]), 2, "not a time budget");
+    assert_fails(&ws.train(&["--max-minutes", "-5"]), 2, "not a time budget");
+    assert_fails(&ws.train(&["--max-tokens", "0"]), 2, "--max-tokens");
+    assert_fails(
+        &ws.train(&["--max-tokens", "100"]),
+        2,
+        "less than one optimizer step trains",
+    );
+    assert_fails(
+        &ws.train(&["--set", "training.max_minutes=-1"]),
+        2,
+        "training.max_minutes is -1",
+    );
     let out = ws.train(&[]);
     assert!(out.status.success(), "train: {}", stderr(&out));
     let current = ws.current().unwrap();
@@ -396,4 +409,26 @@ fn bad_input_gets_clear_errors_and_touches_nothing() {
         "no version `v0099`",
     );
     assert_eq!(ws.current(), Some(current));
+}
+
+#[test]
+fn a_time_budget_ends_the_run_mid_epoch_with_a_normal_version_and_leaves_a_backlog() {
+    let ws = Workspace::new(8);
+    // Far more steps than two seconds hold.
+    let out = ws.train(&["--epochs", "1000", "--max-minutes", "0.03"]);
+    assert!(out.status.success(), "train: {}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["outcome"], "accepted", "{summary:#}");
+    let version = &summary["version"];
+    let metrics = &version["metrics"];
+    assert_eq!(metrics["budget_reached"], true, "{metrics:#}");
+    let steps = metrics["steps"].as_u64().unwrap();
+    assert!(steps > 0, "{metrics:#}");
+    assert!(metrics["wall_s"].as_f64().unwrap() < 30.0, "{metrics:#}");
+    // No checkpoint waits for --resume: the version is current and loads.
+    assert!(!ws.path("versions/run").exists());
+    assert_eq!(ws.current().as_deref(), version["id"].as_str());
+    let model = model_dir("tiny-bloom-4h");
+    let ppl = ws.perplexity(&model, "current");
+    assert!(ppl.is_finite(), "{ppl}");
 }

@@ -444,4 +444,49 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("dataset format"), "{err}");
     }
+
+    #[test]
+    fn a_speech_with_an_unknown_speaker_is_the_presidents_and_an_officials_report_is_not() {
+        // Excerpts of three real dataset files (tests/fixtures/README.md).
+        let cleaning = Cleaning::new(
+            &crate::speakers::default_speakers(),
+            &crate::turns::CleaningRules::default(),
+        )
+        .unwrap();
+        let clean = |path: &str, content: &str| {
+            let (t, paragraphs) = read_dataset_file(Path::new(path), content).unwrap();
+            assert_eq!(paragraphs[0].label.as_deref(), Some("???"), "{path}");
+            cleaning.clean_titled(t.date, &[&t.title, &t.url], paragraphs)
+        };
+        let speech = clean(
+            "articulos/2018/diciembre/01--discurso-de-andres-manuel-lopez-obrador-presidente-de-los-estados-unidos-mexicanos.txt",
+            include_str!("../../tests/fixtures/cleaning/mananeras/articulos/2018/diciembre/01--discurso-de-andres-manuel-lopez-obrador-presidente-de-los-estados-unidos-mexicanos.txt"),
+        )
+        .unwrap();
+        assert_eq!(speech.speaker, "Andrés Manuel López Obrador");
+        assert!(
+            speech.text.starts_with("Aquí en el Zócalo"),
+            "{}",
+            speech.text
+        );
+        assert!(speech.text.contains("¡Viva México!"));
+        // The headline names an event; the file's slug names his message.
+        let event = clean(
+            "articulos/2019/febrero/03--mensaje-del-presidente-andres-manuel-lopez-obrador-durante-la-presentacion-de-sembrando-vida-en-cordoba.txt",
+            include_str!("../../tests/fixtures/cleaning/mananeras/articulos/2019/febrero/03--mensaje-del-presidente-andres-manuel-lopez-obrador-durante-la-presentacion-de-sembrando-vida-en-cordoba.txt"),
+        )
+        .unwrap();
+        assert!(
+            event.text.starts_with("Amigas, amigos de Córdoba"),
+            "{}",
+            event.text
+        );
+        let report = clean(
+            "articulos/2019/octubre/30--informe-culiacan.txt",
+            include_str!(
+                "../../tests/fixtures/cleaning/mananeras/articulos/2019/octubre/30--informe-culiacan.txt"
+            ),
+        );
+        assert!(report.unwrap_err().contains("no words"));
+    }
 }

@@ -364,4 +364,88 @@ mod tests {
                 .contains("three or more")
         );
     }
+
+    #[test]
+    fn a_title_names_the_president_as_the_one_speaking_only_in_their_own_speeches() {
+        let s = speakers();
+        let amlo = || s.on(date(2021, 9, 27));
+        for title in [
+            "Versión estenográfica. Mensaje del presidente Andrés Manuel López Obrador. Armada de México, 200 años",
+            "Discurso de Andrés Manuel López Obrador, Presidente de los Estados Unidos Mexicanos",
+            "Discurso del Lic. Andrés Manuel López Obrador durante su Toma de Posesión",
+            "Versión estenográfica | Mensaje del Presidente de los Estados Unidos Mexicanos, Andrés Manuel López Obrador",
+            "Mensaje de bienvenida del presidente de México | XVII Cumbre Mundial de Premios Nobel de la Paz",
+            "Versión estenográfica. Mensaje del presidente en el Bicentenario de la Independencia de Chiapas",
+            "Versión estenográfica. Informe del presidente de la República al pueblo de México",
+            "Palabras del presidente Andres Manuel Lopez Obrador durante la firma del decreto",
+            // The dataset's address: its slug names him when the headline does not.
+            "import:mananeras/articulos/2019/febrero/03--mensaje-del-presidente-andres-manuel-lopez-obrador-durante-la-presentacion-de-sembrando-vida-en-cordoba.txt",
+            "https://www.gob.mx/presidencia/es/articulos/mensaje-del-presidente-lopez-obrador-durante-presentacion-del-consejo",
+        ] {
+            assert_eq!(
+                amlo().titled(&[title]).opening(),
+                Some("Andrés Manuel López Obrador"),
+                "{title}"
+            );
+        }
+        for title in [
+            "Versión estenográfica de la conferencia de prensa matutina del presidente Andrés Manuel López Obrador",
+            "Agenda oficial del presidente Andrés Manuel López Obrador",
+            "Mensaje del vocero de la Presidencia, Jesús Ramírez Cuevas",
+            "Mensaje de la secretaria de Salud",
+            "Informe de los hechos en Culiacán el 17 de octubre de 2019",
+            "Versión estenográfica. Informe de la Presidencia de la Comisión para la Verdad y Acceso a la Justicia",
+            "Versión estenográfica | Informe diario sobre coronavirus COVID-19 en México. Secretaría de Salud",
+            "Mensaje del presidente de la República de Cuba, Miguel Díaz-Canel",
+            "Mensaje del presidente municipal de Tijuana",
+            "Versión estenográfica. Mensajes de los presidentes de México y de los Estados Unidos de América",
+            "Versión estenográfica | Presentación de Sembrando Vida",
+            "Speech Delivered by Andrés Manuel López Obrador",
+            "",
+        ] {
+            assert_eq!(amlo().titled(&[title]).opening(), None, "{title}");
+        }
+        // Sheinbaum's speeches on her days; neither president on the other's.
+        let sheinbaum = s.on(date(2025, 2, 2));
+        let title = "Versión estenográfica. Mensaje de la Presidenta de México, Claudia Sheinbaum Pardo al pueblo de México desde Palacio Nacional";
+        assert_eq!(
+            sheinbaum.titled(&[title]).opening(),
+            Some("Claudia Sheinbaum Pardo")
+        );
+        assert_eq!(amlo().titled(&[title]).opening(), None);
+        for title in [
+            "Mensaje de la presidenta del Instituto Nacional Electoral",
+            "Mensaje de la presidenta municipal de Tijuana",
+            "Mensaje del presidente Andrés Manuel López Obrador",
+        ] {
+            assert_eq!(
+                s.on(date(2025, 2, 2)).titled(&[title]).opening(),
+                None,
+                "{title}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_label_is_the_titled_speaker_and_no_one_otherwise() {
+        let s = speakers();
+        let title = ["Mensaje del presidente Andrés Manuel López Obrador"];
+        let day = s.on(date(2021, 9, 27)).titled(&title);
+        assert_eq!(day.classify("???"), Some("Andrés Manuel López Obrador"));
+        assert_eq!(day.classify(""), Some("Andrés Manuel López Obrador"));
+        assert_eq!(day.classify("MODERADOR"), None);
+        assert_eq!(day.classify("MARÍA LUISA ALBORES, SECRETARIA"), None);
+        assert_eq!(s.on(date(2021, 9, 27)).classify("???"), None);
+    }
+
+    #[test]
+    fn a_title_pattern_that_does_not_compile_is_named() {
+        let mut rule = default_speakers().remove(0);
+        rule.titles = vec!["mensaje (del".into()];
+        let err = Speakers::new(&[rule]).unwrap_err().to_string();
+        assert!(
+            err.contains("mensaje (del") && err.contains("López Obrador"),
+            "{err}"
+        );
+    }
 }

@@ -534,4 +534,46 @@ mod tests {
             ""
         );
     }
+
+    #[test]
+    fn a_real_2024_conference_keeps_every_paragraph_of_the_president_after_a_video() {
+        // An excerpt of gob.mx's 2024-11-11 conference (tests/fixtures/README.md): bold
+        // `(PROYECCIÓN DE VIDEO)` placeholders that nothing closes, inline labels after them,
+        // asides `–Acá–.`. The old clip rule kept the first three paragraphs only.
+        let html = include_str!("../../tests/fixtures/cleaning/gob-2024-11-11-excerpt.html");
+        let config = crate::scrape::ScrapeConfig::default();
+        let gob = crate::source::Source::new(&config.sources[0]).unwrap();
+        let article = crate::page::Page::parse(html).article(&gob, html).unwrap();
+        assert_eq!(article.date, date(2024, 11, 11));
+        let cleaning =
+            crate::Cleaning::new(&default_speakers(), &CleaningRules::default()).unwrap();
+        let kept = cleaning
+            .clean_titled(article.date, &[&article.title], article.paragraphs)
+            .unwrap();
+        assert_eq!(kept.speaker, "Claudia Sheinbaum Pardo");
+        assert_eq!(
+            kept.text,
+            "Me da mucho gusto estar con ustedes. Muy buenos días.\n\
+             Son buenas noticias las que nos trae el Infonavit el día de hoy.\n\
+             Vamos a darle la palabra, primero a Edna y después a Octavio, así, y luego a los compañeros también, a Rocío y a Rodrigo también.\n\
+             \n\
+             Bueno, como ven, vamos muy avanzados en el programa de vivienda, en el Programa Nacional de Vivienda para el Bienestar que incluye a la Comisión Nacional de Vivienda y al Infonavit.\n\
+             Ahora sí, adelante.\n\
+             \n\
+             Desde que ocurrió el hecho está en comunicación con el gobernador.\n\
+             \n\
+             Un detenido e iban por una persona, pero mañana les pueden dar información.\n\
+             \n\
+             Hasta 2020. Esos los está trabajando Octavio y su equipo para poderles informar.\n\
+             \n\
+             Bueno, pues ya sabrán los panistas.\n\
+             Bueno, vamos a cerrar con “Vida Saludable”, de los lunes.\n\
+             \n\
+             Cerramos los lunes con “come frutas y verduras”.\n\
+             Muchas gracias a todos, nos vemos mañana.\n\
+             \n\
+             ¿Perdón?\n\
+             Gracias."
+        );
+    }
 }
