@@ -133,6 +133,7 @@ impl Live {
             blocking(move || load_model(&config, metrics, db).map_err(|f| f.message)).await?;
         let to = model.version().to_string();
         let from = speeches.swap(model);
+        tracing::info!(%from, %to, "now serving the new version");
         let purging = Arc::clone(&speeches);
         tokio::task::spawn_blocking(move || purging.purge_stale_cache());
         Ok(Reloaded::Swapped { from, to })

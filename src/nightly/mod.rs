@@ -325,6 +325,7 @@ impl Nightly {
     }
 
     fn phase(&self, phase: &str) {
+        tracing::info!(phase, "nightly run");
         self.update(|r| r.phase = phase.to_string());
         systemd::status(&format!("nightly run: {phase}"));
     }
