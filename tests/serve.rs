@@ -743,7 +743,7 @@ async fn a_whole_speech_that_takes_longer_than_the_idle_timeout_is_still_answere
     let asked = Instant::now();
     let reply = generate(
         &d.url,
-        &json!({"topic": "el agua", "max_new_tokens": 2048, "min_new_tokens": 2048}),
+        &json!({"topic": "el agua", "max_new_tokens": 1800, "min_new_tokens": 1800, "max_words": 0}),
     )
     .await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
