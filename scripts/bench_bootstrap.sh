@@ -61,7 +61,9 @@ import_s=$(echo "$(date +%s.%N) - $started" | bc)
 files=$(jq .files "$work/import.json")
 new=$(jq .new "$work/import.json")
 
-m serve --model "$model" --listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.log" &
+# Not through `m`: $! must be the daemon itself, not a subshell, for the kill to stop it.
+MANANERA_LOG=info "$bin" --config "$work/config.toml" serve --model "$model" \
+    --listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.log" &
 daemon=$!
 until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 1; done
 url=$(sed -n 's/^mananera listening on //p' "$work/serve.out")

@@ -179,7 +179,14 @@ pub struct RetrainMetrics {
 /// failed.
 fn render_incidents(out: &mut String, head: &dyn Fn(&mut String, &str, &str, &str)) {
     let ledger = mananera_health::ledger();
-    let series: [(&str, &str, &str, fn(&mananera_health::Tally) -> f64); 3] = [
+    /// A series' name, type, help and value for one dependency.
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&mananera_health::Tally) -> f64,
+    );
+    let series: [Series; 3] = [
         (
             "mananera_incident_open",
             "gauge",
