@@ -737,13 +737,19 @@ fn a_flood_of_slow_headers_is_cut_off_and_a_normal_request_is_answered_at_once()
 async fn a_whole_speech_that_takes_longer_than_the_idle_timeout_is_still_answered() {
     // The idle timeout is for clients that send nothing; one waiting for its speech (no
     // byte either way until it is written) is not idle.
+    // Thirty decoding steps of 100 ms each: three seconds on any CPU.
     let state = tempfile::tempdir().unwrap();
-    let sets = ["serve.idle_timeout_s=1", "serve.max_new_tokens=2048"];
-    let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
+    let env = [("MANANERA_FAILPOINTS", "generation.step=30*sleep(100)")];
+    let d = Daemon::start_with_env(
+        &tiny_model(),
+        &state.path().join("s"),
+        &["serve.idle_timeout_s=1"],
+        &env,
+    );
     let asked = Instant::now();
     let reply = generate(
         &d.url,
-        &json!({"topic": "el agua", "max_new_tokens": 1800, "min_new_tokens": 1800, "max_words": 0}),
+        &json!({"topic": "el agua", "max_new_tokens": 40, "min_new_tokens": 40, "max_words": 0}),
     )
     .await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
