@@ -832,7 +832,7 @@ fn a_fresh_daemon_bootstraps_from_the_dataset_archive_and_trains_its_backlog_nig
     // replay of those already trained.
     world.write_config(
         &[("max_tokens", "7680"), ("replay_ratio", "0.25")],
-        "[nightly]\ncron = \"*/3 * * * * *\"\ntime_zone = \"UTC\"\ntrain_budget_minutes = 0\n",
+        "[nightly]\ncron = \"*/3 * * * * *\"\ntime_zone = \"UTC\"\ntrain_budget_minutes = 5\n",
     );
     let archives = format!(
         "[{{ name = \"mananeras\", url = \"{}\" }}]",
@@ -894,6 +894,13 @@ fn a_fresh_daemon_bootstraps_from_the_dataset_archive_and_trains_its_backlog_nig
     assert_eq!(fetches[0], 200, "{fetches:?}");
     assert!(fetches.len() >= 3, "{fetches:?}");
     assert!(fetches[1..].iter().all(|&s| s == 304), "{fetches:?}");
+    // The nightly budget reached the training (the token budget ended it first).
+    let log = std::fs::read_to_string(world.path("daemon.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("child process started")
+            && l.contains("train --max-minutes 5 --incremental")),
+        "{log}"
+    );
     let versions = world.run(&["versions"]);
     assert!(
         String::from_utf8_lossy(&versions.stdout).contains(&format!("* {last}")),
