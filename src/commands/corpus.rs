@@ -93,16 +93,7 @@ fn read_archive(config: &Config, path: &Path) -> Result<(Vec<u8>, ArchiveSource)
         .enable_all()
         .build()
         .map_err(super::no_runtime)?;
-    let mut hosts = settings.hosts.clone();
-    hosts.extend(url.host_str().map(str::to_string));
-    let got = runtime.block_on(fetcher.get_file(
-        &url,
-        &hosts,
-        None,
-        (limit, "max_bytes of [[scrape.archives]]"),
-        std::time::Duration::from_secs(settings.timeout_s.max(1)),
-    ));
-    match got {
+    match runtime.block_on(settings.download(&url, &fetcher, None)) {
         Ok(FetchedFile::File { body, .. }) => Ok((body, settings)),
         Ok(FetchedFile::NotModified) => Err(Failure {
             code: 1,

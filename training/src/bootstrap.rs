@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::archive::{self, ArchiveLimits};
-use crate::fetch::{FetchedFile, Fetcher};
+use crate::fetch::{FetchError, FetchedFile, Fetcher};
 use crate::import::{DATASET_SOURCE, ImportReport, import_dataset_files};
 use crate::scrape::{Observer, ScrapeOptions, SourceReport};
-use crate::store::Corpus;
+use crate::store::{Corpus, Validators};
 use crate::{Cleaning, CorpusError};
 
 /// One dataset archive to fetch (`[[scrape.archives]]`).
@@ -82,10 +82,22 @@ impl ArchiveSource {
         Ok(url)
     }
 
-    fn hosts(&self, url: &Url) -> Vec<String> {
+    /// Downloads the archive from `url` (its [`parsed_url`](Self::parsed_url)) through
+    /// `fetcher` under its own caps and time limit, sending `validators` when given (a
+    /// conditional request).
+    pub async fn download(
+        &self,
+        url: &Url,
+        fetcher: &Fetcher,
+        validators: Option<&Validators>,
+    ) -> Result<FetchedFile, FetchError> {
         let mut hosts = self.hosts.clone();
         hosts.extend(url.host_str().map(str::to_string));
-        hosts
+        let limit = (self.limits.max_bytes, "max_bytes of [[scrape.archives]]");
+        let timeout = Duration::from_secs(self.timeout_s.max(1));
+        fetcher
+            .get_file(url, &hosts, validators, limit, timeout)
+            .await
     }
 }
 
@@ -112,18 +124,7 @@ pub async fn fetch_archive(
         .get(url.as_str())
         .filter(|_| has_any && !options.full)
         .cloned();
-    let limit = (source.limits.max_bytes, "max_bytes of [[scrape.archives]]");
-    let timeout = Duration::from_secs(source.timeout_s.max(1));
-    let fetched = fetcher
-        .get_file(
-            &url,
-            &source.hosts(&url),
-            validators.as_ref(),
-            limit,
-            timeout,
-        )
-        .await;
-    let (body, validators) = match fetched {
+    let (body, validators) = match source.download(&url, fetcher, validators.as_ref()).await {
         Ok(FetchedFile::NotModified) => {
             tracing::info!(archive = %source.name, "the dataset archive has not changed");
             return Ok(report);

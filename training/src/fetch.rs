@@ -217,24 +217,31 @@ impl Fetcher {
         hosts: &[String],
         validators: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
-        let want = Want {
+        Ok(
+            match self.fetch(url, hosts, validators, self.page()).await? {
+                Raw::Body {
+                    url,
+                    body,
+                    validators,
+                } => Fetched::Page {
+                    url,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    validators,
+                },
+                Raw::NotModified => Fetched::NotModified,
+            },
+        )
+    }
+
+    /// What a page may bring: `scrape.max_body_bytes` within the client's timeout, robots.txt
+    /// obeyed.
+    fn page(&self) -> Want {
+        Want {
             limit: self.config.max_body_bytes,
             setting: "scrape.max_body_bytes",
             timeout: None,
             robots: true,
-        };
-        Ok(match self.fetch(url, hosts, validators, want).await? {
-            Raw::Body {
-                url,
-                body,
-                validators,
-            } => Fetched::Page {
-                url,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                validators,
-            },
-            Raw::NotModified => Fetched::NotModified,
-        })
+        }
     }
 
     /// GETs one large file named by configuration (a dataset archive), as [`Fetcher::get`]
@@ -357,11 +364,10 @@ impl Fetcher {
             robots_url.set_path("/robots.txt");
             robots_url.set_query(None);
             robots_url.set_fragment(None);
+            // robots.txt itself is not subject to robots.txt.
             let want = Want {
-                limit: self.config.max_body_bytes,
-                setting: "scrape.max_body_bytes",
-                timeout: None,
                 robots: false,
+                ..self.page()
             };
             let robots = match self.exchange(host, &robots_url, None, want).await {
                 Ok(e) if e.status.is_success() => {

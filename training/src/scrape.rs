@@ -109,14 +109,15 @@ pub struct Selected {
 /// compiled.
 pub fn select_sources(config: &ScrapeConfig, only: Option<&str>) -> Result<Selected, CorpusError> {
     let mut selected = Selected::default();
-    let mut names = std::collections::HashSet::new();
-    let all_names = config
+    let names: Vec<&str> = config
         .sources
         .iter()
         .map(|s| s.name.as_str())
-        .chain(config.archives.iter().map(|a| a.name.as_str()));
-    for name in all_names {
-        if !names.insert(name) {
+        .chain(config.archives.iter().map(|a| a.name.as_str()))
+        .collect();
+    let mut unique = std::collections::HashSet::new();
+    for &name in &names {
+        if !unique.insert(name) {
             return Err(CorpusError::Config(format!(
                 "scrape.sources and scrape.archives: two are named {name:?}"
             )));
@@ -140,12 +141,6 @@ pub fn select_sources(config: &ScrapeConfig, only: Option<&str>) -> Result<Selec
         && selected.sites.is_empty()
         && selected.archives.is_empty()
     {
-        let names: Vec<&str> = config
-            .sources
-            .iter()
-            .map(|s| s.name.as_str())
-            .chain(config.archives.iter().map(|a| a.name.as_str()))
-            .collect();
         return Err(CorpusError::Config(format!(
             "--source {only}: no such source; configured: {}",
             names.join(", ")
