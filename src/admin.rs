@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mananera_training::tune::versions;
+use mananera_model::versions;
 use serde::{Deserialize, Serialize};
 
 use crate::live::{Live, RolledBack};

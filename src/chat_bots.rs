@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::engine::SamplingParams;
+use mananera_engine::SamplingParams;
 use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
 use crate::service::{Answer, Request};

@@ -16,9 +16,9 @@ use mananera_training::{Cleaning, CorpusConfig};
 
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
-use crate::engine::checkpoint::ModelSource;
-use crate::engine::finetuned::Choice;
-use crate::engine::{EngineOptions, Quantization, SamplingParams};
+use mananera_model::checkpoint::ModelSource;
+use mananera_engine::finetuned::Choice;
+use mananera_engine::{EngineOptions, Quantization, SamplingParams};
 use crate::nightly::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;

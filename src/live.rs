@@ -4,13 +4,12 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use mananera_training::tune::TrainError;
-use mananera_training::tune::versions::{Status, Versions};
+use mananera_model::versions::{Status, Versions};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Failure;
+use crate::exit::{Exit, Failure};
 use crate::config::Config;
-use crate::engine::{Engine, model_version};
+use mananera_engine::{Engine, model_version};
 use crate::service::cache::PromptCache;
 use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
@@ -98,7 +97,7 @@ impl Live {
         let speeches = tokio::task::spawn_blocking(move || build(&config, metrics, db, store))
             .await
             .map_err(|e| Failure {
-                code: 1,
+                exit: Exit::Internal,
                 message: format!("model loading stopped: {e}"),
             })??;
         let speeches = Arc::new(speeches);
@@ -243,8 +242,8 @@ fn pinned_note(config: &Config) -> Option<String> {
 /// Makes `to` (default: the newest accepted version older than the current one) the
 /// current version of `dir`. Returns (previous current, new current).
 pub fn set_current(dir: &Path, to: Option<&str>) -> Result<(Option<String>, String), String> {
-    let busy = |e: TrainError| match e {
-        TrainError::Busy(_) => format!(
+    let busy = |e: mananera_model::Error| match e {
+        mananera_model::Error::Busy(_) => format!(
             "a training run holds the versions directory {}; wait for it or cancel it (mananera retrain --cancel)",
             dir.display()
         ),
@@ -319,7 +318,7 @@ fn load_model(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Mo
     };
     let generator =
         Generator::start(Arc::new(engine), config.queue.clone(), metrics).map_err(|e| Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: format!("cannot start the generation thread: {e}"),
         })?;
     Ok(Model::new(generator, cache, version))
@@ -334,7 +333,7 @@ fn build(
 ) -> Result<Speeches, Failure> {
     let model = load_model(config, Arc::clone(&metrics), db.clone())?;
     let limits_tree = db.open_tree("limits").map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("the state store cannot hold user limits: {e}"),
     })?;
     let limits = Limits::new(config.limits.clone(), limits_tree, store.clone());

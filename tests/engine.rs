@@ -8,9 +8,9 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, IndexOp, Tensor};
 use common::{engine, options, reference_models};
-use mananera::engine::text::StreamDecoder;
-use mananera::engine::vocabulary;
-use mananera::engine::{Engine, Quantization, SamplingParams, StopReason, max_abs_diff};
+use mananera_engine::text::StreamDecoder;
+use mananera_engine::vocabulary;
+use mananera_engine::{Engine, Quantization, SamplingParams, StopReason, max_abs_diff};
 
 fn sampled(seed: u64) -> SamplingParams {
     SamplingParams {
@@ -29,7 +29,7 @@ fn collect(
     engine: &Engine,
     prompt: &str,
     params: &SamplingParams,
-) -> (Vec<String>, mananera::engine::Generation) {
+) -> (Vec<String>, mananera_engine::Generation) {
     let mut deltas = Vec::new();
     let out = engine
         .generate(prompt, params, |d| {

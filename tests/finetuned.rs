@@ -6,9 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::{model_dir, options};
-use mananera::engine::finetuned::Choice;
-use mananera::engine::{Engine, Quantization};
-use mananera_training::tune::versions::{self, Method, Metrics, Status, Version};
+use mananera_engine::finetuned::Choice;
+use mananera_engine::{Engine, Quantization};
+use mananera_model::versions::{self, Method, Metrics, Status, Version};
 use serde_json::Value;
 
 fn fixtures() -> std::path::PathBuf {
@@ -103,9 +103,9 @@ fn a_peft_adapter_is_served_as_peft_merges_it() {
     // The served version is part of the model version, so caches keyed on it move.
     let mut opts = options("tiny-bloom-4h", Quantization::None);
     opts.versions_dir = versions.path().to_path_buf();
-    let base = mananera::engine::model_version(&opts).unwrap();
+    let base = mananera_engine::model_version(&opts).unwrap();
     opts.version = Choice::Current;
-    let tuned = mananera::engine::model_version(&opts).unwrap();
+    let tuned = mananera_engine::model_version(&opts).unwrap();
     assert!(tuned.contains("+v0001-"), "{tuned}");
     assert_ne!(base, tuned);
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Reference, engine, reference_models};
-use mananera::engine::SamplingParams;
+use mananera_engine::SamplingParams;
 
 const LOGPROB_TOLERANCE: f32 = 1e-4;
 

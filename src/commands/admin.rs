@@ -4,14 +4,79 @@
 use std::time::Duration;
 
 use crate::admin::{Refused, Request, Status};
-use crate::cli::{Failure, Format};
+use crate::commands::args::ControlArgs;
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::{Exit, Failure};
 use crate::config::Config;
 use crate::control::{self, ClientError};
 use crate::live::{RolledBack, rollback_offline};
 use crate::nightly::runs::{Outcome, RunRecord};
 
-/// Exit code when a run is already in progress.
-const IN_PROGRESS: u8 = 5;
+
+/// `mananera status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+impl Run for StatusArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.control.overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        status(&ctx.config, ctx.format)
+    }
+}
+
+/// Flags of `mananera retrain`.
+#[derive(Debug, clap::Args)]
+pub struct RetrainArgs {
+    /// Start a run now.
+    #[arg(long, required_unless_present = "cancel", conflicts_with = "cancel")]
+    pub now: bool,
+    /// Cancel the run in progress (its training checkpoint is resumed by the next run).
+    #[arg(long)]
+    pub cancel: bool,
+    /// Wait for the run to end and exit by its outcome (0 accepted or nothing new, 6
+    /// rejected, 130 cancelled, 1 failed).
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+impl Run for RetrainArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.control.overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        retrain(&ctx.config, self, ctx.format)
+    }
+}
+
+/// `mananera rollback [VERSION]`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// A version id such as v0002.
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+impl Run for RollbackArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.control.overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        rollback(&ctx.config, self.version.as_deref(), ctx.format)
+    }
+}
+
 /// How often `retrain --wait` asks for news.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -22,13 +87,13 @@ fn ask(config: &Config, request: &Request) -> Result<serde_json::Value, Failure>
 fn client_failure(e: ClientError) -> Failure {
     match e {
         ClientError::NoDaemon(message) | ClientError::Other(message) => {
-            Failure { code: 1, message }
+            Failure { exit: Exit::Internal, message }
         }
         ClientError::Refused(Refused { code, error }) => Failure {
-            code: match code.as_str() {
-                "in_progress" => IN_PROGRESS,
-                "not_ready" | "not_running" | "bad_request" => 2,
-                _ => 1,
+            exit: match code.as_str() {
+                "in_progress" => Exit::Busy,
+                "not_ready" | "not_running" | "bad_request" => Exit::Usage,
+                _ => Exit::Internal,
             },
             message: error,
         },
@@ -37,7 +102,7 @@ fn client_failure(e: ClientError) -> Failure {
 
 fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Failure> {
     serde_json::from_value(value).map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!(
             "the daemon's answer is unreadable ({e}); is it the same mananera version?"
         ),
@@ -127,7 +192,7 @@ fn describe(r: &RunRecord) -> String {
 /// `mananera retrain --now|--cancel [--wait]`.
 pub fn retrain(
     config: &Config,
-    args: &crate::cli::RetrainArgs,
+    args: &RetrainArgs,
     format: Format,
 ) -> Result<(), Failure> {
     let request = if args.cancel {
@@ -162,10 +227,10 @@ pub fn retrain(
     match finished.outcome {
         Outcome::Accepted | Outcome::NothingNew => Ok(()),
         outcome => Err(Failure {
-            code: match outcome {
-                Outcome::Rejected => 6,
-                Outcome::Cancelled => 130,
-                _ => 1,
+            exit: match outcome {
+                Outcome::Rejected => Exit::Rejected,
+                Outcome::Cancelled => Exit::Stopped,
+                _ => Exit::Internal,
             },
             message: format!(
                 "the run ended {}{}",
@@ -184,7 +249,7 @@ pub fn rollback(config: &Config, version: Option<&str>, format: Format) -> Resul
     let done: RolledBack = match control::request(&control::socket_path(config), &request) {
         Ok(value) => parse(value)?,
         Err(ClientError::NoDaemon(_)) => {
-            rollback_offline(config, version).map_err(|message| Failure { code: 2, message })?
+            rollback_offline(config, version).map_err(|message| Failure { exit: Exit::Usage, message })?
         }
         Err(e) => return Err(client_failure(e)),
     };

@@ -7,11 +7,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 
-use crate::cli::{Failure, Format};
+use crate::commands::{Context, Format, Run};
+use crate::exit::{Exit, Failure};
 use crate::config::{Config, Override};
-use crate::engine::Quantization;
-use crate::engine::bloom::{Bloom, BloomConfig};
-use crate::engine::weights::Weights;
+use mananera_engine::Quantization;
+use mananera_engine::bloom::Bloom;
+use mananera_model::BloomConfig;
+use mananera_model::weights::Weights;
 
 /// What to measure.
 #[derive(Debug, clap::Args)]
@@ -86,7 +88,7 @@ pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Fai
     for precision in precisions {
         tracing::info!(%precision, "building a random model of bloom-560m's shape");
         let m = measure(&config, precision, args).map_err(|e| Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: e.to_string(),
         })?;
         match format {
@@ -110,7 +112,7 @@ fn measure(
     config: &BloomConfig,
     precision: Quantization,
     args: &BenchArgs,
-) -> crate::engine::Result<Measurement> {
+) -> mananera_engine::Result<Measurement> {
     let device = Device::Cpu;
     let started = Instant::now();
     let head_rows = args
@@ -118,7 +120,7 @@ fn measure(
         .unwrap_or(config.vocab_size)
         .clamp(1, config.vocab_size);
     let head_ids = (head_rows < config.vocab_size).then(|| (0..head_rows as u32).collect());
-    let model = Bloom::load(&Weights::random(&device), config, precision, head_ids)?;
+    let model = Bloom::load(&Weights::random(0, &device), config, precision, head_ids)?;
     let load_s = started.elapsed().as_secs_f64();
     let rss_mb = memory_mb("VmRSS:");
     reset_peak_memory();
@@ -201,4 +203,14 @@ pub(crate) fn memory_mb(field: &str) -> f64 {
 /// Starts a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM).
 pub(crate) fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+impl Run for BenchArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.model_overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(&ctx.config, self, ctx.format)
+    }
 }

@@ -4,15 +4,18 @@
 
 use std::time::Instant;
 
-use mananera_training::tune::lora::{Adapter, LoraSpec, TARGETS};
-use mananera_training::tune::model::{Model, Shape, random_weights};
+use mananera_model::BloomConfig;
+use mananera_model::adapter::{LoraSpec, TARGETS};
+use mananera_training::tune::lora::Adapter;
+use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
 use mananera_training::tune::run::optimizer_step;
 use serde::Serialize;
 
 use super::bench::{memory_mb, reset_peak_memory};
 use super::print_json;
-use crate::cli::{Failure, Format};
+use crate::commands::{Context, Format, Run};
+use crate::exit::{Exit, Failure};
 
 /// What to measure.
 #[derive(Debug, clap::Args)]
@@ -81,7 +84,7 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
         };
     }
     let exe = std::env::current_exe().map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("cannot find the mananera binary to measure each method alone: {e}"),
     })?;
     for method in &args.methods {
@@ -99,12 +102,12 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
             ])
             .status()
             .map_err(|e| Failure {
-                code: 1,
+                exit: Exit::Internal,
                 message: format!("cannot run {}: {e}", exe.display()),
             })?;
         if !status.success() {
             return Err(Failure {
-                code: 1,
+                exit: Exit::Internal,
                 message: format!("measuring {method} failed ({status})"),
             });
         }
@@ -114,11 +117,11 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
 
 fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> {
     let failed = |e: &dyn std::fmt::Display| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("bench-train {method}: {e}"),
     };
-    let shape = Shape::bloom_560m();
-    let weights = random_weights(&shape, 0).map_err(|e| failed(&e))?;
+    let shape = BloomConfig::bloom_560m();
+    let weights = mananera_model::random::weights(&shape, 0).map_err(|e| failed(&e))?;
     let model = if method == "lora" {
         let spec = LoraSpec {
             rank: 8,
@@ -170,4 +173,10 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
         peak_rss_incl_build_mb: build_peak.max(memory_mb("VmHWM:")),
         trainable_params,
     })
+}
+
+impl Run for BenchTrainArgs {
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(self, ctx.format)
+    }
 }

@@ -15,8 +15,66 @@ use mananera_training::{Cleaning, CorpusError};
 use serde::Serialize;
 
 use super::progress::Bar;
-use crate::cli::{Failure, Format};
+use crate::commands::args::CorpusArgs;
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::{Exit, Failure};
 use crate::config::Config;
+
+/// `mananera corpus` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CorpusCommand {
+    /// Transcripts, characters, chunks and date range per source.
+    Stats {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Ingest saved HTML pages of a configured source and the plain-text "mananeras" dataset.
+    Import {
+        /// Files or directories (searched for *.html, *.htm and *.txt).
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Write the clean corpus to stdout, one chunk per line (--format text) or JSON Lines
+    /// with date, source, url and text (--format jsonl).
+    Export {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Cleaning throughput (MB/s of HTML on one core) over saved pages.
+    Bench {
+        /// HTML pages of a configured source.
+        files: Vec<PathBuf>,
+        /// Measure for at least this long.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+}
+
+
+impl Run for CorpusCommand {
+    fn overrides(&self) -> Vec<Override> {
+        match self {
+            CorpusCommand::Stats { corpus }
+            | CorpusCommand::Import { corpus, .. }
+            | CorpusCommand::Export { corpus } => corpus.overrides(),
+            CorpusCommand::Bench { .. } => Vec::new(),
+        }
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        let (config, format) = (&ctx.config, ctx.format);
+        match self {
+            CorpusCommand::Stats { .. } => stats_command(config, format),
+            CorpusCommand::Import { paths, .. } => import_command(config, paths, format),
+            CorpusCommand::Export { .. } => export_command(config, format),
+            CorpusCommand::Bench { files, seconds } => {
+                bench_command(config, files, *seconds, format)
+            }
+        }
+    }
+}
 
 /// Opens the configured corpus directory.
 pub fn open(config: &Config) -> Result<Corpus, Failure> {
@@ -26,15 +84,12 @@ pub fn open(config: &Config) -> Result<Corpus, Failure> {
 
 /// Exit codes: settings and inputs 2, a busy corpus 5, anything else 1.
 pub fn corpus_failure(e: CorpusError) -> Failure {
-    let code = match &e {
-        CorpusError::Config(_) | CorpusError::Input(_) => 2,
-        CorpusError::Store(StoreError::Locked { .. }) => 5,
-        CorpusError::Store(_) => 1,
+    let exit = match &e {
+        CorpusError::Config(_) | CorpusError::Input(_) => Exit::Usage,
+        CorpusError::Store(StoreError::Locked { .. }) => Exit::Busy,
+        CorpusError::Store(_) => Exit::Internal,
     };
-    Failure {
-        code,
-        message: e.to_string(),
-    }
+    Failure::new(exit, e.to_string())
 }
 
 /// A dataset archive to import: a URL, or a `.tar.gz` / `.tgz` / `.zip` file.
@@ -88,7 +143,7 @@ fn read_archive(config: &Config, path: &Path) -> Result<(Vec<u8>, ArchiveSource)
         return Ok((bytes, settings));
     }
     let url = settings.parsed_url().map_err(corpus_failure)?;
-    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { code: 1, message })?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { exit: Exit::Internal, message })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,11 +151,11 @@ fn read_archive(config: &Config, path: &Path) -> Result<(Vec<u8>, ArchiveSource)
     match runtime.block_on(settings.download(&url, &fetcher, None)) {
         Ok(FetchedFile::File { body, .. }) => Ok((body, settings)),
         Ok(FetchedFile::NotModified) => Err(Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: format!("{name}: the server answered 304 to an unconditional request"),
         }),
         Err(e) => Err(Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: format!("the archive could not be downloaded: {e}"),
         }),
     }
@@ -175,7 +230,7 @@ pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Res
         )
         .map_err(|e| match e {
             ArchiveFailure::Archive(e) => Failure {
-                code: 2,
+                exit: Exit::Usage,
                 message: format!("{}: {e}", name.display()),
             },
             ArchiveFailure::Corpus(e) => corpus_failure(e),
@@ -235,7 +290,7 @@ pub fn import_command(config: &Config, paths: &[PathBuf], format: Format) -> Res
         Ok(())
     } else {
         Err(Failure {
-            code: super::scrape::PARTIAL_FAILURE,
+            exit: Exit::Partial,
             message: format!(
                 "{} file(s) could not be imported; the rest were stored",
                 report.failed.len()
@@ -255,7 +310,7 @@ pub fn export_command(config: &Config, format: Format) -> Result<(), Failure> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     export(&corpus, config.corpus.chunk_chars, format, &mut out).map_err(corpus_failure)?;
     std::io::Write::flush(&mut out).map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("cannot write the export: {e}"),
     })
 }

@@ -5,9 +5,32 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{Failure, Format};
+use crate::commands::args::ModelArgs;
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::Failure;
 use crate::config::Config;
-use crate::engine::Engine;
+use mananera_engine::Engine;
+
+
+/// `mananera eval FILE`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// UTF-8 text file to score.
+    pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl Run for EvalArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.model.overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(&ctx.config, &self.file, ctx.format)
+    }
+}
 
 #[derive(Serialize)]
 struct Report<'a> {

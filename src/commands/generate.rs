@@ -3,9 +3,36 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use crate::cli::{Failure, Format};
+use crate::commands::args::{ModelArgs, SamplingArgs};
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::Failure;
 use crate::config::Config;
-use crate::engine::Engine;
+use mananera_engine::Engine;
+
+
+/// `mananera generate TOPIC`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The topic or opening words.
+    pub topic: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+impl Run for GenerateArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = self.model.overrides();
+        out.extend(self.sampling.overrides());
+        out
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(&ctx.config, &self.topic, ctx.format)
+    }
+}
 
 /// Loads the model and generates from `topic` with the configured sampling settings.
 pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> {

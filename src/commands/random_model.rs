@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use mananera_training::tune::model::{self, Shape};
 use tokenizers::Tokenizer;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
-use crate::cli::{Failure, Format};
-use crate::engine::bloom::BloomConfig;
+use crate::commands::{Context, Format, Run};
+use crate::exit::{Exit, Failure};
+use mananera_model::BloomConfig;
 
 /// The shape to write.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
         )));
     }
     let io = |what: &str, e: &dyn std::fmt::Display| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("{}: cannot write {what}: {e}", out.display()),
     };
     std::fs::create_dir_all(out).map_err(|e| io("the directory", &e))?;
@@ -76,21 +76,12 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
 }
 
 /// Every tensor a BLOOM checkpoint holds (tied head), drawn like transformers'
-/// initialisation (the training model's list and draw), stored as bf16.
+/// initialisation (the engine's and training's random draw), stored as bf16.
 fn random_weights(
-    c: &BloomConfig,
+    config: &BloomConfig,
     seed: u64,
-) -> Result<HashMap<String, Tensor>, mananera_training::tune::TrainError> {
-    let shape = Shape {
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        n_layer: c.n_layer,
-        n_head: c.n_head,
-        layer_norm_epsilon: c.layer_norm_epsilon,
-        apply_residual_connection_post_layernorm: c.apply_residual_connection_post_layernorm,
-        eos_token_id: c.eos_token_id,
-    };
-    model::random_weights(&shape, seed)?
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    mananera_model::random::weights(config, seed)?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(DType::BF16)?)))
         .collect()
@@ -113,4 +104,10 @@ fn word_tokenizer(vocab: usize) -> Tokenizer {
     let mut tokenizer = Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     tokenizer
+}
+
+impl Run for RandomModelArgs {
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(self, ctx.format)
+    }
 }

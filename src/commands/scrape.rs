@@ -10,8 +10,42 @@ use serde::Serialize;
 
 use super::corpus::{corpus_failure, open};
 use super::progress::Bar;
-use crate::cli::{Failure, Format};
+use crate::commands::args::CorpusArgs;
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::{Exit, Failure};
 use crate::config::Config;
+
+
+/// `mananera scrape`.
+#[derive(Debug, clap::Args)]
+pub struct ScrapeArgs {
+    /// Only this source (see scrape.sources).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Ignore transcripts older than this day (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<jiff::civil::Date>,
+    /// Walk every listing to its end and re-fetch known pages (conditionally).
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+}
+
+impl Run for ScrapeArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.corpus.overrides()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        let options = mananera_training::scrape::ScrapeOptions {
+            since: self.since,
+            full: self.full,
+        };
+        run(&ctx.config, self.source.as_deref(), &options, ctx.format)
+    }
+}
 
 #[derive(Serialize)]
 struct Summary<'a> {
@@ -20,10 +54,8 @@ struct Summary<'a> {
     sources: &'a [SourceReport],
 }
 
-/// Exit code when some source or page failed (the rest was still stored).
-pub const PARTIAL_FAILURE: u8 = 4;
-
-/// Runs the scrape and reports; fails with [`PARTIAL_FAILURE`] if any source failed.
+/// Runs the scrape and reports; fails with [`Exit::Partial`] if any source failed (the rest
+/// was still stored).
 pub fn run(
     config: &Config,
     only: Option<&str>,
@@ -32,7 +64,7 @@ pub fn run(
 ) -> Result<(), Failure> {
     let sources = select_sources(&config.scrape, only).map_err(corpus_failure)?;
     let cleaning = config.cleaning().map_err(Failure::usage)?;
-    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { code: 1, message })?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { exit: Exit::Internal, message })?;
     let corpus = Mutex::new(open(config)?);
     let bar = Bar::new("scrape");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -70,7 +102,7 @@ pub fn run(
         Ok(())
     } else {
         Err(Failure {
-            code: PARTIAL_FAILURE,
+            exit: Exit::Partial,
             message: format!(
                 "some pages or sources failed ({}); everything else was stored, and transient failures are retried on the next run",
                 failed.join(", ")

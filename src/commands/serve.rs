@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use crate::admin::Admin;
 use crate::chat_bots::Bots;
-use crate::cli::Failure;
-use crate::config::{Config, Override};
+use crate::commands::args::{ModelArgs, push};
+use crate::commands::{Context, Run};
+use crate::config::Override;
+use crate::exit::{Exit, Failure};
+use crate::config::Config;
 use crate::live::Live;
 use crate::nightly::Nightly;
 use crate::service::Speeches;
@@ -23,10 +26,51 @@ use crate::web::{self, AppState};
 use crate::{control, stall, systemd};
 use mananera_health::timed;
 
+
+/// `mananera serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (serve.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+impl Run for ServeArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = self.model.overrides();
+        let listen = self.listen.as_ref().map(|l| format!("{l:?}"));
+        push(&mut out, "serve.listen", "--listen", listen);
+        out
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(&ctx.config, ctx.settings.clone())
+    }
+}
+
+/// `mananera cache` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Entries and bytes in the prompt cache.
+    Stats,
+    /// Remove every cached speech.
+    Clear,
+}
+
+
+impl Run for CacheCommand {
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        cache_command(&ctx.config, matches!(self, CacheCommand::Clear), ctx.format)
+    }
+}
+
 /// How often expired entries and those of older models are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where the settings came from, to read them again on SIGHUP.
+#[derive(Debug, Clone)]
 pub struct SettingsSource {
     pub path: Option<PathBuf>,
     pub overrides: Vec<Override>,
@@ -59,7 +103,7 @@ async fn serve(
         ))
     })?;
     let local = listener.local_addr().map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: e.to_string(),
     })?;
     let state_dir = config.state_dir();
@@ -76,7 +120,7 @@ async fn serve(
         .map_err(Failure::usage)?;
     let metrics = Arc::new(Metrics::default());
     let no_thread = |what: &str, e: std::io::Error| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("cannot start the {what} thread: {e}"),
     };
     let store = store::Store::start(Arc::clone(&metrics)).map_err(|e| no_thread("store", e))?;
@@ -98,7 +142,7 @@ async fn serve(
         store.clone(),
     ));
     let nightly =
-        Nightly::new(Arc::clone(&live)).map_err(|message| Failure { code: 1, message })?;
+        Nightly::new(Arc::clone(&live)).map_err(|message| Failure { exit: Exit::Internal, message })?;
     let admin = Arc::new(Admin {
         live: Arc::clone(&live),
         nightly: Arc::clone(&nightly),
@@ -276,7 +320,7 @@ async fn stop_signal() {
 pub fn cache_command(
     config: &Config,
     clear: bool,
-    format: crate::cli::Format,
+    format: crate::commands::Format,
 ) -> Result<(), Failure> {
     let dir = config.state_dir();
     if !dir.exists() {
@@ -287,22 +331,22 @@ pub fn cache_command(
     }
     let db = store::open(&dir).map_err(|e| Failure::usage(e.to_string()))?;
     let cache = PromptCache::new(db.clone(), config.cache.clone(), "").map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("the prompt cache cannot be read: {e}"),
     })?;
     if clear {
         cache.clear().map_err(|e| Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: format!("the prompt cache could not be cleared: {e}"),
         })?;
     }
     let stats = cache.stats();
     store::close(&db, &dir).map_err(|e| Failure {
-        code: 1,
+        exit: Exit::Internal,
         message: format!("the state store could not be written: {e}"),
     })?;
     match format {
-        crate::cli::Format::Text => println!(
+        crate::commands::Format::Text => println!(
             "{} entries, {} bytes of text, up to {} variants per key{}",
             stats.entries,
             stats.bytes,

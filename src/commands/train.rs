@@ -1,7 +1,7 @@
 //! `mananera train`, `mananera versions` and `mananera export --merge`: fine-tune the model
 //! on the corpus, list what was trained, and hand a version to other tools.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,17 +10,151 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mananera_training::tune::TrainError;
 use mananera_training::tune::data::Document;
 use mananera_training::tune::merge::export_merged;
-use mananera_training::tune::model::{BaseCheckpoint, Shape};
+use mananera_model::checkpoint::Checkpoint;
 use mananera_training::tune::run::{Event, Job, Outcome, train};
-use mananera_training::tune::versions::{self, Status, Version};
+use mananera_model::versions::{self, Status, Version};
 use serde::Serialize;
 
 use super::corpus::open as open_corpus;
 use super::print_json;
-use crate::cli::{Failure, Format};
+use crate::commands::args::{ModelArgs, push};
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::{Exit, Failure};
 use crate::config::Config;
-use crate::engine::finetuned::Choice;
-use crate::engine::{EngineOptions, Quantization, model_version};
+use mananera_engine::finetuned::Choice;
+use mananera_engine::{EngineOptions, Quantization, model_version};
+
+/// Flags of `mananera train`, mirroring `[training]`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Continue from the current version (weights and optimizer state) on the transcripts
+    /// it has not trained on, mixed with a replay sample of older ones.
+    #[arg(long, conflicts_with = "resume")]
+    pub incremental: bool,
+    /// Continue the run that was stopped (SIGINT/SIGTERM) from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// lora or full (training.method).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Stop after this many optimizer steps (training.max_steps).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the training data (training.epochs).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Time budget in minutes, loading included (training.max_minutes): the run ends at
+    /// the first step past it and is validated like any run.
+    #[arg(long, value_parser = positive_minutes, allow_negative_numbers = true)]
+    pub max_minutes: Option<f64>,
+    /// Token budget: trained tokens, replay included (training.max_tokens).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `--max-minutes`: a positive number of minutes.
+fn positive_minutes(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!(
+            "`{text}` is not a time budget: give a positive number of minutes (300 for five \
+             hours), or leave the flag out for none"
+        )),
+    }
+}
+
+impl TrainArgs {
+    fn overrides_of_flags(&self) -> Vec<Override> {
+        let mut out = self.model.overrides();
+        push(
+            &mut out,
+            "training.method",
+            "--method",
+            self.method.as_ref().map(|m| format!("{m:?}")),
+        );
+        push(
+            &mut out,
+            "training.max_steps",
+            "--max-steps",
+            self.max_steps.map(|s| s.to_string()),
+        );
+        push(
+            &mut out,
+            "training.epochs",
+            "--epochs",
+            self.epochs.map(|s| s.to_string()),
+        );
+        push(
+            &mut out,
+            "training.max_minutes",
+            "--max-minutes",
+            self.max_minutes.map(|m| m.to_string()),
+        );
+        push(
+            &mut out,
+            "training.max_tokens",
+            "--max-tokens",
+            self.max_tokens.map(|t| t.to_string()),
+        );
+        out
+    }
+}
+
+
+impl Run for TrainArgs {
+    fn overrides(&self) -> Vec<Override> {
+        self.overrides_of_flags()
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        let flags = TrainFlags {
+            incremental: self.incremental,
+            resume: self.resume,
+        };
+        run(&ctx.config, flags, ctx.format)
+    }
+}
+
+/// `mananera versions` has no flags of its own.
+#[derive(Debug, clap::Args)]
+pub struct VersionsArgs {}
+
+impl Run for VersionsArgs {
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        versions_command(&ctx.config, ctx.format)
+    }
+}
+
+/// `mananera export --merge VERSION OUT`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Fold the adapter into the base weights (the only export there is; adapters are
+    /// already in PEFT's layout in the version directory).
+    #[arg(long, required = true)]
+    pub merge: bool,
+    /// A version id (v0003) or "current".
+    pub version: String,
+    /// A new directory to write the checkpoint to.
+    pub out: PathBuf,
+    /// The base checkpoint (model.id).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl Run for ExportArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
+        out
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        export_command(&ctx.config, &self.version, &self.out, ctx.format)
+    }
+}
 
 /// Flags of `mananera train`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,46 +165,29 @@ pub struct TrainFlags {
     pub resume: bool,
 }
 
-/// Exit code of a run whose version was trained but rejected by validation.
-const REJECTED: u8 = 6;
-/// Exit code of a run stopped by a signal (resumable).
-const STOPPED: u8 = 130;
-
 /// Exit codes: settings and data 2, an unusable model 3, a busy versions directory 5,
 /// anything else 1.
 fn failure(e: TrainError) -> Failure {
-    let code = match &e {
-        TrainError::Config(_) | TrainError::Data(_) => 2,
-        TrainError::Model(_) => 3,
-        TrainError::Busy(_) => 5,
-        TrainError::Io { .. } | TrainError::Tensor(_) => 1,
+    let exit = match &e {
+        TrainError::Config(_) | TrainError::Data(_) => Exit::Usage,
+        TrainError::Model(_) => Exit::Model,
+        TrainError::Busy(_) => Exit::Busy,
+        TrainError::Io { .. } | TrainError::Tensor(_) => Exit::Internal,
     };
-    Failure {
-        code,
-        message: e.to_string(),
-    }
+    Failure::new(exit, e.to_string())
 }
 
 /// The base checkpoint (no fine-tuned version on top) and its content version.
-fn base(config: &Config) -> Result<(BaseCheckpoint, String), Failure> {
+fn base(config: &Config) -> Result<(Checkpoint, String), Failure> {
     let options = EngineOptions {
         version: Choice::Base,
         quantization: Quantization::None,
         vocabulary: None,
         ..config.engine_options()
     };
-    let files = options.source.resolve()?;
-    let shape = Shape::read(&files.config).map_err(failure)?;
+    let base = Checkpoint::open(options.source.resolve()?)?;
     let version = model_version(&options)?;
-    Ok((
-        BaseCheckpoint {
-            config: files.config,
-            tokenizer: files.tokenizer,
-            weights: files.weights,
-            shape,
-        },
-        version,
-    ))
+    Ok((base, version))
 }
 
 /// Every transcript of the corpus, read while holding the corpus lock.
@@ -81,7 +198,7 @@ fn documents(config: &Config) -> Result<Vec<Document>, Failure> {
         .into_iter()
         .map(|entry| {
             let transcript = corpus.read(entry).map_err(|e| Failure {
-                code: 1,
+                exit: Exit::Internal,
                 message: e.to_string(),
             })?;
             Ok(Document {
@@ -115,7 +232,7 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
                     }
                     if stop.swap(true, Ordering::SeqCst) {
                         tracing::warn!("second stop signal: exiting without a checkpoint");
-                        std::process::exit(i32::from(STOPPED));
+                        std::process::exit(i32::from(Exit::Stopped.code()));
                     }
                     tracing::info!(
                         "stopping at the next step boundary (a checkpoint will be saved)"
@@ -125,7 +242,7 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
         })
         .map(drop)
         .map_err(|e| Failure {
-            code: 1,
+            exit: Exit::Internal,
             message: format!("cannot watch for signals: {e}"),
         })
 }
@@ -196,7 +313,7 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
     }
     match outcome {
         Outcome::Finished(v) if v.status == Status::Rejected => Err(Failure {
-            code: REJECTED,
+            exit: Exit::Rejected,
             message: format!(
                 "version {} was rejected: validation perplexity {:.3} against {:.3} now \
                  (training.tolerance {}); the current version is unchanged",
@@ -207,7 +324,7 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
             ),
         }),
         Outcome::Stopped { .. } => Err(Failure {
-            code: STOPPED,
+            exit: Exit::Stopped,
             message: "stopped; continue with `mananera train --resume`".into(),
         }),
         _ => Ok(()),
@@ -344,8 +461,8 @@ impl Reporter {
 /// `mananera versions`: every version, which is current, and its numbers.
 pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> {
     let dir = config.versions_dir();
-    let list = versions::list(&dir).map_err(failure)?;
-    let current = versions::current(&dir).map_err(failure)?.map(|v| v.id);
+    let list = versions::list(&dir)?;
+    let current = versions::current(&dir)?.map(|v| v.id);
     match format {
         Format::Json | Format::Jsonl => {
             #[derive(Serialize)]
@@ -415,13 +532,13 @@ pub fn export_command(
 ) -> Result<(), Failure> {
     let dir = config.versions_dir();
     let record = match version {
-        "current" => versions::current(&dir).map_err(failure)?.ok_or_else(|| {
+        "current" => versions::current(&dir)?.ok_or_else(|| {
             Failure::usage(format!(
                 "{} has no current version; train one first",
                 dir.display()
             ))
         })?,
-        id => versions::get(&dir, id).map_err(failure)?,
+        id => versions::get(&dir, id)?,
     };
     let (base, _) = base(config)?;
     export_merged(&base, &dir, &record, out).map_err(failure)?;

@@ -5,9 +5,39 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cli::{Failure, Format};
+use crate::commands::args::push;
+use crate::commands::{Context, Format, Run};
+use crate::config::Override;
+use crate::exit::Failure;
 use crate::config::Config;
-use crate::engine::{checkpoint, text::TextCodec, vocabulary};
+use mananera_engine::{text::TextCodec, vocabulary};
+use mananera_model::BloomConfig;
+
+
+/// `mananera vocab FILES… -o OUT`.
+#[derive(Debug, clap::Args)]
+pub struct VocabArgs {
+    /// UTF-8 text files whose tokens to keep.
+    pub corpus: Vec<PathBuf>,
+    /// Where to write the vocabulary file.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Hub repository id or local checkpoint directory whose tokenizer to use (model.id).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl Run for VocabArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
+        out
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        run(&ctx.config, &self.corpus, &self.output, ctx.format)
+    }
+}
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -38,7 +68,7 @@ pub fn run(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let files = config.engine_options().source.resolve()?;
-    let model_config = checkpoint::read_config(&files.config)?;
+    let model_config = BloomConfig::read(&files.config)?;
     let codec = TextCodec::load(&files.tokenizer)?;
     let ids = vocabulary::build(&codec, &model_config, texts.iter().map(String::as_str))?;
     vocabulary::write(output, &ids, model_config.vocab_size).map_err(|e| {

@@ -18,6 +18,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
+use crate::exit::{Ended, Exit};
 use crate::live::{Live, Reloaded};
 use crate::service::metrics::RetrainMetrics;
 use crate::systemd;
@@ -371,8 +372,8 @@ impl Nightly {
         if scrape.cancelled {
             return Ok(Outcome::Cancelled);
         }
-        let (new, failures, sources) = match scrape.status.code() {
-            Some(0 | 4) => scrape_counts(&scrape.stdout)?,
+        let (new, failures, sources) = match Ended::of(scrape.status.code()) {
+            Ended::Success | Ended::Failed(Exit::Partial) => scrape_counts(&scrape.stdout)?,
             _ => return Err(format!("the scrape failed ({})", scrape.reason(None))),
         };
         if !failures.is_empty() {
@@ -392,7 +393,7 @@ impl Nightly {
 
         let stopped_run = config
             .versions_dir()
-            .join(mananera_training::tune::versions::RUN)
+            .join(mananera_model::versions::RUN)
             .is_dir();
         let left_work = history.last.is_some_and(Outcome::left_work) || stopped_run;
         if let Some(outage) = outage
@@ -433,8 +434,8 @@ impl Nightly {
             .await
             .map_err(|e| format!("the training could not start: {e}"))?;
         // By exit code first: a cancel that came after the last step still ends `accepted`.
-        let outcome = match train.status.code() {
-            Some(0 | REJECTED) => {
+        let outcome = match Ended::of(train.status.code()) {
+            Ended::Success | Ended::Failed(Exit::Rejected) => {
                 let (outcome, trained) = train_summary(&train.stdout)?;
                 if trained.is_some() {
                     self.update(|r| r.trained = trained);
@@ -448,7 +449,7 @@ impl Nightly {
                 }
                 return Ok(Outcome::Cancelled);
             }
-            Some(STOPPED) => return Ok(Outcome::Cancelled),
+            Ended::Failed(Exit::Stopped) => return Ok(Outcome::Cancelled),
             _ if train.cancelled => return Ok(Outcome::Cancelled),
             _ => {
                 let hint = (config.nightly.memory_max_mib > 0).then_some(
@@ -577,10 +578,6 @@ impl History {
     }
 }
 
-/// Exit codes of `mananera train` (see `commands::train`).
-const REJECTED: i32 = 6;
-const STOPPED: i32 = 130;
-
 /// Sleeps until the wall clock reaches `at`.
 async fn sleep_until(at: Timestamp) {
     loop {
@@ -600,7 +597,7 @@ fn write_child_config(config: &crate::config::Config) -> Result<PathBuf, String>
     let text = toml::to_string(config)
         .map_err(|e| format!("the settings cannot be written for the run: {e}"))?;
     std::fs::create_dir_all(&dir)
-        .and_then(|()| mananera_training::fsio::write_atomic(&path, text.as_bytes()))
+        .and_then(|()| mananera_model::fsio::write_atomic(&path, text.as_bytes()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::now_ms;
-use crate::engine::SamplingParams;
+use mananera_engine::SamplingParams;
 
 /// `[cache]`: the prompt cache's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

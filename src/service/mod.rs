@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use crate::engine::{SamplingParams, StopReason};
+use mananera_engine::{SamplingParams, StopReason};
 use cache::PromptCache;
 use limits::{Limits, Refusal, Slot};
 use metrics::Metrics;

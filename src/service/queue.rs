@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::Metrics;
-use crate::engine::generate::Sequence;
-use crate::engine::{Engine, Error, Generation, SamplingParams};
+use mananera_engine::generate::Sequence;
+use mananera_engine::{Engine, Error, Generation, SamplingParams};
 
 /// `[queue]`: how much work the worker takes on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,7 +405,7 @@ impl Drop for Worker {
 
 /// Runs model code so that a panic in it fails the requests involved instead of killing
 /// the worker (and with it every later request).
-fn guarded<T>(work: impl FnOnce() -> crate::engine::Result<T>) -> crate::engine::Result<T> {
+fn guarded<T>(work: impl FnOnce() -> mananera_engine::Result<T>) -> mananera_engine::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()

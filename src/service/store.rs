@@ -58,7 +58,7 @@ pub fn open(dir: &Path) -> Result<sled::Db, StoreError> {
 pub fn close(db: &sled::Db, dir: &Path) -> Result<(), String> {
     db.flush().map_err(|e| e.to_string())?;
     let count = key_count(db).to_string();
-    mananera_training::fsio::write_atomic(&marker_path(dir), count.as_bytes())
+    mananera_model::fsio::write_atomic(&marker_path(dir), count.as_bytes())
         .map_err(|e| e.to_string())
 }
 

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AppState, error};
-use crate::engine::{Generation, SamplingParams};
+use mananera_engine::{Generation, SamplingParams};
 use crate::service::limits::Refusal;
 use crate::service::queue::Event;
 use crate::service::{Answer, Rejection, Request};

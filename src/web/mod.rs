@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::admin::Admin;
-use crate::engine::SamplingParams;
+use mananera_engine::SamplingParams;
 use crate::service::Speeches;
 use crate::service::metrics::Metrics;
 use crate::stall::RuntimeHealth;

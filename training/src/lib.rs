@@ -7,7 +7,7 @@
 //! - [`page`]: reading a fetched page (challenge detection, links, article parts).
 //! - [`turns`], [`speakers`], [`text`], [`date`]: from paragraphs to the kept speaker's words.
 //! - [`segment`]: sentences and 1000-character chunks.
-//! - [`store`], [`transcript`], [`fsio`]: the corpus directory and its crash-safe writes.
+//! - [`store`], [`transcript`]: the corpus directory (crash-safe writes: `mananera_model::fsio`).
 //! - [`scrape`]: discovery and incremental fetching; [`import`]: archives people already have;
 //!   [`archive`], [`bootstrap`]: the public dataset's archive, checked whole, as a source.
 //! - [`export`]: statistics and the clean corpus for other tools.
@@ -18,7 +18,6 @@ pub mod bootstrap;
 pub mod date;
 pub mod export;
 pub mod fetch;
-pub mod fsio;
 pub mod import;
 pub mod page;
 pub mod scrape;

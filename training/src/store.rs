@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-use crate::fsio::{self, write_atomic};
+use mananera_model::fsio::{self, write_atomic};
 use crate::segment::chunks;
 use crate::text::{fingerprint, sha256_hex};
 use crate::transcript::Transcript;

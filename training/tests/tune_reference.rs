@@ -10,10 +10,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::{base, fixtures};
 use mananera_training::tune::lora::Adapter;
-use mananera_training::tune::model::{self, Model};
+use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams, Schedule};
 use mananera_training::tune::run::{Stepped, evaluate, optimizer_step};
-use mananera_training::tune::{data, tensors};
+use mananera_model::tensors;
+use mananera_training::tune::data;
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -115,7 +116,7 @@ fn assert_steps_match(stepped: &[Stepped], run: &Value) {
 #[test]
 fn packing_matches_the_reference_blocks() {
     let reference = reference();
-    let tokenizer = tokenizers::Tokenizer::from_file(base().tokenizer).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(base().files.tokenizer).unwrap();
     let corpus = std::fs::read_to_string(fixtures().join("corpus_es.txt")).unwrap();
     let used = reference["documents_used"].as_u64().unwrap() as usize;
     let streams: Vec<Vec<u32>> = corpus
@@ -135,11 +136,11 @@ fn lora_steps_match_peft() {
     let reference = reference();
     let run = &reference["lora"];
     let base = base();
-    let adapter = Adapter::load(&fixtures().join("training/lora-init"), &base.shape).unwrap();
+    let adapter = Adapter::load(&fixtures().join("training/lora-init"), &base.config).unwrap();
     assert_eq!(adapter.vars().len(), 16, "2 layers × 4 targets × (A, B)");
     let model = Model::lora(
-        base.shape.clone(),
-        model::read_weights(&base).unwrap(),
+        base.config.clone(),
+        base.read_weights().unwrap(),
         adapter,
     );
     let blocks = blocks(&reference);
@@ -173,7 +174,7 @@ fn lora_steps_match_peft() {
 fn saved_adapters_round_trip_in_peft_layout() {
     let base = base();
     let dir = tempfile::tempdir().unwrap();
-    let adapter = Adapter::load(&fixtures().join("training/lora-after"), &base.shape).unwrap();
+    let adapter = Adapter::load(&fixtures().join("training/lora-after"), &base.config).unwrap();
     adapter
         .save(dir.path(), "tests/fixtures/models/tiny-bloom-4h")
         .unwrap();
@@ -206,7 +207,7 @@ fn full_fine_tune_steps_match_pytorch() {
     let reference = reference();
     let run = &reference["full"];
     let base = base();
-    let model = Model::full(base.shape.clone(), model::read_weights(&base).unwrap()).unwrap();
+    let model = Model::full(base.config.clone(), base.read_weights().unwrap()).unwrap();
     let stepped = replay_run(&model, run, &blocks(&reference), Schedule::Constant);
     assert_steps_match(&stepped, run);
     let after = tensors::load(&fixtures().join("training/full-after.safetensors")).unwrap();
@@ -265,11 +266,11 @@ fn gradients_agree_with_finite_differences() {
     .unwrap();
     // LoRA after training (non-zero A and B), then every base weight.
     let lora = Model::lora(
-        base.shape.clone(),
-        model::read_weights(&base).unwrap(),
-        Adapter::load(&fixtures().join("training/lora-after"), &base.shape).unwrap(),
+        base.config.clone(),
+        base.read_weights().unwrap(),
+        Adapter::load(&fixtures().join("training/lora-after"), &base.config).unwrap(),
     );
-    let full = Model::full(base.shape.clone(), model::read_weights(&base).unwrap()).unwrap();
+    let full = Model::full(base.config.clone(), base.read_weights().unwrap()).unwrap();
     for model in [&lora, &full] {
         let trainable = model.trainable();
         let grads = model.loss(&ids, None).unwrap().backward().unwrap();
@@ -313,7 +314,7 @@ fn gradients_agree_with_finite_differences() {
 
 #[test]
 fn adapters_for_another_model_are_refused() {
-    let mut other = base().shape;
+    let mut other = base().config;
     other.hidden_size = 128;
     other.n_head = 4;
     let error = Adapter::load(&fixtures().join("training/lora-init"), &other).unwrap_err();
@@ -322,7 +323,7 @@ fn adapters_for_another_model_are_refused() {
         message.contains("does not fit this base model"),
         "{message}"
     );
-    let missing = Adapter::load(Path::new("/nonexistent"), &base().shape).unwrap_err();
+    let missing = Adapter::load(Path::new("/nonexistent"), &base().config).unwrap_err();
     assert!(
         missing.to_string().contains("adapter_config.json"),
         "{missing}"

@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 use common::{base, fixtures};
 use mananera_training::tune::data::Document;
-use mananera_training::tune::lora::{Adapter, LoraSpec};
-use mananera_training::tune::model::{self, Model};
+use mananera_model::adapter::LoraSpec;
+use mananera_training::tune::lora::Adapter;
+use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
 use mananera_training::tune::run::{Event, Job, Outcome, optimizer_step, train};
-use mananera_training::tune::versions::{self, Status};
-use mananera_training::tune::{Schedule, TrainError, TrainingConfig, tensors};
+use mananera_model::versions::{self, Status};
+use mananera_model::tensors;
+use mananera_training::tune::{Schedule, TrainError, TrainingConfig};
 
 /// `count` transcripts of 40 corpus lines each, one a day from 2023-03-01.
 fn documents(count: usize) -> Vec<Document> {
@@ -86,13 +88,13 @@ fn a_small_text_is_memorised() {
             .map(String::from)
             .to_vec(),
     };
-    let adapter = Adapter::init(&spec, &base.shape, 1).unwrap();
+    let adapter = Adapter::init(&spec, &base.config, 1).unwrap();
     let model = Model::lora(
-        base.shape.clone(),
-        model::read_weights(&base).unwrap(),
+        base.config.clone(),
+        base.read_weights().unwrap(),
         adapter,
     );
-    let tokenizer = tokenizers::Tokenizer::from_file(&base.tokenizer).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(&base.files.tokenizer).unwrap();
     let text = "La refinería de Dos Bocas se termina en tiempo y con el presupuesto previsto.";
     let ids = mananera_training::tune::data::tokenize(&tokenizer, text, 2).unwrap();
     let vars = model.trainable().into_iter().map(|(_, v)| v).collect();

@@ -3,15 +3,16 @@
 
 use std::path::Path;
 
+use mananera_model::checkpoint::{Checkpoint, WEIGHTS_FILE};
+use mananera_model::fsio;
+use mananera_model::versions::{self, Method, Version};
+
 use super::TrainError;
 use super::lora::Adapter;
-use super::model::{self, BaseCheckpoint};
-use super::versions::{self, Method, Version};
-use crate::fsio;
 
 /// Writes `version` (from `versions_dir`) merged with `base` into the new directory `out`.
 pub fn export_merged(
-    base: &BaseCheckpoint,
+    base: &Checkpoint,
     versions_dir: &Path,
     version: &Version,
     out: &Path,
@@ -25,18 +26,15 @@ pub fn export_merged(
     let dir = versions_dir.join(&version.id);
     let weights = match version.method {
         Method::Lora => {
-            let mut weights = model::read_weights(base)?;
-            let adapter = Adapter::load(&dir, &base.shape)?;
+            let mut weights = base.read_weights()?;
+            let adapter = Adapter::load(&dir, &base.config)?;
             for (name, delta) in adapter.deltas()? {
                 let merged = (&weights[&name] + delta)?;
                 weights.insert(name, merged);
             }
             weights
         }
-        Method::Full => model::read_weights(&BaseCheckpoint {
-            weights: vec![dir.join("model.safetensors")],
-            ..base.clone()
-        })?,
+        Method::Full => base.with_weights(dir.join(WEIGHTS_FILE)).read_weights()?,
     };
     let parent = out
         .parent()
@@ -47,26 +45,22 @@ pub fn export_merged(
         .prefix(".tmp-merge-")
         .tempdir_in(parent)
         .map_err(|e| TrainError::io(parent, e))?;
-    model::save_weights(
-        &staged.path().join("model.safetensors"),
-        &base.shape,
-        &weights,
-    )?;
+    Checkpoint::save_weights(&staged.path().join(WEIGHTS_FILE), &base.config, &weights)?;
     copy_checkpoint_files(base, staged.path())?;
     if out.exists() {
         std::fs::remove_dir(out).map_err(|e| TrainError::io(out, e))?;
     }
     std::fs::rename(staged.keep(), out).map_err(|e| TrainError::io(out, e))?;
-    versions::sync_dir(parent)
+    Ok(versions::sync_dir(parent)?)
 }
 
 /// Copies config.json, tokenizer.json and the small tokenizer files of `base` into `dir`,
 /// which then is a complete checkpoint once it holds `model.safetensors`.
-pub fn copy_checkpoint_files(base: &BaseCheckpoint, dir: &Path) -> Result<(), TrainError> {
-    let source = base.config.parent().unwrap_or(Path::new("."));
+pub fn copy_checkpoint_files(base: &Checkpoint, dir: &Path) -> Result<(), TrainError> {
+    let source = base.files.config.parent().unwrap_or(Path::new("."));
     for (from, name) in [
-        (base.config.clone(), "config.json"),
-        (base.tokenizer.clone(), "tokenizer.json"),
+        (base.files.config.clone(), "config.json"),
+        (base.files.tokenizer.clone(), "tokenizer.json"),
         (
             source.join("tokenizer_config.json"),
             "tokenizer_config.json",

@@ -5,11 +5,13 @@
 //!
 //! - [`model`]: BLOOM from differentiable operations, with LoRA on its linear layers.
 //! - [`ops`]: a frozen-weight matmul and a fused cross-entropy with their own backward.
-//! - [`lora`]: adapters in PEFT's layout; [`tensors`]: safetensors files PyTorch reads.
+//! - [`lora`]: trainable adapters (their PEFT files are `mananera_model::adapter`).
 //! - [`optim`]: AdamW, schedules and clipping with savable state.
 //! - [`data`]: tokenizing, packing and the validation split.
-//! - [`versions`]: the versions directory and its atomic commits.
 //! - [`run`]: one training run from corpus to version; [`merge`]: merged checkpoints.
+//!
+//! The model's files (config, checkpoint, adapters, the versions directory) are described
+//! once in the `mananera-model` crate, which the serving engine shares.
 
 pub mod data;
 pub mod lora;
@@ -18,15 +20,13 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod run;
-pub mod tensors;
-pub mod versions;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use optim::Schedule;
-pub use versions::Method;
+pub use mananera_model::versions::Method;
 
 /// `[training]`: how `mananera train` fine-tunes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ impl Default for TrainingConfig {
             lora_rank: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.05,
-            lora_targets: lora::TARGETS.iter().map(|t| t.to_string()).collect(),
+            lora_targets: mananera_model::adapter::TARGETS.iter().map(|t| t.to_string()).collect(),
             validation_recent: 1,
             validation_fraction: 0.05,
             max_validation_blocks: 64,
@@ -122,8 +122,8 @@ impl Default for TrainingConfig {
 
 impl TrainingConfig {
     /// The adapter these settings describe.
-    pub fn lora_spec(&self) -> lora::LoraSpec {
-        lora::LoraSpec {
+    pub fn lora_spec(&self) -> mananera_model::adapter::LoraSpec {
+        mananera_model::adapter::LoraSpec {
             rank: self.lora_rank,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
@@ -192,7 +192,7 @@ impl TrainingConfig {
             return bad("training.max_validation_blocks must be at least 1".into());
         }
         if self.method == Method::Lora {
-            self.lora_spec().validate()?;
+            self.lora_spec().validate().map_err(TrainError::Config)?;
         }
         Ok(())
     }
@@ -218,6 +218,21 @@ pub enum TrainError {
     /// A tensor operation failed (out of memory, mostly).
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+}
+
+/// The model crate's failures keep their kind: a damaged file is the model's, a held lock
+/// is busy, a missing version is a bad argument.
+impl From<mananera_model::Error> for TrainError {
+    fn from(e: mananera_model::Error) -> Self {
+        use mananera_model::Error as E;
+        match e {
+            E::Checkpoint { .. } | E::Download { .. } => TrainError::Model(e.to_string()),
+            E::Version(message) => TrainError::Config(message),
+            E::Busy(dir) => TrainError::Busy(dir),
+            E::Io { path, problem } => TrainError::Io { path, problem },
+            E::Tensor(e) => TrainError::Tensor(e),
+        }
+    }
 }
 
 impl TrainError {

@@ -10,18 +10,20 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use mananera_model::BloomConfig;
+use mananera_model::checkpoint::{Checkpoint, WEIGHTS_FILE};
+use mananera_model::versions::{self, Method, Metrics, Status, Version, Versions};
+use mananera_model::{fsio, tensors};
+
 use super::data::{self, Document};
 use super::lora::Adapter;
-use super::model::{self, BaseCheckpoint, DropoutSeed, Model, Shape};
+use super::model::{DropoutSeed, Model};
 use super::optim::{AdamW, AdamWParams, clip_grad_norm};
-use super::tensors;
-use super::versions::{self, Method, Metrics, Status, Version, Versions};
 use super::{TrainError, TrainingConfig};
-use crate::fsio;
 
 /// What to train.
 pub struct Job<'a> {
-    pub base: BaseCheckpoint,
+    pub base: Checkpoint,
     /// `model.id`, recorded in versions and adapter configs.
     pub base_model: String,
     /// The base's content version; adapters made on another base are refused.
@@ -120,7 +122,6 @@ struct Plan {
 const BLOCKS: &str = "blocks.safetensors";
 const STATE: &str = "state.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
-const FULL_WEIGHTS: &str = "model.safetensors";
 
 /// Runs `job` on `documents` (every transcript of the corpus).
 pub fn train(
@@ -129,7 +130,7 @@ pub fn train(
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
     job.settings.validate()?;
-    check_memory(&job.base.shape, &job.settings, available_memory())?;
+    check_memory(&job.base.config, &job.settings, available_memory())?;
     let versions = Versions::open(&job.versions_dir)?;
     let current = versions.current()?;
     if let Some(current) = &current {
@@ -499,7 +500,7 @@ pub fn optimizer_step(
 /// moments for a full fine-tune), and per token of a micro-batch the activations backward
 /// keeps (the vocabulary-wide logits and their softmax, every layer's projections, and the
 /// attention scores, which grow with the block).
-pub fn estimated_memory(shape: &Shape, settings: &TrainingConfig) -> u64 {
+pub fn estimated_memory(shape: &BloomConfig, settings: &TrainingConfig) -> u64 {
     let (v, h, l, nh) = (
         shape.vocab_size as u64,
         shape.hidden_size as u64,
@@ -518,7 +519,7 @@ pub fn estimated_memory(shape: &Shape, settings: &TrainingConfig) -> u64 {
 
 /// Refuses a run that cannot fit in `available` bytes of memory, before touching anything.
 fn check_memory(
-    shape: &Shape,
+    shape: &BloomConfig,
     settings: &TrainingConfig,
     available: Option<u64>,
 ) -> Result<(), TrainError> {
@@ -591,13 +592,13 @@ fn plan(job: &Job, documents: &[Document], parent: Option<&Version>) -> Result<P
         settings.validation_recent,
         settings.validation_fraction,
     )?;
-    let tokenizer = tokenizers::Tokenizer::from_file(&job.base.tokenizer).map_err(|e| {
+    let tokenizer = tokenizers::Tokenizer::from_file(&job.base.files.tokenizer).map_err(|e| {
         TrainError::Model(format!(
             "{}: not a tokenizer.json ({e})",
-            job.base.tokenizer.display()
+            job.base.files.tokenizer.display()
         ))
     })?;
-    let eos = job.base.shape.eos_token_id;
+    let eos = job.base.config.eos_token_id;
     let by_id: HashMap<&str, &Document> = documents.iter().map(|d| (d.id.as_str(), d)).collect();
     let tokens = |ids: &[String]| -> Result<Vec<Vec<u32>>, TrainError> {
         use rayon::prelude::*;
@@ -726,7 +727,7 @@ fn start_model(
     versions: &Versions,
     parent: Option<&Version>,
 ) -> Result<Model, TrainError> {
-    let shape = job.base.shape.clone();
+    let shape = job.base.config.clone();
     let settings = &job.settings;
     match (settings.method, parent) {
         (_, Some(parent)) if parent.method != settings.method => Err(TrainError::Config(format!(
@@ -735,7 +736,7 @@ fn start_model(
             parent.id, parent.method, parent.method
         ))),
         (Method::Lora, parent) => {
-            let weights = model::read_weights(&job.base)?;
+            let weights = job.base.read_weights()?;
             let adapter = match parent {
                 Some(parent) => Adapter::load(&versions.dir().join(&parent.id), &shape)?,
                 None => Adapter::init(&settings.lora_spec(), &shape, settings.seed)?,
@@ -746,16 +747,13 @@ fn start_model(
             let weights = full_weights(&versions.dir().join(&parent.id), &job.base)?;
             Model::full(shape, weights)
         }
-        (Method::Full, None) => Model::full(shape, model::read_weights(&job.base)?),
+        (Method::Full, None) => Model::full(shape, job.base.read_weights()?),
     }
 }
 
 /// A full version's weights, read as a checkpoint of the base's shape.
-fn full_weights(dir: &Path, base: &BaseCheckpoint) -> Result<HashMap<String, Tensor>, TrainError> {
-    model::read_weights(&BaseCheckpoint {
-        weights: vec![dir.join(FULL_WEIGHTS)],
-        ..base.clone()
-    })
+fn full_weights(dir: &Path, base: &Checkpoint) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(base.with_weights(dir.join(WEIGHTS_FILE)).read_weights()?)
 }
 
 /// The model served now, when it is not the one the run starts from (a fresh run while a
@@ -774,7 +772,7 @@ fn served_model(
         return Ok(None);
     }
     let dir = versions.dir().join(&current.id);
-    let shape = job.base.shape.clone();
+    let shape = job.base.config.clone();
     Ok(Some(match current.method {
         Method::Lora => Model::lora(
             shape.clone(),
@@ -789,7 +787,7 @@ fn served_model(
 fn start_base_weights(job: &Job, start: &Model) -> Result<HashMap<String, Tensor>, TrainError> {
     match start.adapter() {
         Some(_) => Ok(start.weights().clone()),
-        None => model::read_weights(&job.base),
+        None => Ok(job.base.read_weights()?),
     }
 }
 
@@ -821,7 +819,7 @@ fn write_trained(
 ) -> Result<(), TrainError> {
     match model.adapter() {
         Some(adapter) => adapter.save(dir, base_model)?,
-        None => model::save_weights(&dir.join(FULL_WEIGHTS), model.shape(), model.weights())?,
+        None => Checkpoint::save_weights(&dir.join(WEIGHTS_FILE), model.config(), model.weights())?,
     }
     let (first, second) = optimizer.moments()?;
     let names = model.trainable();
@@ -834,7 +832,7 @@ fn write_trained(
         "step".to_string(),
         Tensor::new(&[optimizer.steps() as u32], &Device::Cpu)?,
     ));
-    tensors::save(&dir.join(OPTIMIZER), &state)
+    Ok(tensors::save(&dir.join(OPTIMIZER), &state)?)
 }
 
 fn load_optimizer(
@@ -985,11 +983,11 @@ fn resume(
         train: take("train")?,
         validation: take("validation")?,
     };
-    let shape = job.base.shape.clone();
+    let shape = job.base.config.clone();
     let model = match state.settings.method {
         Method::Lora => Model::lora(
             shape.clone(),
-            model::read_weights(&job.base)?,
+            job.base.read_weights()?,
             Adapter::load(&dir, &shape)?,
         ),
         Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,

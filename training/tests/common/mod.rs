@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use mananera_training::tune::model::{BaseCheckpoint, Shape};
+use mananera_model::checkpoint::Checkpoint;
 
 /// The repository's `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
@@ -10,12 +10,6 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// `tests/fixtures/models/tiny-bloom-4h` as a training base.
-pub fn base() -> BaseCheckpoint {
-    let dir = fixtures().join("models/tiny-bloom-4h");
-    BaseCheckpoint {
-        shape: Shape::read(&dir.join("config.json")).unwrap(),
-        config: dir.join("config.json"),
-        tokenizer: dir.join("tokenizer.json"),
-        weights: vec![dir.join("model.safetensors")],
-    }
+pub fn base() -> Checkpoint {
+    Checkpoint::local(&fixtures().join("models/tiny-bloom-4h")).unwrap()
 }

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use mananera_training::tune::lora::Adapter;
-use mananera_training::tune::model::Shape;
-use mananera_training::tune::versions::{self, Method, Version};
+use mananera_model::BloomConfig;
+use mananera_model::adapter::{self, AdapterFiles};
+use mananera_model::checkpoint;
+use mananera_model::versions::{self, Method, Version};
 
 use super::{Error, Result};
 
@@ -55,17 +56,16 @@ impl Selected {
     pub fn files(&self) -> Vec<PathBuf> {
         match self.version.method {
             Method::Lora => vec![
-                self.dir.join("adapter_config.json"),
-                self.dir.join("adapter_model.safetensors"),
+                self.dir.join(adapter::CONFIG_FILE),
+                self.dir.join(adapter::WEIGHTS_FILE),
             ],
-            Method::Full => vec![self.dir.join("model.safetensors")],
+            Method::Full => vec![self.dir.join(checkpoint::WEIGHTS_FILE)],
         }
     }
 
     /// `scaling · B A` per weight name, for a LoRA version; checks that the adapter fits.
-    pub fn deltas(&self, config: &Path) -> Result<HashMap<String, Tensor>> {
-        let shape = Shape::read(config).map_err(|e| unusable(&self.dir, e))?;
-        let adapter = Adapter::load(&self.dir, &shape).map_err(|e| unusable(&self.dir, e))?;
+    pub fn deltas(&self, config: &BloomConfig) -> Result<HashMap<String, Tensor>> {
+        let adapter = AdapterFiles::read(&self.dir, config).map_err(|e| unusable(&self.dir, e))?;
         adapter.deltas().map_err(|e| unusable(&self.dir, e))
     }
 }

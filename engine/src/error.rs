@@ -6,24 +6,10 @@ use std::path::PathBuf;
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A checkpoint file is missing, unreadable, corrupt or disagrees with `config.json`.
-    #[error("{path}: {problem}\n  how to fix: {fix}")]
-    Checkpoint {
-        path: PathBuf,
-        problem: String,
-        fix: String,
-    },
-    /// The model could not be fetched from the Hugging Face Hub.
-    #[error(
-        "could not download {file} of {repo} (revision {revision}): {reason}\n  how to fix: {fix}"
-    )]
-    Download {
-        repo: String,
-        revision: String,
-        file: String,
-        reason: String,
-        fix: String,
-    },
+    /// A model file (checkpoint, tokenizer, adapter, version, vocabulary) is missing,
+    /// unreadable, corrupt or disagrees with `config.json`, or could not be downloaded.
+    #[error(transparent)]
+    Model(#[from] mananera_model::Error),
     /// A request (prompt, sampling settings, file to score) is unusable as given.
     #[error("{0}")]
     InvalidInput(String),
@@ -36,17 +22,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Shorthand for [`Error::Checkpoint`].
+    /// A model file that cannot be used: what, where, how to fix.
     pub fn checkpoint(
         path: impl Into<PathBuf>,
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self::Checkpoint {
-            path: path.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self::Model(mananera_model::Error::checkpoint(path, problem, fix))
     }
 }
 

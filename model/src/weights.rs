@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 
-use super::{Error, Result};
+use crate::{BloomConfig, Error, Result, random};
 
 /// An open set of safetensors files and where each tensor lives.
 pub struct Weights {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     location: HashMap<String, usize>,
     prefix: &'static str,
-    random: bool,
+    /// Weights drawn from this seed instead of read from files.
+    random: Option<u64>,
     device: Device,
     /// Added to the named tensors as they load (a LoRA version's `scaling · B A`).
     deltas: HashMap<String, Tensor>,
@@ -51,20 +52,21 @@ impl Weights {
             files: opened,
             location,
             prefix,
-            random: false,
+            random: None,
             device: device.clone(),
             deltas: HashMap::new(),
         })
     }
 
-    /// Weights drawn on demand: matrices from N(0, 0.02²) like transformers' initialisation,
-    /// LayerNorm gains 1 and biases 0. Only the tensors every BLOOM has exist.
-    pub fn random(device: &Device) -> Self {
+    /// Weights drawn on demand from `seed` (see [`random`]): the same model
+    /// `mananera random-model` writes and training's benchmarks start from. Only the tensors
+    /// every BLOOM has exist (the head is tied).
+    pub fn random(seed: u64, device: &Device) -> Self {
         Self {
             files: Vec::new(),
             location: HashMap::new(),
             prefix: "",
-            random: true,
+            random: Some(seed),
             device: device.clone(),
             deltas: HashMap::new(),
         }
@@ -105,9 +107,9 @@ impl Weights {
     /// Like [`Weights::get`], but `None` when the checkpoint has no such tensor
     /// (e.g. an untied `lm_head.weight`, which is optional).
     pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.random {
-            return Ok((name != "lm_head.weight")
-                .then(|| random_tensor(name, shape, &self.device))
+        if let Some(seed) = self.random {
+            return Ok((name != crate::layout::LM_HEAD)
+                .then(|| random::tensor(name, shape, seed, &self.device))
                 .transpose()?);
         }
         let key = [format!("{}{name}", self.prefix), name.to_string()]
@@ -146,13 +148,18 @@ impl Weights {
             None => Ok(Some(tensor)),
         }
     }
-}
 
-fn random_tensor(name: &str, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
-    match (shape.len(), name.ends_with(".bias")) {
-        (1, true) => Tensor::zeros(shape, DType::F32, device),
-        (1, false) => Tensor::ones(shape, DType::F32, device),
-        _ => Tensor::randn(0f32, 0.02, shape, device),
+    /// Every tensor `config` implies, read into memory as f32 under unprefixed names: what
+    /// training starts from.
+    pub fn read_all(&self, config: &BloomConfig) -> Result<HashMap<String, Tensor>> {
+        config
+            .tensors()
+            .into_iter()
+            .map(|(name, dims)| {
+                let tensor = self.get(&name, &dims)?;
+                Ok((name, tensor))
+            })
+            .collect()
     }
 }
 

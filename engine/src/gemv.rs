@@ -195,7 +195,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let got = matmul_wt(&x, &w).unwrap();
-            let diff = crate::engine::max_abs_diff(&want, &got);
+            let diff = crate::max_abs_diff(&want, &got);
             assert!(diff < 1e-3, "({m},{k},{n}): {diff}");
         }
     }

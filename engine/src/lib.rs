@@ -14,7 +14,6 @@
 mod attention;
 mod blocks;
 pub mod bloom;
-pub mod checkpoint;
 mod error;
 pub mod finetuned;
 mod gelu;
@@ -26,7 +25,6 @@ mod quant;
 pub mod sampling;
 pub mod text;
 pub mod vocabulary;
-pub mod weights;
 pub mod word_limit;
 
 use std::time::Instant;
@@ -40,7 +38,10 @@ pub use linear::Quantization;
 pub use sampling::SamplingParams;
 
 use bloom::Bloom;
-use checkpoint::ModelSource;
+use mananera_model::BloomConfig;
+use mananera_model::checkpoint::{self, CheckpointFiles, ModelSource};
+use mananera_model::versions::Method;
+use mananera_model::weights::Weights;
 use text::TextCodec;
 
 /// What to load and how.
@@ -60,14 +61,14 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// The checkpoint files to load and the fine-tuned version on top of them: a full
     /// version replaces the base's weights, a LoRA version adds to them.
-    pub fn resolve(&self) -> Result<(checkpoint::CheckpointFiles, Option<finetuned::Selected>)> {
+    pub fn resolve(&self) -> Result<(CheckpointFiles, Option<finetuned::Selected>)> {
         let mut files = self.source.resolve()?;
         let selected = finetuned::select(&self.version, &self.versions_dir, &self.source.model)?;
         if let Some(full) = selected
             .as_ref()
-            .filter(|s| s.version.method == mananera_training::tune::Method::Full)
+            .filter(|s| s.version.method == Method::Full)
         {
-            files.weights = vec![full.dir.join("model.safetensors")];
+            files.weights = vec![full.dir.join(checkpoint::WEIGHTS_FILE)];
         }
         Ok((files, selected))
     }
@@ -101,14 +102,14 @@ impl Engine {
     pub fn load(options: &EngineOptions) -> Result<Self> {
         let started = Instant::now();
         let (files, selected) = options.resolve()?;
-        let config = checkpoint::read_config(&files.config)?;
+        let config = BloomConfig::read(&files.config)?;
         let codec = TextCodec::load(&files.tokenizer)?;
-        let mut weights = weights::Weights::open(&files.weights, &Device::Cpu)?;
+        let mut weights = Weights::open(&files.weights, &Device::Cpu)?;
         if let Some(lora) = selected
             .as_ref()
-            .filter(|s| s.version.method == mananera_training::tune::Method::Lora)
+            .filter(|s| s.version.method == Method::Lora)
         {
-            weights.add_deltas(lora.deltas(&files.config)?);
+            weights.add_deltas(lora.deltas(&config)?);
         }
         let head_ids = options
             .vocabulary
@@ -238,4 +239,23 @@ pub fn model_version(options: &EngineOptions) -> Result<String> {
         Some(s) => format!("{name}+{}-{hex}", s.version.id),
         None => format!("{name}-{hex}"),
     })
+}
+
+/// Sizes the worker pool the matrix code runs on (candle and mananera's kernels share
+/// rayon's global pool); 0 keeps one thread per core.
+///
+/// # Safety
+/// No other thread may exist yet: this sets `RAYON_NUM_THREADS` (which candle's kernels
+/// read), and the environment is not thread-safe.
+pub unsafe fn configure_threads(threads: usize) {
+    if threads > 0 {
+        // SAFETY: the caller guarantees no other thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            tracing::warn!(error = %e, "could not size the thread pool");
+        }
+    }
 }

@@ -9,87 +9,12 @@
 //! (cache + new), `h` = hidden size, `nh` = heads, `hd` = head size.
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use serde::{Deserialize, Serialize};
 
 use super::attention::{Dims, KvCache, MaskInfo, attend, attend_each};
 use super::linear::{Linear, Quantization};
-use super::weights::Weights;
-
-/// The subset of Hugging Face's `BloomConfig` the forward pass needs, with the same field
-/// names (and the aliases older checkpoints use) so `config.json` deserialises directly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BloomConfig {
-    pub vocab_size: usize,
-    #[serde(alias = "n_embed")]
-    pub hidden_size: usize,
-    #[serde(alias = "num_hidden_layers")]
-    pub n_layer: usize,
-    #[serde(alias = "num_attention_heads")]
-    pub n_head: usize,
-    #[serde(default = "default_layer_norm_epsilon")]
-    pub layer_norm_epsilon: f64,
-    #[serde(default)]
-    pub apply_residual_connection_post_layernorm: bool,
-    #[serde(default = "default_bos")]
-    pub bos_token_id: u32,
-    #[serde(default = "default_eos")]
-    pub eos_token_id: u32,
-    #[serde(default = "default_pad")]
-    pub pad_token_id: u32,
-}
-
-fn default_layer_norm_epsilon() -> f64 {
-    1e-5
-}
-fn default_bos() -> u32 {
-    1
-}
-fn default_eos() -> u32 {
-    2
-}
-fn default_pad() -> u32 {
-    3
-}
-
-impl BloomConfig {
-    /// bigscience/bloom-560m's shape, used by `mananera bench` to build a model without a download.
-    pub fn bloom_560m() -> Self {
-        Self {
-            vocab_size: 250_880,
-            hidden_size: 1024,
-            n_layer: 24,
-            n_head: 16,
-            layer_norm_epsilon: 1e-5,
-            apply_residual_connection_post_layernorm: false,
-            bos_token_id: 1,
-            eos_token_id: 2,
-            pad_token_id: 3,
-        }
-    }
-
-    /// Size of one attention head; `hidden_size` must be a multiple of `n_head`.
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.n_head
-    }
-
-    /// Checks the invariants the forward pass relies on, so a bad `config.json` is reported
-    /// instead of producing shape errors deep inside a layer.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.n_head == 0 || self.hidden_size == 0 || self.n_layer == 0 || self.vocab_size == 0 {
-            return Err("vocab_size, hidden_size, n_layer and n_head must all be positive".into());
-        }
-        if !self.hidden_size.is_multiple_of(self.n_head) {
-            return Err(format!(
-                "hidden_size {} is not divisible by n_head {}",
-                self.hidden_size, self.n_head
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// ALiBi slopes (shared with the training model, which must use the same ones).
-pub use mananera_training::tune::model::alibi_slopes;
+use mananera_model::layout::{self, Projection};
+use mananera_model::weights::Weights;
+use mananera_model::{BloomConfig, alibi_slopes};
 
 /// LayerNorm over the last dimension with weight and bias, as `torch.nn.LayerNorm`.
 #[derive(Debug, Clone)]
@@ -141,11 +66,10 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, prefix: &str, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
-        let h = cfg.hidden_size;
+    fn load(w: &Weights, layer: usize, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
         Ok(Self {
-            query_key_value: Linear::load(w, &format!("{prefix}.query_key_value"), 3 * h, h, q)?,
-            dense: Linear::load(w, &format!("{prefix}.dense"), h, h, q)?,
+            query_key_value: Linear::load(w, layer, Projection::QueryKeyValue, cfg, q)?,
+            dense: Linear::load(w, layer, Projection::Dense, cfg, q)?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
         })
@@ -189,11 +113,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &Weights, prefix: &str, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
-        let h = cfg.hidden_size;
+    fn load(w: &Weights, layer: usize, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
         Ok(Self {
-            dense_h_to_4h: Linear::load(w, &format!("{prefix}.dense_h_to_4h"), 4 * h, h, q)?,
-            dense_4h_to_h: Linear::load(w, &format!("{prefix}.dense_4h_to_h"), h, 4 * h, q)?,
+            dense_h_to_4h: Linear::load(w, layer, Projection::HTo4h, cfg, q)?,
+            dense_4h_to_h: Linear::load(w, layer, Projection::FourHToH, cfg, q)?,
         })
     }
 
@@ -219,16 +142,13 @@ struct Block {
 impl Block {
     fn load(w: &Weights, i: usize, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_epsilon);
+        let layer = layout::layer_prefix(i);
+        let [input_norm, post_norm] = layout::LAYER_NORMS.map(|n| format!("{layer}.{n}"));
         Ok(Self {
-            input_layernorm: LayerNorm::load(w, &format!("h.{i}.input_layernorm"), h, eps)?,
-            self_attention: Attention::load(w, &format!("h.{i}.self_attention"), cfg, q)?,
-            post_attention_layernorm: LayerNorm::load(
-                w,
-                &format!("h.{i}.post_attention_layernorm"),
-                h,
-                eps,
-            )?,
-            mlp: Mlp::load(w, &format!("h.{i}.mlp"), cfg, q)?,
+            input_layernorm: LayerNorm::load(w, &input_norm, h, eps)?,
+            self_attention: Attention::load(w, i, cfg, q)?,
+            post_attention_layernorm: LayerNorm::load(w, &post_norm, h, eps)?,
+            mlp: Mlp::load(w, i, cfg, q)?,
             post_layernorm_residual: cfg.apply_residual_connection_post_layernorm,
         })
     }
@@ -279,10 +199,10 @@ impl Bloom {
             config.hidden_size,
             config.layer_norm_epsilon,
         );
-        let embeddings = weights.get("word_embeddings.weight", &[v, h])?;
+        let embeddings = weights.get(layout::WORD_EMBEDDINGS, &[v, h])?;
         let word_embeddings = Linear::from_weight(embeddings.clone(), None, quantization)?;
         // Tied: the head shares the (possibly quantized) embedding matrix, stored once.
-        let lm_head = match (weights.get_optional("lm_head.weight", &[v, h])?, &head_ids) {
+        let lm_head = match (weights.get_optional(layout::LM_HEAD, &[v, h])?, &head_ids) {
             (None, None) => word_embeddings.clone(),
             (Some(head), None) => Linear::from_weight(head, None, quantization)?,
             (stored, Some(ids)) => {
@@ -296,14 +216,9 @@ impl Bloom {
             .collect::<super::Result<Vec<_>>>()?;
         Ok(Self {
             word_embeddings,
-            word_embeddings_layernorm: LayerNorm::load(
-                weights,
-                "word_embeddings_layernorm",
-                h,
-                eps,
-            )?,
+            word_embeddings_layernorm: LayerNorm::load(weights, layout::EMBEDDINGS_NORM, h, eps)?,
             blocks,
-            ln_f: LayerNorm::load(weights, "ln_f", h, eps)?,
+            ln_f: LayerNorm::load(weights, layout::FINAL_NORM, h, eps)?,
             lm_head,
             head_ids,
             slopes: alibi_slopes(config.n_head),
@@ -448,33 +363,5 @@ impl Bloom {
             start = end;
         }
         Ok(logprobs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alibi_slopes_match_transformers_for_powers_of_two() {
-        // transformers' build_alibi_tensor for 8 heads: 2^-1 … 2^-8.
-        let expected: Vec<f32> = (1..=8).map(|p| 2f32.powi(-p)).collect();
-        assert_eq!(alibi_slopes(8), expected);
-    }
-
-    #[test]
-    fn alibi_slopes_fill_non_powers_of_two_with_odd_powers_of_the_finer_base() {
-        // 12 heads: the 8-head series, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5 (base of 16 heads, odd powers).
-        let slopes = alibi_slopes(12);
-        assert_eq!(slopes.len(), 12);
-        let extra: Vec<f32> = [0.5f32, 1.5, 2.5, 3.5]
-            .iter()
-            .map(|e| 2f32.powf(-e))
-            .collect();
-        for (got, want) in slopes[8..].iter().zip(extra) {
-            assert!((got - want).abs() < 1e-7, "{got} vs {want}");
-        }
-        // bloom-176b: 112 heads = 64 + 48 extra.
-        assert_eq!(alibi_slopes(112).len(), 112);
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::bloom::BloomConfig;
+use mananera_model::BloomConfig;
 use super::text::TextCodec;
 use super::{Error, Result};
 
@@ -84,5 +84,5 @@ pub fn write(path: &Path, ids: &[u32], vocab_size: usize) -> std::io::Result<()>
         text.push_str(&id.to_string());
         text.push('\n');
     }
-    mananera_training::fsio::write_atomic(path, text.as_bytes())
+    mananera_model::fsio::write_atomic(path, text.as_bytes())
 }

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
-use crate::fsio;
+use crate::{Error, Result, fsio};
 
 /// Whether a version passed its validation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,13 +117,13 @@ pub const RUN: &str = "run";
 
 impl Versions {
     /// Opens `dir` (creating it), takes its lock, and removes half-written versions.
-    pub fn open(dir: &Path) -> Result<Self, TrainError> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = fsio::lock_dir(dir)
-            .map_err(|e| TrainError::io(&dir.join(".lock"), e))?
-            .ok_or_else(|| TrainError::Busy(dir.to_path_buf()))?;
-        for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
-            let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+            .map_err(|e| Error::io(&dir.join(".lock"), e))?
+            .ok_or_else(|| Error::Busy(dir.to_path_buf()))?;
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
                 let path = entry.path();
                 tracing::warn!(path = %path.display(), "removing a version that was never finished");
@@ -133,7 +132,7 @@ impl Versions {
                 } else {
                     std::fs::remove_file(&path)
                 };
-                removed.map_err(|e| TrainError::io(&path, e))?;
+                removed.map_err(|e| Error::io(&path, e))?;
             }
         }
         Ok(Self {
@@ -148,17 +147,17 @@ impl Versions {
     }
 
     /// The current version, if any.
-    pub fn current(&self) -> Result<Option<Version>, TrainError> {
+    pub fn current(&self) -> Result<Option<Version>> {
         current(&self.dir)
     }
 
     /// Every finished version, oldest first.
-    pub fn list(&self) -> Result<Vec<Version>, TrainError> {
+    pub fn list(&self) -> Result<Vec<Version>> {
         list(&self.dir)
     }
 
     /// The id the next version gets.
-    pub fn next_id(&self) -> Result<String, TrainError> {
+    pub fn next_id(&self) -> Result<String> {
         let last = self
             .list()?
             .iter()
@@ -169,11 +168,11 @@ impl Versions {
     }
 
     /// A fresh staging directory for a version or a checkpoint.
-    pub fn stage(&self) -> Result<tempfile::TempDir, TrainError> {
+    pub fn stage(&self) -> Result<tempfile::TempDir> {
         tempfile::Builder::new()
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
-            .map_err(|e| TrainError::io(&self.dir, e))
+            .map_err(|e| Error::io(&self.dir, e))
     }
 
     /// Seals a staged version: records, syncs, names it, and if accepted makes it current.
@@ -181,15 +180,15 @@ impl Versions {
         &self,
         staged: tempfile::TempDir,
         record: &Version,
-    ) -> Result<PathBuf, TrainError> {
+    ) -> Result<PathBuf> {
         let path = staged.path();
         fsio::write_atomic(&path.join(METRICS), pretty(&record.metrics).as_bytes())
-            .map_err(|e| TrainError::io(path, e))?;
+            .map_err(|e| Error::io(path, e))?;
         fsio::write_atomic(&path.join(RECORD), pretty(record).as_bytes())
-            .map_err(|e| TrainError::io(path, e))?;
+            .map_err(|e| Error::io(path, e))?;
         let target = self.dir.join(&record.id);
         let staged = staged.keep();
-        std::fs::rename(&staged, &target).map_err(|e| TrainError::io(&target, e))?;
+        std::fs::rename(&staged, &target).map_err(|e| Error::io(&target, e))?;
         sync_dir(&self.dir)?;
         if record.status == Status::Accepted {
             self.set_current(&record.id)?;
@@ -198,33 +197,33 @@ impl Versions {
     }
 
     /// Makes version `id` (which must exist and be accepted) current.
-    pub fn set_current(&self, id: &str) -> Result<(), TrainError> {
+    pub fn set_current(&self, id: &str) -> Result<()> {
         let record = read_record(&self.dir.join(id))?;
         if record.status != Status::Accepted {
-            return Err(TrainError::Config(format!(
+            return Err(Error::Version(format!(
                 "version {id} was rejected by its validation check; only accepted versions can be current"
             )));
         }
         let path = self.dir.join(CURRENT);
         fsio::write_atomic(&path, format!("{id}\n").as_bytes())
-            .map_err(|e| TrainError::io(&path, e))
+            .map_err(|e| Error::io(&path, e))
     }
 
     /// The version `id`.
-    pub fn get(&self, id: &str) -> Result<Version, TrainError> {
+    pub fn get(&self, id: &str) -> Result<Version> {
         get(&self.dir, id)
     }
 }
 
 /// Every finished version in `dir`, oldest first, read without the lock (version
 /// directories never change once named).
-pub fn list(dir: &Path) -> Result<Vec<Version>, TrainError> {
+pub fn list(dir: &Path) -> Result<Vec<Version>> {
     let mut out = Vec::new();
     if !dir.exists() {
         return Ok(out);
     }
-    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
-        let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         if !name.to_string_lossy().starts_with('.') && entry.path().join(RECORD).is_file() {
             out.push(read_record(&entry.path())?);
@@ -235,13 +234,13 @@ pub fn list(dir: &Path) -> Result<Vec<Version>, TrainError> {
 }
 
 /// The version `id` in `dir`.
-pub fn get(dir: &Path, id: &str) -> Result<Version, TrainError> {
+pub fn get(dir: &Path, id: &str) -> Result<Version> {
     if id.is_empty()
         || id.contains(['/', '\\'])
         || id.starts_with('.')
         || !dir.join(id).join(RECORD).is_file()
     {
-        return Err(TrainError::Config(format!(
+        return Err(Error::Version(format!(
             "there is no version `{id}` in {}; `mananera versions` lists them",
             dir.display()
         )));
@@ -251,15 +250,15 @@ pub fn get(dir: &Path, id: &str) -> Result<Version, TrainError> {
 
 /// The current version of the versions directory `dir`, read without taking its lock (the
 /// daemon reads while a trainer may hold it; `current` is always replaced atomically).
-pub fn current(dir: &Path) -> Result<Option<Version>, TrainError> {
+pub fn current(dir: &Path) -> Result<Option<Version>> {
     let path = dir.join(CURRENT);
     let id = match std::fs::read_to_string(&path) {
         Ok(id) => id.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(TrainError::io(&path, e)),
+        Err(e) => return Err(Error::io(&path, e)),
     };
     if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
-        return Err(TrainError::Config(format!(
+        return Err(Error::Version(format!(
             "{} names `{id}`, which is not a version; write a version id such as v0003 into it",
             path.display()
         )));
@@ -267,11 +266,11 @@ pub fn current(dir: &Path) -> Result<Option<Version>, TrainError> {
     read_record(&dir.join(&id)).map(Some)
 }
 
-fn read_record(dir: &Path) -> Result<Version, TrainError> {
+fn read_record(dir: &Path) -> Result<Version> {
     let path = dir.join(RECORD);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        TrainError::Config(format!(
+        Error::Version(format!(
             "{} is not a version record ({e}); the version directory was edited or damaged",
             path.display()
         ))
@@ -279,10 +278,10 @@ fn read_record(dir: &Path) -> Result<Version, TrainError> {
 }
 
 /// Makes a rename inside `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<(), TrainError> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| TrainError::io(dir, e))
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Pretty JSON of a record.

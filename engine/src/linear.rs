@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::Result;
 use super::gemv;
 use super::quant::QMatrix;
-use super::weights::Weights;
+use mananera_model::BloomConfig;
+use mananera_model::layout::Projection;
+use mananera_model::weights::Weights;
 
 /// How the linear layers (and the tied embedding/head) store their weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -91,10 +93,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight` (`[out, in]`) and `{name}.bias` (`[out]`).
-    pub fn load(w: &Weights, name: &str, out: usize, inp: usize, q: Quantization) -> Result<Self> {
-        let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-        let bias = w.get(&format!("{name}.bias"), &[out])?;
+    /// Loads projection `p` of layer `layer`: its weight (`[out, in]`) and bias (`[out]`).
+    pub fn load(
+        w: &Weights,
+        layer: usize,
+        p: Projection,
+        config: &BloomConfig,
+        q: Quantization,
+    ) -> Result<Self> {
+        let module = p.module(layer);
+        let (out, inp) = p.dims(config.hidden_size);
+        let weight = w.get(&format!("{module}.weight"), &[out, inp])?;
+        let bias = w.get(&format!("{module}.bias"), &[out])?;
         Self::from_weight(weight, Some(bias), q)
     }
 

@@ -247,7 +247,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let diff = crate::engine::max_abs_diff(&rows, &want);
+        let diff = crate::max_abs_diff(&rows, &want);
         assert!(diff < 0.05, "{diff}");
         assert!(q.rows(&[10], &dev).is_err());
     }

@@ -8,11 +8,10 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::TrainError;
-use crate::fsio;
+use crate::{Error, Result, fsio};
 
 /// Writes `tensors` (f32 or u32) to `path` atomically, with PyTorch's format marker.
-pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError> {
+pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut raw = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let (dtype, bytes) = match tensor.dtype() {
@@ -25,9 +24,11 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError>
                 bytes_of(tensor.flatten_all()?.to_vec1::<u32>()?),
             ),
             other => {
-                return Err(TrainError::Model(format!(
-                    "cannot save tensor `{name}` of type {other:?}"
-                )));
+                return Err(Error::checkpoint(
+                    path,
+                    format!("cannot save tensor `{name}` of type {other:?}"),
+                    "convert it to f32 first (a bug: report it)",
+                ));
             }
         };
         raw.push((name.clone(), dtype, tensor.dims().to_vec(), bytes));
@@ -37,12 +38,12 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError>
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.clone(), view))
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError::Model(format!("cannot lay out {}: {e}", path.display())))?;
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::checkpoint(path, format!("cannot lay out the tensors: {e}"), "report it: a bug"))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| TrainError::Model(format!("cannot serialize {}: {e}", path.display())))?;
-    fsio::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialize the tensors: {e}"), "report it: a bug"))?;
+    fsio::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 fn bytes_of<T: Copy + ToLeBytes>(values: Vec<T>) -> Vec<u8> {
@@ -67,11 +68,12 @@ impl ToLeBytes for u32 {
 }
 
 /// Reads every tensor of a safetensors file written by [`save`] (or by PyTorch).
-pub fn load(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
+pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
-        TrainError::Model(format!(
-            "{}: not a readable safetensors file ({e})",
-            path.display()
-        ))
+        Error::checkpoint(
+            path,
+            format!("not a readable safetensors file ({e})"),
+            "the file is truncated or corrupt: train or download it again",
+        )
     })
 }

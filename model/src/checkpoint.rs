@@ -4,14 +4,16 @@
 //! A checkpoint is `config.json`, `tokenizer.json` and the weights, either one
 //! `model.safetensors` or shards listed by `model.safetensors.index.json`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
+use candle_core::{Device, Tensor};
 use hf_hub::{Cache, Repo, RepoType};
 
-use super::bloom::BloomConfig;
-use super::{Error, Result};
+use crate::weights::Weights;
+
+use crate::{BloomConfig, Error, Result};
 
 /// Where to find the model, as configured.
 #[derive(Debug, Clone)]
@@ -34,9 +36,63 @@ pub struct CheckpointFiles {
     pub weights: Vec<PathBuf>,
 }
 
+/// A checkpoint's files with its parsed `config.json`: what training starts from.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub files: CheckpointFiles,
+    pub config: BloomConfig,
+}
+
+impl Checkpoint {
+    /// Reads and checks the configuration of `files`.
+    pub fn open(files: CheckpointFiles) -> Result<Self> {
+        let config = BloomConfig::read(&files.config)?;
+        Ok(Self { files, config })
+    }
+
+    /// The checkpoint in directory `dir` (no Hub lookup).
+    pub fn local(dir: &Path) -> Result<Self> {
+        Self::open(local_checkpoint(dir)?)
+    }
+
+    /// Every tensor as f32 under unprefixed names, checked against `config.json`.
+    pub fn read_weights(&self) -> Result<HashMap<String, Tensor>> {
+        Weights::open(&self.files.weights, &Device::Cpu)?.read_all(&self.config)
+    }
+
+    /// Writes `weights` (unprefixed names, every tensor of `config`'s layout, in its order) as
+    /// a checkpoint's `model.safetensors` at `path`, atomically.
+    pub fn save_weights(
+        path: &Path,
+        config: &BloomConfig,
+        weights: &HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut ordered = Vec::new();
+        for (name, _) in config.tensors() {
+            let tensor = weights.get(&name).ok_or_else(|| {
+                Error::checkpoint(
+                    path,
+                    format!("tensor `{name}` is missing from the weights to save"),
+                    "report it: a bug",
+                )
+            })?;
+            ordered.push((name, tensor.clone()));
+        }
+        crate::tensors::save(path, &ordered)
+    }
+
+    /// The same checkpoint with its weights replaced by `weights` (a full fine-tune's file).
+    pub fn with_weights(&self, weights: PathBuf) -> Self {
+        let mut out = self.clone();
+        out.files.weights = vec![weights];
+        out
+    }
+}
+
 const CONFIG: &str = "config.json";
 const TOKENIZER: &str = "tokenizer.json";
-const SINGLE: &str = "model.safetensors";
+/// A single-file checkpoint's weights (a full fine-tune's version holds one too).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
 impl ModelSource {
@@ -88,7 +144,7 @@ impl ModelSource {
         };
         let config = fetch(CONFIG)?;
         let tokenizer = fetch(TOKENIZER)?;
-        let weights = match fetch(SINGLE) {
+        let weights = match fetch(WEIGHTS_FILE) {
             Ok(single) => vec![single],
             Err(single_error) => match fetch(INDEX) {
                 Ok(index) => {
@@ -161,8 +217,8 @@ fn local_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
         TOKENIZER,
         "the tokenizer (mananera needs the fast-tokenizer file, tokenizer.json)",
     )?;
-    let weights = if dir.join(SINGLE).is_file() {
-        vec![dir.join(SINGLE)]
+    let weights = if dir.join(WEIGHTS_FILE).is_file() {
+        vec![dir.join(WEIGHTS_FILE)]
     } else if dir.join(INDEX).is_file() {
         let shards = shard_names(&dir.join(INDEX))?;
         shards
@@ -177,7 +233,7 @@ fn local_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
             "copy model.safetensors (or the shards and model.safetensors.index.json) into the directory"
         };
         return Err(Error::checkpoint(
-            dir.join(SINGLE),
+            dir.join(WEIGHTS_FILE),
             "no safetensors weights (neither model.safetensors nor model.safetensors.index.json)",
             fix,
         ));
@@ -221,32 +277,6 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         ));
     }
     Ok(shards.into_iter().collect())
-}
-
-/// Reads and checks `config.json`.
-pub fn read_config(path: &Path) -> Result<BloomConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::checkpoint(
-            path,
-            format!("cannot be read ({e})"),
-            "check the file's permissions",
-        )
-    })?;
-    let config: BloomConfig = serde_json::from_str(&text).map_err(|e| {
-        Error::checkpoint(
-            path,
-            format!("is not a BLOOM config.json ({e})"),
-            "use the config.json saved with the checkpoint (model_type \"bloom\")",
-        )
-    })?;
-    config.validate().map_err(|problem| {
-        Error::checkpoint(
-            path,
-            problem,
-            "use the config.json saved with the checkpoint",
-        )
-    })?;
-    Ok(config)
 }
 
 #[cfg(test)]
