@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mananera_model::versions;
 use serde::{Deserialize, Serialize};
 
-use crate::live::{Live, RolledBack};
+use crate::live::{Live, LiveError, RolledBack};
 use crate::nightly::runs::RunRecord;
 use crate::nightly::schedule::Schedule;
 use crate::nightly::{Nightly, NotStarted};
@@ -79,12 +79,42 @@ pub enum Request {
     Rollback { version: Option<String> },
 }
 
-/// Why a request was refused.
+/// Why a request was refused, for programs (the control socket's and the API's `code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// A run is in progress, or holds the versions directory.
+    InProgress,
+    /// The daemon is loading its first model, or stopping.
+    NotReady,
+    /// No run is in progress to cancel.
+    NotRunning,
+    /// The request names a version that does not exist or cannot be current.
+    BadRequest,
+    /// It was tried and failed (the message says why); nothing changed.
+    Failed,
+}
+
+/// Why a request was refused: the kind and the message for a person.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refused {
-    /// `in_progress`, `not_ready` (loading or stopping), `not_running` or `failed`.
-    pub code: String,
+    pub code: Refusal,
     pub error: String,
+}
+
+impl From<LiveError> for Refused {
+    fn from(e: LiveError) -> Self {
+        let code = match e {
+            LiveError::NotReady => Refusal::NotReady,
+            LiveError::Busy(_) => Refusal::InProgress,
+            LiveError::BadVersion(_) => Refusal::BadRequest,
+            LiveError::Load(_) | LiveError::Failed(_) => Refusal::Failed,
+        };
+        Self {
+            code,
+            error: e.to_string(),
+        }
+    }
 }
 
 /// The admin side of a running daemon.
@@ -137,19 +167,18 @@ impl Admin {
                 .map(|r| json(&r))
                 .map_err(|e| Refused {
                     code: match e {
-                        NotStarted::InProgress(_) => "in_progress",
-                        NotStarted::NotReady | NotStarted::Stopping => "not_ready",
-                    }
-                    .into(),
+                        NotStarted::InProgress(_) => Refusal::InProgress,
+                        NotStarted::NotReady | NotStarted::Stopping => Refusal::NotReady,
+                    },
                     error: e.to_string(),
                 }),
             Request::Cancel => self
                 .nightly
                 .cancel(by)
                 .map(|r| json(&r))
-                .map_err(|error| Refused {
-                    code: "not_running".into(),
-                    error,
+                .map_err(|e| Refused {
+                    code: Refusal::NotRunning,
+                    error: e.to_string(),
                 }),
             Request::Rollback { version } => {
                 tracing::info!(by, to = ?version, "rollback asked");
@@ -157,10 +186,7 @@ impl Admin {
                     .rollback(version)
                     .await
                     .map(|r: RolledBack| json(&r))
-                    .map_err(|error| Refused {
-                        code: "failed".into(),
-                        error,
-                    })
+                    .map_err(Refused::from)
             }
         }
     }

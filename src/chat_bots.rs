@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use mananera_engine::SamplingParams;
 use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
 use crate::service::{Answer, Request};
+use mananera_engine::SamplingParams;
 
 /// How long, after the generations' grace period, the bots get to show their last edits.
 const FINAL_EDITS_WITHIN: Duration = Duration::from_secs(10);
@@ -152,9 +152,12 @@ fn describe_run(r: &RunRecord) -> String {
     );
     if let Some(t) = &r.trained {
         line.push_str(&format!(", {}", t.describe("perplejidad")));
-        if t.backlog > 0 {
-            line.push_str(&format!(", pendientes: {} transcripciones", t.backlog));
-            if let Some(n) = crate::commands::train::nights(t.backlog, t.new_transcripts) {
+        if t.metrics.backlog > 0 {
+            line.push_str(&format!(
+                ", pendientes: {} transcripciones",
+                t.metrics.backlog
+            ));
+            if let Some(n) = crate::commands::train::nights(t.metrics.backlog, t.new_transcripts) {
                 line.push_str(&format!(" (~{n} noches más a este ritmo)"));
             }
         }

@@ -16,13 +16,13 @@ use mananera_training::{Cleaning, CorpusConfig};
 
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
-use mananera_model::checkpoint::ModelSource;
-use mananera_engine::finetuned::Choice;
-use mananera_engine::{EngineOptions, Quantization, SamplingParams};
 use crate::nightly::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
+use mananera_engine::finetuned::Choice;
+use mananera_engine::{EngineOptions, Quantization, SamplingParams};
+use mananera_model::checkpoint::ModelSource;
 
 /// Everything `config.toml` can hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

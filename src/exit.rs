@@ -133,8 +133,15 @@ mod tests {
             assert_eq!(Ended::of(Some(i32::from(exit.code()))), Ended::Failed(exit));
         }
         assert_eq!(
-            [Exit::Usage, Exit::Model, Exit::Partial, Exit::Busy, Exit::Rejected, Exit::Stopped]
-                .map(Exit::code),
+            [
+                Exit::Usage,
+                Exit::Model,
+                Exit::Partial,
+                Exit::Busy,
+                Exit::Rejected,
+                Exit::Stopped
+            ]
+            .map(Exit::code),
             [2, 3, 4, 5, 6, 130]
         );
         assert_eq!(Ended::of(Some(0)), Ended::Success);

@@ -34,5 +34,6 @@ pub mod logging;
 pub mod nightly;
 pub mod service;
 pub mod stall;
+pub mod summary;
 pub mod systemd;
 pub mod web;

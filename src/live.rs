@@ -1,21 +1,75 @@
 //! The daemon's live state: the settings in force and the model being served, and the ways
 //! they change without a restart — a newly accepted version, a rollback, a SIGHUP reload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use mananera_model::versions::{Status, Versions};
 use serde::{Deserialize, Serialize};
 
-use crate::exit::{Exit, Failure};
 use crate::config::Config;
-use mananera_engine::{Engine, model_version};
+use crate::exit::{Exit, Failure};
 use crate::service::cache::PromptCache;
 use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
 use crate::service::queue::Generator;
 use crate::service::store::Store;
 use crate::service::{Model, RequestBounds, Speeches};
+use mananera_engine::{Engine, model_version};
+
+/// Why what is served did not change (it stays as it was). Admins see the message; the
+/// control socket and the API get [`LiveError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The first model is still loading.
+    #[error("the first model is still loading; try again when the daemon is ready")]
+    NotReady,
+    /// A training run holds the versions directory.
+    #[error(
+        "a training run holds the versions directory {0}; wait for it or cancel it (mananera retrain --cancel)"
+    )]
+    Busy(PathBuf),
+    /// The version asked for does not exist or is rejected, or there is none to roll back to.
+    #[error("{0}")]
+    BadVersion(String),
+    /// The model the settings name cannot be loaded.
+    #[error("{0}")]
+    Load(String),
+    /// The versions directory or a worker thread failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl LiveError {
+    /// The machine-readable reason, as the control socket and the API report it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LiveError::NotReady => "not_ready",
+            LiveError::Busy(_) => "in_progress",
+            LiveError::BadVersion(_) => "bad_request",
+            LiveError::Load(_) | LiveError::Failed(_) => "failed",
+        }
+    }
+
+    /// How `mananera rollback` exits with it.
+    pub fn exit(&self) -> Exit {
+        match self {
+            LiveError::NotReady | LiveError::BadVersion(_) => Exit::Usage,
+            LiveError::Busy(_) => Exit::Busy,
+            LiveError::Load(_) => Exit::Model,
+            LiveError::Failed(_) => Exit::Internal,
+        }
+    }
+
+    /// A versions-directory failure, by kind.
+    fn of_versions(dir: &Path, e: mananera_model::Error) -> Self {
+        match e {
+            mananera_model::Error::Busy(_) => LiveError::Busy(dir.to_path_buf()),
+            mananera_model::Error::Version(message) => LiveError::BadVersion(message),
+            other => LiveError::Failed(other.to_string()),
+        }
+    }
+}
 
 /// What the daemon's parts share.
 pub struct Live {
@@ -109,27 +163,29 @@ impl Live {
     /// versions directory) if it is not the one being served, or when `force` is set
     /// (settings such as the quantization changed). The old model finishes its running
     /// generations.
-    pub async fn reload_model(&self, force: bool) -> Result<Reloaded, String> {
+    pub async fn reload_model(&self, force: bool) -> Result<Reloaded, LiveError> {
         let _one = self.loading.lock().await;
         self.reload_locked(force).await
     }
 
     /// [`Live::reload_model`] with `loading` held.
-    async fn reload_locked(&self, force: bool) -> Result<Reloaded, String> {
-        let speeches = self
-            .speeches()
-            .ok_or("the first model is still loading; try again when the daemon is ready")?;
+    async fn reload_locked(&self, force: bool) -> Result<Reloaded, LiveError> {
+        let speeches = self.speeches().ok_or(LiveError::NotReady)?;
         let config = self.config();
         let options = config.engine_options();
-        let wanted = blocking(move || model_version(&options).map_err(|e| e.to_string())).await?;
+        let wanted =
+            blocking(move || model_version(&options).map_err(|e| LiveError::Load(e.to_string())))
+                .await?;
         let served = speeches.version();
         if wanted == served && !force {
             return Ok(Reloaded::Unchanged { version: served });
         }
         tracing::info!(version = %wanted, "loading a model version to serve");
         let (metrics, db) = (Arc::clone(&self.metrics), self.db.clone());
-        let model =
-            blocking(move || load_model(&config, metrics, db).map_err(|f| f.message)).await?;
+        let model = blocking(move || {
+            load_model(&config, metrics, db).map_err(|f| LiveError::Load(f.message))
+        })
+        .await?;
         let to = model.version().to_string();
         let from = speeches.swap(model);
         tracing::info!(%from, %to, "now serving the new version");
@@ -141,12 +197,10 @@ impl Live {
     /// Makes `to` (or the accepted version before the current one) current, and serves it
     /// when the settings follow the current version. One at a time, and only once the first
     /// model is loaded, so two rollbacks never step back twice.
-    pub async fn rollback(&self, to: Option<String>) -> Result<RolledBack, String> {
+    pub async fn rollback(&self, to: Option<String>) -> Result<RolledBack, LiveError> {
         let _one = self.loading.lock().await;
         if self.speeches().is_none() {
-            return Err(
-                "the first model is still loading; try again when the daemon is ready".into(),
-            );
+            return Err(LiveError::NotReady);
         }
         let config = self.config();
         let dir = config.versions_dir();
@@ -164,7 +218,7 @@ impl Live {
     /// Puts `new` in force. Returns the changed settings that only apply at the next start;
     /// the model is reloaded when its settings changed, and when that fails the settings in
     /// force stay.
-    pub async fn replace_config(&self, new: Config) -> Result<Vec<String>, String> {
+    pub async fn replace_config(&self, new: Config) -> Result<Vec<String>, LiveError> {
         let old = self.config();
         let changed = changed_keys(&old, &new);
         let model_changed = changed
@@ -241,47 +295,41 @@ fn pinned_note(config: &Config) -> Option<String> {
 
 /// Makes `to` (default: the newest accepted version older than the current one) the
 /// current version of `dir`. Returns (previous current, new current).
-pub fn set_current(dir: &Path, to: Option<&str>) -> Result<(Option<String>, String), String> {
-    let busy = |e: mananera_model::Error| match e {
-        mananera_model::Error::Busy(_) => format!(
-            "a training run holds the versions directory {}; wait for it or cancel it (mananera retrain --cancel)",
-            dir.display()
-        ),
-        other => other.to_string(),
-    };
-    let versions = Versions::open(dir).map_err(busy)?;
-    let current = versions.current().map_err(|e| e.to_string())?;
+pub fn set_current(dir: &Path, to: Option<&str>) -> Result<(Option<String>, String), LiveError> {
+    let failed = |e| LiveError::of_versions(dir, e);
+    let versions = Versions::open(dir).map_err(failed)?;
+    let current = versions.current().map_err(failed)?;
     let from = current.as_ref().map(|v| v.id.clone());
     let to = match to {
-        Some(id) => versions.get(id).map_err(|e| e.to_string())?.id,
+        Some(id) => versions.get(id).map_err(failed)?.id,
         None => {
             let current = from.as_deref().ok_or_else(|| {
-                format!(
+                LiveError::BadVersion(format!(
                     "no version is current in {}: nothing to roll back",
                     dir.display()
-                )
+                ))
             })?;
             versions
                 .list()
-                .map_err(|e| e.to_string())?
+                .map_err(failed)?
                 .into_iter()
                 .filter(|v| v.status == Status::Accepted && v.id.as_str() < current)
                 .map(|v| v.id)
                 .max()
                 .ok_or_else(|| {
-                    format!(
+                    LiveError::BadVersion(format!(
                         "{current} is the oldest accepted version: there is none to roll back to"
-                    )
+                    ))
                 })?
         }
     };
-    versions.set_current(&to).map_err(|e| e.to_string())?;
+    versions.set_current(&to).map_err(failed)?;
     tracing::info!(from = ?from, to = %to, "current version changed");
     Ok((from, to))
 }
 
 /// Without a running daemon: changes the current version on disk only.
-pub fn rollback_offline(config: &Config, to: Option<&str>) -> Result<RolledBack, String> {
+pub fn rollback_offline(config: &Config, to: Option<&str>) -> Result<RolledBack, LiveError> {
     let (from, to) = set_current(&config.versions_dir(), to)?;
     Ok(RolledBack {
         from,
@@ -293,11 +341,11 @@ pub fn rollback_offline(config: &Config, to: Option<&str>) -> Result<RolledBack,
 
 /// Runs `work` on a blocking thread.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    work: impl FnOnce() -> Result<T, LiveError> + Send + 'static,
+) -> Result<T, LiveError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| format!("the work stopped: {e}"))?
+        .map_err(|e| LiveError::Failed(format!("the work stopped: {e}")))?
 }
 
 /// Loads the model the settings name, with its worker and its part of the cache.

@@ -11,9 +11,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use mananera_model::BloomConfig;
 use super::text::TextCodec;
 use super::{Error, Result};
+use mananera_model::BloomConfig;
 
 /// The special tokens every vocabulary keeps, so generation can end and pad.
 fn specials(config: &BloomConfig) -> [u32; 3] {

@@ -7,8 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
 use candle_core::{Device, Tensor};
+use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::weights::Weights;

@@ -24,7 +24,12 @@ pub fn weights(config: &BloomConfig, seed: u64) -> candle_core::Result<HashMap<S
 }
 
 /// The tensor `name` of shape `dims`, drawn from `seed`.
-pub fn tensor(name: &str, dims: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+pub fn tensor(
+    name: &str,
+    dims: &[usize],
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     match (dims.len(), name.ends_with(".bias")) {
         (1, true) => Tensor::zeros(dims, DType::F32, device),
         (1, false) => Tensor::ones(dims, DType::F32, device),
@@ -79,7 +84,10 @@ mod tests {
         assert_ne!(values(7, qkv), values(8, qkv));
         // One tensor alone is the same tensor as in the whole model.
         let alone = tensor(qkv, &[24, 8], 7, &Device::Cpu).unwrap();
-        assert_eq!(alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values(7, qkv));
+        assert_eq!(
+            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            values(7, qkv)
+        );
         assert_eq!(values(7, "ln_f.weight"), vec![1.0; 8]);
         assert_eq!(values(7, "ln_f.bias"), vec![0.0; 8]);
         let std = {

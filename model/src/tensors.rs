@@ -39,10 +39,21 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.clone(), view))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::checkpoint(path, format!("cannot lay out the tensors: {e}"), "report it: a bug"))?;
+        .map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("cannot lay out the tensors: {e}"),
+                "report it: a bug",
+            )
+        })?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::checkpoint(path, format!("cannot serialize the tensors: {e}"), "report it: a bug"))?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!("cannot serialize the tensors: {e}"),
+            "report it: a bug",
+        )
+    })?;
     fsio::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 

@@ -50,25 +50,38 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// The numbers of one run (`metrics.json`).
+/// The numbers of one run (`metrics.json`). A number that was not finite (a diverged loss)
+/// is written as `null` by JSON and read back as NaN; fields added later read as 0 from
+/// older records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub steps: usize,
     pub tokens: usize,
+    #[serde(default)]
     pub train_blocks: usize,
+    #[serde(default)]
     pub validation_blocks: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss_first: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss_last: f64,
     /// Validation loss of the model served before this run (the current version, or the base).
+    #[serde(deserialize_with = "nan_if_null")]
     pub validation_loss_before: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub validation_loss_after: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub perplexity_before: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub perplexity_after: f64,
     /// Seconds of the whole run, loading and validation included.
+    #[serde(deserialize_with = "nan_if_null")]
     pub wall_s: f64,
     /// Trained tokens per second of `wall_s`.
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
     /// The oldest and newest conference dates trained on.
+    #[serde(default)]
     pub data_window: (String, String),
     /// Training transcripts this version has not trained on: what the next runs have left.
     #[serde(default)]
@@ -76,6 +89,11 @@ pub struct Metrics {
     /// The run ended at its time budget (`training.max_minutes`) before its planned steps.
     #[serde(default)]
     pub budget_reached: bool,
+}
+
+/// A number JSON holds as `null` (serde_json writes NaN and ∞ so) read back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What `version.json` records.
@@ -176,11 +194,7 @@ impl Versions {
     }
 
     /// Seals a staged version: records, syncs, names it, and if accepted makes it current.
-    pub fn commit(
-        &self,
-        staged: tempfile::TempDir,
-        record: &Version,
-    ) -> Result<PathBuf> {
+    pub fn commit(&self, staged: tempfile::TempDir, record: &Version) -> Result<PathBuf> {
         let path = staged.path();
         fsio::write_atomic(&path.join(METRICS), pretty(&record.metrics).as_bytes())
             .map_err(|e| Error::io(path, e))?;
@@ -205,8 +219,7 @@ impl Versions {
             )));
         }
         let path = self.dir.join(CURRENT);
-        fsio::write_atomic(&path, format!("{id}\n").as_bytes())
-            .map_err(|e| Error::io(&path, e))
+        fsio::write_atomic(&path, format!("{id}\n").as_bytes()).map_err(|e| Error::io(&path, e))
     }
 
     /// The version `id`.

@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use crate::admin::{Refused, Request, Status};
+use crate::admin::{Refusal, Refused, Request, Status};
 use crate::commands::args::ControlArgs;
 use crate::commands::{Context, Format, Run};
-use crate::config::Override;
-use crate::exit::{Exit, Failure};
 use crate::config::Config;
+use crate::config::Override;
 use crate::control::{self, ClientError};
+use crate::exit::{Exit, Failure};
 use crate::live::{RolledBack, rollback_offline};
 use crate::nightly::runs::{Outcome, RunRecord};
-
 
 /// `mananera status`.
 #[derive(Debug, clap::Args)]
@@ -86,14 +85,15 @@ fn ask(config: &Config, request: &Request) -> Result<serde_json::Value, Failure>
 
 fn client_failure(e: ClientError) -> Failure {
     match e {
-        ClientError::NoDaemon(message) | ClientError::Other(message) => {
-            Failure { exit: Exit::Internal, message }
-        }
+        ClientError::NoDaemon(message) | ClientError::Other(message) => Failure {
+            exit: Exit::Internal,
+            message,
+        },
         ClientError::Refused(Refused { code, error }) => Failure {
-            exit: match code.as_str() {
-                "in_progress" => Exit::Busy,
-                "not_ready" | "not_running" | "bad_request" => Exit::Usage,
-                _ => Exit::Internal,
+            exit: match code {
+                Refusal::InProgress => Exit::Busy,
+                Refusal::NotReady | Refusal::NotRunning | Refusal::BadRequest => Exit::Usage,
+                Refusal::Failed => Exit::Internal,
             },
             message: error,
         },
@@ -173,9 +173,9 @@ fn describe(r: &RunRecord) -> String {
     }
     if let Some(t) = &r.trained {
         line.push_str(&format!(", {}", t.describe("perplexity")));
-        if t.backlog > 0 {
-            line.push_str(&format!(", backlog: {} transcripts", t.backlog));
-            if let Some(n) = super::train::nights(t.backlog, t.new_transcripts) {
+        if t.metrics.backlog > 0 {
+            line.push_str(&format!(", backlog: {} transcripts", t.metrics.backlog));
+            if let Some(n) = super::train::nights(t.metrics.backlog, t.new_transcripts) {
                 line.push_str(&format!(" (~{n} nights at this speed)"));
             }
         }
@@ -190,11 +190,7 @@ fn describe(r: &RunRecord) -> String {
 }
 
 /// `mananera retrain --now|--cancel [--wait]`.
-pub fn retrain(
-    config: &Config,
-    args: &RetrainArgs,
-    format: Format,
-) -> Result<(), Failure> {
+pub fn retrain(config: &Config, args: &RetrainArgs, format: Format) -> Result<(), Failure> {
     let request = if args.cancel {
         Request::Cancel
     } else {
@@ -249,7 +245,7 @@ pub fn rollback(config: &Config, version: Option<&str>, format: Format) -> Resul
     let done: RolledBack = match control::request(&control::socket_path(config), &request) {
         Ok(value) => parse(value)?,
         Err(ClientError::NoDaemon(_)) => {
-            rollback_offline(config, version).map_err(|message| Failure { exit: Exit::Usage, message })?
+            rollback_offline(config, version).map_err(|e| Failure::new(e.exit(), e.to_string()))?
         }
         Err(e) => return Err(client_failure(e)),
     };

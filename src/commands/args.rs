@@ -150,4 +150,3 @@ pub(crate) fn push(out: &mut Vec<Override>, key: &str, flag: &str, value: Option
         });
     }
 }
-

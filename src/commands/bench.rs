@@ -8,8 +8,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 
 use crate::commands::{Context, Format, Run};
-use crate::exit::{Exit, Failure};
 use crate::config::{Config, Override};
+use crate::exit::{Exit, Failure};
 use mananera_engine::Quantization;
 use mananera_engine::bloom::Bloom;
 use mananera_model::BloomConfig;

@@ -17,9 +17,9 @@ use serde::Serialize;
 use super::progress::Bar;
 use crate::commands::args::CorpusArgs;
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::{Exit, Failure};
-use crate::config::Config;
 
 /// `mananera corpus` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -51,7 +51,6 @@ pub enum CorpusCommand {
         seconds: f64,
     },
 }
-
 
 impl Run for CorpusCommand {
     fn overrides(&self) -> Vec<Override> {
@@ -143,7 +142,10 @@ fn read_archive(config: &Config, path: &Path) -> Result<(Vec<u8>, ArchiveSource)
         return Ok((bytes, settings));
     }
     let url = settings.parsed_url().map_err(corpus_failure)?;
-    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { exit: Exit::Internal, message })?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure {
+        exit: Exit::Internal,
+        message,
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

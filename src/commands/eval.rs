@@ -7,11 +7,10 @@ use serde::Serialize;
 
 use crate::commands::args::ModelArgs;
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::Failure;
-use crate::config::Config;
 use mananera_engine::Engine;
-
 
 /// `mananera eval FILE`.
 #[derive(Debug, clap::Args)]

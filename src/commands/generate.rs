@@ -5,11 +5,10 @@ use std::ops::ControlFlow;
 
 use crate::commands::args::{ModelArgs, SamplingArgs};
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::Failure;
-use crate::config::Config;
 use mananera_engine::Engine;
-
 
 /// `mananera generate TOPIC`.
 #[derive(Debug, clap::Args)]

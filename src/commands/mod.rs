@@ -17,7 +17,6 @@ pub mod serve;
 pub mod train;
 pub mod vocab;
 
-
 use crate::config::{Config, Override};
 use crate::exit::{Exit, Failure};
 

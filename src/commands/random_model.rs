@@ -77,10 +77,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
 
 /// Every tensor a BLOOM checkpoint holds (tied head), drawn like transformers'
 /// initialisation (the engine's and training's random draw), stored as bf16.
-fn random_weights(
-    config: &BloomConfig,
-    seed: u64,
-) -> candle_core::Result<HashMap<String, Tensor>> {
+fn random_weights(config: &BloomConfig, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
     mananera_model::random::weights(config, seed)?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(DType::BF16)?)))

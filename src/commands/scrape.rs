@@ -4,18 +4,17 @@
 use std::sync::Mutex;
 
 use mananera_training::fetch::Fetcher;
-use mananera_training::scrape::{ScrapeOptions, SourceReport, scrape, select_sources};
+use mananera_training::scrape::{ScrapeOptions, scrape, select_sources};
 use mananera_training::store::Corpus;
-use serde::Serialize;
 
 use super::corpus::{corpus_failure, open};
 use super::progress::Bar;
 use crate::commands::args::CorpusArgs;
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::{Exit, Failure};
-use crate::config::Config;
-
+use crate::summary::ScrapeSummary;
 
 /// `mananera scrape`.
 #[derive(Debug, clap::Args)]
@@ -47,13 +46,6 @@ impl Run for ScrapeArgs {
     }
 }
 
-#[derive(Serialize)]
-struct Summary<'a> {
-    corpus_dir: String,
-    transcripts: usize,
-    sources: &'a [SourceReport],
-}
-
 /// Runs the scrape and reports; fails with [`Exit::Partial`] if any source failed (the rest
 /// was still stored).
 pub fn run(
@@ -64,7 +56,10 @@ pub fn run(
 ) -> Result<(), Failure> {
     let sources = select_sources(&config.scrape, only).map_err(corpus_failure)?;
     let cleaning = config.cleaning().map_err(Failure::usage)?;
-    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure { exit: Exit::Internal, message })?;
+    let fetcher = Fetcher::new(&config.http).map_err(|message| Failure {
+        exit: Exit::Internal,
+        message,
+    })?;
     let corpus = Mutex::new(open(config)?);
     let bar = Bar::new("scrape");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -84,20 +79,16 @@ pub fn run(
         .map_err(corpus_failure)?;
     bar.finish();
     let corpus: Corpus = corpus.into_inner().unwrap_or_else(|p| p.into_inner());
-    let summary = Summary {
+    let summary = ScrapeSummary {
         corpus_dir: corpus.dir().display().to_string(),
         transcripts: corpus.entries().len(),
-        sources: &reports,
+        sources: reports,
     };
     match format {
         Format::Text => print_text(&summary),
         _ => super::print_json(&summary)?,
     }
-    let failed: Vec<&str> = reports
-        .iter()
-        .filter(|r| r.failed())
-        .map(|r| r.source.as_str())
-        .collect();
+    let failed = summary.failed_sources();
     if failed.is_empty() {
         Ok(())
     } else {
@@ -111,8 +102,8 @@ pub fn run(
     }
 }
 
-fn print_text(summary: &Summary<'_>) {
-    for r in summary.sources {
+fn print_text(summary: &ScrapeSummary) {
+    for r in &summary.sources {
         println!(
             "{}: {} new, {} updated, {} unchanged, {} duplicate, {} skipped, {} failed",
             r.source,

@@ -13,9 +13,9 @@ use crate::admin::Admin;
 use crate::chat_bots::Bots;
 use crate::commands::args::{ModelArgs, push};
 use crate::commands::{Context, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::{Exit, Failure};
-use crate::config::Config;
 use crate::live::Live;
 use crate::nightly::Nightly;
 use crate::service::Speeches;
@@ -25,7 +25,6 @@ use crate::service::store;
 use crate::web::{self, AppState};
 use crate::{control, stall, systemd};
 use mananera_health::timed;
-
 
 /// `mananera serve`.
 #[derive(Debug, clap::Args)]
@@ -58,7 +57,6 @@ pub enum CacheCommand {
     /// Remove every cached speech.
     Clear,
 }
-
 
 impl Run for CacheCommand {
     fn run(&self, ctx: &Context) -> Result<(), Failure> {
@@ -141,8 +139,10 @@ async fn serve(
         db.clone(),
         store.clone(),
     ));
-    let nightly =
-        Nightly::new(Arc::clone(&live)).map_err(|message| Failure { exit: Exit::Internal, message })?;
+    let nightly = Nightly::new(Arc::clone(&live)).map_err(|message| Failure {
+        exit: Exit::Internal,
+        message,
+    })?;
     let admin = Arc::new(Admin {
         live: Arc::clone(&live),
         nightly: Arc::clone(&nightly),

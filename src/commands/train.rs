@@ -7,21 +7,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use mananera_model::checkpoint::Checkpoint;
+use mananera_model::versions::{self, Status, Version};
 use mananera_training::tune::TrainError;
 use mananera_training::tune::data::Document;
 use mananera_training::tune::merge::export_merged;
-use mananera_model::checkpoint::Checkpoint;
 use mananera_training::tune::run::{Event, Job, Outcome, train};
-use mananera_model::versions::{self, Status, Version};
 use serde::Serialize;
 
 use super::corpus::open as open_corpus;
 use super::print_json;
 use crate::commands::args::{ModelArgs, push};
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::{Exit, Failure};
-use crate::config::Config;
+use crate::summary::{TrainOutcome, TrainSummary};
 use mananera_engine::finetuned::Choice;
 use mananera_engine::{EngineOptions, Quantization, model_version};
 
@@ -103,7 +104,6 @@ impl TrainArgs {
     }
 }
 
-
 impl Run for TrainArgs {
     fn overrides(&self) -> Vec<Override> {
         self.overrides_of_flags()
@@ -147,7 +147,12 @@ pub struct ExportArgs {
 impl Run for ExportArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
+        push(
+            &mut out,
+            "model.id",
+            "--model",
+            self.model.as_ref().map(|m| format!("{m:?}")),
+        );
         out
     }
 
@@ -247,16 +252,6 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
         })
 }
 
-/// The JSON summary of `train`.
-#[derive(Serialize)]
-struct Summary<'a> {
-    outcome: &'static str,
-    version: Option<&'a Version>,
-    step: Option<usize>,
-    total_steps: Option<usize>,
-    current: Option<&'a str>,
-}
-
 /// `mananera train`.
 pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Failure> {
     let (base, base_version) = base(config)?;
@@ -282,29 +277,29 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
     reporter.finish();
     let outcome = outcome.map_err(failure)?;
     let summary = match &outcome {
-        Outcome::Finished(version) => Summary {
+        Outcome::Finished(version) => TrainSummary {
             outcome: match version.status {
-                Status::Accepted => "accepted",
-                Status::Rejected => "rejected",
+                Status::Accepted => TrainOutcome::Accepted,
+                Status::Rejected => TrainOutcome::Rejected,
             },
-            version: Some(version),
+            version: Some(version.as_ref().into()),
             step: Some(version.metrics.steps),
             total_steps: Some(version.metrics.steps),
             current: None,
         },
-        Outcome::Stopped { step, total } => Summary {
-            outcome: "stopped",
+        Outcome::Stopped { step, total } => TrainSummary {
+            outcome: TrainOutcome::Stopped,
             version: None,
             step: Some(*step),
             total_steps: Some(*total),
             current: None,
         },
-        Outcome::NothingNew { current } => Summary {
-            outcome: "nothing_new",
+        Outcome::NothingNew { current } => TrainSummary {
+            outcome: TrainOutcome::NothingNew,
             version: None,
             step: None,
             total_steps: None,
-            current: Some(current),
+            current: Some(current.clone()),
         },
     };
     match format {

@@ -7,12 +7,11 @@ use serde::Serialize;
 
 use crate::commands::args::push;
 use crate::commands::{Context, Format, Run};
+use crate::config::Config;
 use crate::config::Override;
 use crate::exit::Failure;
-use crate::config::Config;
 use mananera_engine::{text::TextCodec, vocabulary};
 use mananera_model::BloomConfig;
-
 
 /// `mananera vocab FILES… -o OUT`.
 #[derive(Debug, clap::Args)]
@@ -30,7 +29,12 @@ pub struct VocabArgs {
 impl Run for VocabArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(&mut out, "model.id", "--model", self.model.as_ref().map(|m| format!("{m:?}")));
+        push(
+            &mut out,
+            "model.id",
+            "--model",
+            self.model.as_ref().map(|m| format!("{m:?}")),
+        );
         out
     }
 

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use mananera_model::versions::Metrics;
+
 use crate::service::store::Store;
 
 /// How a run ended (or that it has not yet).
@@ -51,40 +53,34 @@ impl Outcome {
     }
 }
 
-/// The numbers of the version a run trained (`None`: not a finite number).
+/// The version a run trained: its id, parent and numbers (the version's `metrics.json`,
+/// flattened, so a record reads `trained.perplexity_after`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trained {
     pub version: String,
     pub parent: Option<String>,
-    pub steps: usize,
-    pub tokens: usize,
-    pub train_loss_first: Option<f64>,
-    pub train_loss_last: Option<f64>,
-    pub validation_loss_before: Option<f64>,
-    pub validation_loss_after: Option<f64>,
-    pub perplexity_before: Option<f64>,
-    pub perplexity_after: Option<f64>,
-    pub wall_s: Option<f64>,
     /// Transcripts first trained on in this run.
     #[serde(default)]
     pub new_transcripts: usize,
-    /// Training transcripts the version has still not trained on.
-    #[serde(default)]
-    pub backlog: usize,
-    /// The time budget ended the run.
-    #[serde(default)]
-    pub budget_reached: bool,
+    #[serde(flatten)]
+    pub metrics: Metrics,
 }
 
 impl Trained {
     /// "v0004 perplexity 21.402 → 21.118" (or "perplejidad" for the bots).
     pub fn describe(&self, perplexity: &str) -> String {
-        let number = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+        let number = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.3}")
+            } else {
+                "—".to_string()
+            }
+        };
         format!(
             "{} {perplexity} {} → {}",
             self.version,
-            number(self.perplexity_before),
-            number(self.perplexity_after)
+            number(self.metrics.perplexity_before),
+            number(self.metrics.perplexity_after)
         )
     }
 }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use mananera_engine::{SamplingParams, StopReason};
 use cache::PromptCache;
 use limits::{Limits, Refusal, Slot};
+use mananera_engine::{SamplingParams, StopReason};
 use metrics::Metrics;
 use queue::{Busy, Event, Generator};
 use store::Store;

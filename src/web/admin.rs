@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::unauthorized;
 use super::{AppState, error};
-use crate::admin::{Refused, Request};
+use crate::admin::{Refusal, Refused, Request};
 
 pub(super) async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(refused) = unauthorized(&state, &headers) {
@@ -70,11 +70,10 @@ async fn act(state: &AppState, headers: &HeaderMap, request: Request) -> Respons
             code,
             error: message,
         }) => {
-            let status = match code.as_str() {
-                "in_progress" => StatusCode::CONFLICT,
-                "not_ready" => StatusCode::SERVICE_UNAVAILABLE,
-                "not_running" => StatusCode::CONFLICT,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            let status = match code {
+                Refusal::InProgress | Refusal::NotRunning => StatusCode::CONFLICT,
+                Refusal::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+                Refusal::BadRequest | Refusal::Failed => StatusCode::UNPROCESSABLE_ENTITY,
             };
             (
                 status,

@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AppState, error};
-use mananera_engine::{Generation, SamplingParams};
 use crate::service::limits::Refusal;
 use crate::service::queue::Event;
 use crate::service::{Answer, Rejection, Request};
+use mananera_engine::{Generation, SamplingParams};
 
 const EXAMPLE: &str = r#"{"topic": "el petróleo", "max_words": 80}"#;
 const FIELDS: &str = "topic, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, min_new_tokens, max_words";

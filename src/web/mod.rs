@@ -16,10 +16,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::admin::Admin;
-use mananera_engine::SamplingParams;
 use crate::service::Speeches;
 use crate::service::metrics::Metrics;
 use crate::stall::RuntimeHealth;
+use mananera_engine::SamplingParams;
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use mananera_model::checkpoint::ModelSource;
 use mananera_engine::finetuned::Choice;
 use mananera_engine::{Engine, EngineOptions, Quantization};
+use mananera_model::checkpoint::ModelSource;
 use serde::Deserialize;
 
 pub fn fixtures() -> PathBuf {

@@ -59,7 +59,7 @@ pub struct ScrapeOptions {
 }
 
 /// One failed page and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     /// The page's address (or the imported file's path).
     pub url: String,
@@ -68,7 +68,7 @@ pub struct Failure {
 }
 
 /// What a run did for one source.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     /// Source name.
     pub source: String,

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-use mananera_model::fsio::{self, write_atomic};
 use crate::segment::chunks;
 use crate::text::{fingerprint, sha256_hex};
 use crate::transcript::Transcript;
+use mananera_model::fsio::{self, write_atomic};
 
 /// A corpus problem, naming the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ pub enum Added {
 }
 
 /// How many transcripts a run added, changed or found already there.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     /// Stored for the first time.
     pub new: usize,

@@ -9,12 +9,12 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::{base, fixtures};
+use mananera_model::tensors;
+use mananera_training::tune::data;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams, Schedule};
 use mananera_training::tune::run::{Stepped, evaluate, optimizer_step};
-use mananera_model::tensors;
-use mananera_training::tune::data;
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -138,11 +138,7 @@ fn lora_steps_match_peft() {
     let base = base();
     let adapter = Adapter::load(&fixtures().join("training/lora-init"), &base.config).unwrap();
     assert_eq!(adapter.vars().len(), 16, "2 layers × 4 targets × (A, B)");
-    let model = Model::lora(
-        base.config.clone(),
-        base.read_weights().unwrap(),
-        adapter,
-    );
+    let model = Model::lora(base.config.clone(), base.read_weights().unwrap(), adapter);
     let blocks = blocks(&reference);
     let validation = &blocks[24..32];
     close(

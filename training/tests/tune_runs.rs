@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 use common::{base, fixtures};
-use mananera_training::tune::data::Document;
 use mananera_model::adapter::LoraSpec;
+use mananera_model::tensors;
+use mananera_model::versions::{self, Status};
+use mananera_training::tune::data::Document;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
 use mananera_training::tune::run::{Event, Job, Outcome, optimizer_step, train};
-use mananera_model::versions::{self, Status};
-use mananera_model::tensors;
 use mananera_training::tune::{Schedule, TrainError, TrainingConfig};
 
 /// `count` transcripts of 40 corpus lines each, one a day from 2023-03-01.
@@ -89,11 +89,7 @@ fn a_small_text_is_memorised() {
             .to_vec(),
     };
     let adapter = Adapter::init(&spec, &base.config, 1).unwrap();
-    let model = Model::lora(
-        base.config.clone(),
-        base.read_weights().unwrap(),
-        adapter,
-    );
+    let model = Model::lora(base.config.clone(), base.read_weights().unwrap(), adapter);
     let tokenizer = tokenizers::Tokenizer::from_file(&base.files.tokenizer).unwrap();
     let text = "La refinería de Dos Bocas se termina en tiempo y con el presupuesto previsto.";
     let ids = mananera_training::tune::data::tokenize(&tokenizer, text, 2).unwrap();

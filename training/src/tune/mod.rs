@@ -8,25 +8,31 @@
 //! - [`lora`]: trainable adapters (their PEFT files are `mananera_model::adapter`).
 //! - [`optim`]: AdamW, schedules and clipping with savable state.
 //! - [`data`]: tokenizing, packing and the validation split.
-//! - [`run`]: one training run from corpus to version; [`merge`]: merged checkpoints.
+//! - [`run`]: one training run from corpus to version (the loop), with `plan` (the blocks),
+//!   `start` (the starting models), `checkpoint` (stop and resume) and `memory` (the
+//!   up-front check); [`merge`]: merged checkpoints.
 //!
 //! The model's files (config, checkpoint, adapters, the versions directory) are described
 //! once in the `mananera-model` crate, which the serving engine shares.
 
+mod checkpoint;
 pub mod data;
 pub mod lora;
+mod memory;
 pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod optim;
+mod plan;
 pub mod run;
+mod start;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use optim::Schedule;
 pub use mananera_model::versions::Method;
+pub use optim::Schedule;
 
 /// `[training]`: how `mananera train` fine-tunes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +115,10 @@ impl Default for TrainingConfig {
             lora_rank: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.05,
-            lora_targets: mananera_model::adapter::TARGETS.iter().map(|t| t.to_string()).collect(),
+            lora_targets: mananera_model::adapter::TARGETS
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             validation_recent: 1,
             validation_fraction: 0.05,
             max_validation_blocks: 64,

@@ -218,7 +218,11 @@ impl Model {
         let (b, s, h) = x.dims3()?;
         let (nh, hd) = (self.config.n_head, self.config.head_dim());
         let qkv = self
-            .linear(x, &Projection::QueryKeyValue.module(i), seeds.as_deref_mut())?
+            .linear(
+                x,
+                &Projection::QueryKeyValue.module(i),
+                seeds.as_deref_mut(),
+            )?
             .reshape((b, s, nh, 3, hd))?;
         let part = |k: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(3, k, 1)?

@@ -1,0 +1,103 @@
+//! The models a run starts from and measures against: the base, the parent version it
+//! continues, and the version served now.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use mananera_model::checkpoint::{Checkpoint, WEIGHTS_FILE};
+use mananera_model::versions::{Method, Version, Versions};
+
+use super::TrainError;
+use super::lora::Adapter;
+use super::model::Model;
+use super::run::Job;
+
+pub(super) fn check_base(job: &Job, version: &Version) -> Result<(), TrainError> {
+    if version.base_version != job.base_version {
+        return Err(TrainError::Model(format!(
+            "the current version {} was trained on base {} ({}), but model.id is {} ({}); \
+             configure that base again, or move {} aside to start over",
+            version.id,
+            version.base_model,
+            version.base_version,
+            job.base_model,
+            job.base_version,
+            job.versions_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The model a run starts from: the parent version (incremental) or the base.
+pub(super) fn start_model(
+    job: &Job,
+    versions: &Versions,
+    parent: Option<&Version>,
+) -> Result<Model, TrainError> {
+    let shape = job.base.config.clone();
+    let settings = &job.settings;
+    match (settings.method, parent) {
+        (_, Some(parent)) if parent.method != settings.method => Err(TrainError::Config(format!(
+            "the current version {} was trained with method {}; an incremental run must use \
+             the same (training.method = \"{}\")",
+            parent.id, parent.method, parent.method
+        ))),
+        (Method::Lora, parent) => {
+            let weights = job.base.read_weights()?;
+            let adapter = match parent {
+                Some(parent) => Adapter::load(&versions.dir().join(&parent.id), &shape)?,
+                None => Adapter::init(&settings.lora_spec(), &shape, settings.seed)?,
+            };
+            Ok(Model::lora(shape, weights, adapter))
+        }
+        (Method::Full, Some(parent)) => {
+            let weights = full_weights(&versions.dir().join(&parent.id), &job.base)?;
+            Model::full(shape, weights)
+        }
+        (Method::Full, None) => Model::full(shape, job.base.read_weights()?),
+    }
+}
+
+/// A full version's weights, read as a checkpoint of the base's shape.
+pub(super) fn full_weights(
+    dir: &Path,
+    base: &Checkpoint,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(base.with_weights(dir.join(WEIGHTS_FILE)).read_weights()?)
+}
+
+/// The model served now, when it is not the one the run starts from (a fresh run while a
+/// version is current): its validation loss is the bar the new version must meet.
+pub(super) fn served_model(
+    job: &Job,
+    versions: &Versions,
+    current: Option<&Version>,
+    parent: Option<&Version>,
+    start: &Model,
+) -> Result<Option<Model>, TrainError> {
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    if parent.is_some_and(|p| p.id == current.id) {
+        return Ok(None);
+    }
+    let dir = versions.dir().join(&current.id);
+    let shape = job.base.config.clone();
+    Ok(Some(match current.method {
+        Method::Lora => Model::lora(
+            shape.clone(),
+            start_base_weights(job, start)?,
+            Adapter::load(&dir, &shape)?,
+        ),
+        Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
+    }))
+}
+
+/// The frozen base weights (shared with a LoRA start model, read again otherwise).
+fn start_base_weights(job: &Job, start: &Model) -> Result<HashMap<String, Tensor>, TrainError> {
+    match start.adapter() {
+        Some(_) => Ok(start.weights().clone()),
+        None => Ok(job.base.read_weights()?),
+    }
+}
