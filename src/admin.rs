@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::live::{Live, LiveError, RolledBack};
 use crate::nightly::runs::RunRecord;
-use crate::nightly::schedule::Schedule;
 use crate::nightly::{Nightly, NotStarted};
+use crate::schedule::Schedule;
 
 /// The daemon's state for people and programs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +190,11 @@ impl Admin {
             }
         }
     }
+}
+
+/// Runs the backlog will take if each trains as many transcripts as the last one did.
+pub fn nights(backlog: usize, last_run: usize) -> Option<usize> {
+    (backlog > 0 && last_run > 0).then(|| backlog.div_ceil(last_run))
 }
 
 /// The versions directory's current version, read off the async runtime.

@@ -157,7 +157,7 @@ fn describe_run(r: &RunRecord) -> String {
                 ", pendientes: {} transcripciones",
                 t.metrics.backlog
             ));
-            if let Some(n) = crate::commands::train::nights(t.metrics.backlog, t.new_transcripts) {
+            if let Some(n) = crate::admin::nights(t.metrics.backlog, t.new_transcripts) {
                 line.push_str(&format!(" (~{n} noches más a este ritmo)"));
             }
         }

@@ -16,7 +16,7 @@ use mananera_training::{Cleaning, CorpusConfig};
 
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
-use crate::nightly::schedule::NightlyConfig;
+use crate::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
@@ -96,6 +96,16 @@ impl Default for ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// Refuses limits that would refuse every request.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_topic_chars == 0 || self.max_new_tokens == 0 {
+            return Err("serve.max_topic_chars and serve.max_new_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Which checkpoint to serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +134,19 @@ impl Default for ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// Refuses an empty model id and a version that is none.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.trim().is_empty() {
+            return Err(
+                "model.id is empty: set a Hub repository id or a checkpoint directory".into(),
+            );
+        }
+        Choice::parse(&self.version).map_err(|e| format!("model.version = {e}"))?;
+        Ok(())
+    }
+}
+
 /// How the model runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,6 +172,25 @@ impl Default for EngineConfig {
             max_context: 2048,
             vocabulary: String::new(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// Refuses a device this build does not have and a context too short to generate in.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.device != "cpu" {
+            return Err(format!(
+                "engine.device = \"{}\": this build runs on the CPU only; set it to \"cpu\"",
+                self.device
+            ));
+        }
+        if self.max_context < 2 {
+            return Err(format!(
+                "engine.max_context = {}: must be at least 2",
+                self.max_context
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -209,52 +251,23 @@ impl Config {
         Config::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string().trim().to_string())
     }
 
+    /// Every section checks its own settings; the ones that need two sections (the
+    /// compiled cleaning rules and sources, the listening address) are checked here.
     fn validate(&self) -> Result<(), String> {
-        if self.engine.device != "cpu" {
-            return Err(format!(
-                "engine.device = \"{}\": this build runs on the CPU only; set it to \"cpu\"",
-                self.engine.device
-            ));
-        }
-        if self.engine.max_context < 2 {
-            return Err(format!(
-                "engine.max_context = {}: must be at least 2",
-                self.engine.max_context
-            ));
-        }
-        if self.model.id.trim().is_empty() {
-            return Err(
-                "model.id is empty: set a Hub repository id or a checkpoint directory".into(),
-            );
-        }
-        Choice::parse(&self.model.version).map_err(|e| format!("model.version = {e}"))?;
+        self.engine.validate()?;
+        self.model.validate()?;
         self.training.validate().map_err(|e| e.to_string())?;
         self.nightly.validate()?;
         self.generation
             .validate()
             .map_err(|e| format!("[generation] {e}"))?;
-        if self.corpus.chunk_chars < 100 {
-            return Err(format!(
-                "corpus.chunk_chars = {}: too small to hold a sentence; use 100 or more (default 1000)",
-                self.corpus.chunk_chars
-            ));
-        }
+        self.corpus.validate()?;
         self.cleaning()?;
         self.sources()?;
         self.listen_addr()?;
-        if self.queue.max_batch == 0 {
-            return Err("queue.max_batch = 0: at least 1 request must be able to run".into());
-        }
-        if self.cache.variants == 0 {
-            return Err(
-                "cache.variants = 0: keep at least 1 speech per key, or set cache.enabled = false"
-                    .into(),
-            );
-        }
-        if self.serve.max_topic_chars == 0 || self.serve.max_new_tokens == 0 {
-            return Err("serve.max_topic_chars and serve.max_new_tokens must be at least 1".into());
-        }
-        Ok(())
+        self.queue.validate()?;
+        self.cache.validate()?;
+        self.serve.validate()
     }
 
     /// The web server's address, refusing one reachable from other machines unless
@@ -289,29 +302,10 @@ impl Config {
     /// `serve.api_token_file`, else systemd's credential `api-token`; `None` leaves the API
     /// open (and the admin API off).
     pub fn api_token(&self) -> Result<Option<String>, String> {
-        if let Ok(token) = std::env::var("MANANERA_API_TOKEN")
-            && !token.trim().is_empty()
-        {
-            return Ok(Some(token.trim().to_string()));
-        }
-        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|dir| PathBuf::from(dir).join("api-token"))
-            .filter(|path| path.exists());
-        let path = match (self.serve.api_token_file.as_str(), credential) {
-            ("", None) => return Ok(None),
-            ("", Some(credential)) => credential.display().to_string(),
-            (file, _) => file.to_string(),
-        };
-        let path = &path;
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("API token file \"{path}\" (serve.api_token_file or the api-token credential): cannot read it ({e})"))?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(format!(
-                "API token file \"{path}\" (serve.api_token_file or the api-token credential): the file is empty"
-            ));
-        }
-        Ok(Some(token.to_string()))
+        let file =
+            (!self.serve.api_token_file.is_empty()).then(|| Path::new(&self.serve.api_token_file));
+        mananera_bots::find_secret_text("MANANERA_API_TOKEN", file, "api-token")
+            .map_err(|e| format!("the API token (serve.api_token_file, $MANANERA_API_TOKEN or the api-token credential): {e}"))
     }
 
     /// The compiled speaker and cleaning rules.

@@ -32,6 +32,7 @@ pub mod failpoint;
 pub mod live;
 pub mod logging;
 pub mod nightly;
+pub mod schedule;
 pub mod service;
 pub mod stall;
 pub mod summary;

@@ -111,6 +111,24 @@ pub fn find_token(
     file: Option<&Path>,
     credential: &str,
 ) -> Result<Option<Token>, String> {
+    find_secret(env_var, file, credential)
+}
+
+/// [`find_token`] for a secret the daemon checks instead of sending (the API's bearer
+/// token): the same places, in the same order, with the same checks.
+pub fn find_secret_text(
+    env_var: &str,
+    file: Option<&Path>,
+    credential: &str,
+) -> Result<Option<String>, String> {
+    Ok(find_secret(env_var, file, credential)?.map(|token| token.0))
+}
+
+fn find_secret(
+    env_var: &str,
+    file: Option<&Path>,
+    credential: &str,
+) -> Result<Option<Token>, String> {
     if let Ok(value) = std::env::var(env_var) {
         return non_empty(value, &format!("${env_var}")).map(Some);
     }

@@ -175,7 +175,7 @@ fn describe(r: &RunRecord) -> String {
         line.push_str(&format!(", {}", t.describe("perplexity")));
         if t.metrics.backlog > 0 {
             line.push_str(&format!(", backlog: {} transcripts", t.metrics.backlog));
-            if let Some(n) = super::train::nights(t.metrics.backlog, t.new_transcripts) {
+            if let Some(n) = crate::admin::nights(t.metrics.backlog, t.new_transcripts) {
                 line.push_str(&format!(" (~{n} nights at this speed)"));
             }
         }

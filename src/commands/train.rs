@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::corpus::open as open_corpus;
 use super::print_json;
+use crate::admin::nights;
 use crate::commands::args::{ModelArgs, push};
 use crate::commands::{Context, Format, Run};
 use crate::config::Config;
@@ -324,11 +325,6 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
         }),
         _ => Ok(()),
     }
-}
-
-/// Runs the backlog will take if each trains as many transcripts as the last one did.
-pub fn nights(backlog: usize, last_run: usize) -> Option<usize> {
-    (backlog > 0 && last_run > 0).then(|| backlog.div_ceil(last_run))
 }
 
 fn print_summary(outcome: &Outcome) {

@@ -2,7 +2,7 @@
 //! every source, fine-tune incrementally on what is new in a child process, and serve the
 //! new version if it is accepted — without a restart and without dropping a speech.
 //!
-//! - [`schedule`]: `[nightly]` and the due times; `scheduler`: the loop that starts runs.
+//! - `scheduler`: the loop that starts runs at the due times of [`crate::schedule`].
 //! - `run`: a run's life (start, cancel, finish); `steps`: what it does.
 //! - [`child`]: the scrape and training processes (niced, capped, killable).
 //! - [`runs`]: the record of every run.
@@ -10,7 +10,6 @@
 pub mod child;
 mod run;
 pub mod runs;
-pub mod schedule;
 mod scheduler;
 mod steps;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::Nightly;
-use super::schedule::{FirstRun, Schedule};
+use crate::schedule::{FirstRun, Schedule};
 
 /// Longest single sleep while waiting for a due time, so a changed wall clock (suspend,
 /// NTP) is noticed.

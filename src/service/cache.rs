@@ -37,6 +37,19 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// Refuses settings the cache cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.variants == 0 {
+            return Err(
+                "cache.variants = 0: keep at least 1 speech per key, or set cache.enabled = false"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What is in the cache, for `/metrics` and `mananera cache stats`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheStats {

@@ -38,6 +38,16 @@ impl Default for QueueConfig {
     }
 }
 
+impl QueueConfig {
+    /// Refuses settings the queue cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch == 0 {
+            return Err("queue.max_batch = 0: at least 1 request must be able to run".into());
+        }
+        Ok(())
+    }
+}
+
 /// What a request's caller receives, in order: deltas, then one `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {

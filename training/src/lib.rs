@@ -58,6 +58,19 @@ impl Default for CorpusConfig {
     }
 }
 
+impl CorpusConfig {
+    /// Refuses a chunk size no sentence fits in.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.chunk_chars < 100 {
+            return Err(format!(
+                "corpus.chunk_chars = {}: too small to hold a sentence; use 100 or more (default 1000)",
+                self.chunk_chars
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Anything that stops a corpus command.
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
