@@ -9,7 +9,7 @@ pub enum Error {
     /// A model file (checkpoint, tokenizer, adapter, version, vocabulary) is missing,
     /// unreadable, corrupt or disagrees with `config.json`, or could not be downloaded.
     #[error(transparent)]
-    Model(#[from] mananera_model::Error),
+    Model(Box<mananera_model::Error>),
     /// A request (prompt, sampling settings, file to score) is unusable as given.
     #[error("{0}")]
     InvalidInput(String),
@@ -28,7 +28,13 @@ impl Error {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self::Model(mananera_model::Error::checkpoint(path, problem, fix))
+        mananera_model::Error::checkpoint(path, problem, fix).into()
+    }
+}
+
+impl From<mananera_model::Error> for Error {
+    fn from(e: mananera_model::Error) -> Self {
+        Self::Model(Box::new(e))
     }
 }
 

@@ -5,8 +5,11 @@
 //!   `attention` (fused ALiBi attention and KV cache) and `gelu`.
 //! - [`linear`]: f32 or in-process-quantized linear layers; their kernels are `gemv` (f32),
 //!   `blocks` (Q8_0/Q4_0), `quant` (dispatch, Q4_K), all on `parallel`'s worker pool.
-//! - [`checkpoint`] / [`weights`]: finding and reading checkpoint files (local or Hub);
-//!   [`finetuned`]: the fine-tuned version served on top of them.
+//! - [`finetuned`]: the fine-tuned version served on top of the base checkpoint.
+//!
+//! The checkpoint's files (config, tensor layout, reader, adapters, versions) are
+//! `mananera-model`'s, shared with training; this crate computes the model, it does not
+//! describe it, and it links none of the corpus pipeline.
 //! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
 //! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
 //! - [`vocabulary`]: the opt-in trimmed vocabulary.

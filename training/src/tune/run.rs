@@ -319,7 +319,7 @@ fn take_steps(
             tokens: state.trained_tokens,
         });
         if settings.checkpoint_steps > 0
-            && state.step % settings.checkpoint_steps == 0
+            && state.step.is_multiple_of(settings.checkpoint_steps)
             && state.step < state.total
         {
             let mut snapshot = state.clone();
