@@ -82,7 +82,7 @@ pub enum Request {
 /// Why a request was refused, for programs (the control socket's and the API's `code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Refusal {
+pub enum RefusalKind {
     /// A run is in progress, or holds the versions directory.
     InProgress,
     /// The daemon is loading its first model, or stopping.
@@ -98,17 +98,17 @@ pub enum Refusal {
 /// Why a request was refused: the kind and the message for a person.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refused {
-    pub code: Refusal,
+    pub code: RefusalKind,
     pub error: String,
 }
 
 impl From<LiveError> for Refused {
     fn from(e: LiveError) -> Self {
         let code = match e {
-            LiveError::NotReady => Refusal::NotReady,
-            LiveError::Busy(_) => Refusal::InProgress,
-            LiveError::BadVersion(_) => Refusal::BadRequest,
-            LiveError::Load(_) | LiveError::Failed(_) => Refusal::Failed,
+            LiveError::NotReady => RefusalKind::NotReady,
+            LiveError::Busy(_) => RefusalKind::InProgress,
+            LiveError::BadVersion(_) => RefusalKind::BadRequest,
+            LiveError::Load(_) | LiveError::Failed(_) => RefusalKind::Failed,
         };
         Self {
             code,
@@ -167,8 +167,8 @@ impl Admin {
                 .map(|r| json(&r))
                 .map_err(|e| Refused {
                     code: match e {
-                        NotStarted::InProgress(_) => Refusal::InProgress,
-                        NotStarted::NotReady | NotStarted::Stopping => Refusal::NotReady,
+                        NotStarted::InProgress(_) => RefusalKind::InProgress,
+                        NotStarted::NotReady | NotStarted::Stopping => RefusalKind::NotReady,
                     },
                     error: e.to_string(),
                 }),
@@ -177,7 +177,7 @@ impl Admin {
                 .cancel(by)
                 .map(|r| json(&r))
                 .map_err(|e| Refused {
-                    code: Refusal::NotRunning,
+                    code: RefusalKind::NotRunning,
                     error: e.to_string(),
                 }),
             Request::Rollback { version } => {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::admin::{Admin, Refusal, Refused, Request};
+use crate::admin::{Admin, RefusalKind, Refused, Request};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
@@ -152,7 +152,7 @@ pub fn request(path: &Path, request: &Request) -> Result<Value, ClientError> {
     if answer["ok"] == true {
         Ok(answer["result"].clone())
     } else {
-        let code = serde_json::from_value(answer["code"].clone()).unwrap_or(Refusal::Failed);
+        let code = serde_json::from_value(answer["code"].clone()).unwrap_or(RefusalKind::Failed);
         Err(ClientError::Refused(Refused {
             code,
             error: answer["error"].as_str().unwrap_or("refused").to_string(),

@@ -460,8 +460,9 @@ fn killed_training_worse_versions_two_triggers_and_rollback() {
     let (back, cached, _) = rt.block_on(ask(&daemon.url, "el agua"));
     assert_eq!(back, v1);
     let _ = cached;
+    // A rejected version is a bad argument (exit 2), through the daemon as on disk.
     let out = world.run(&["rollback", "v0002"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("rejected"), "{}", stderr(&out));
     let cancel = world.run(&["retrain", "--cancel"]);
     assert_eq!(cancel.status.code(), Some(2), "{}", stderr(&cancel));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::admin::{Refusal, Refused, Request, Status};
+use crate::admin::{RefusalKind, Refused, Request, Status};
 use crate::commands::args::ControlArgs;
 use crate::commands::{Context, Format, Run};
 use crate::config::Config;
@@ -91,9 +91,11 @@ fn client_failure(e: ClientError) -> Failure {
         },
         ClientError::Refused(Refused { code, error }) => Failure {
             exit: match code {
-                Refusal::InProgress => Exit::Busy,
-                Refusal::NotReady | Refusal::NotRunning | Refusal::BadRequest => Exit::Usage,
-                Refusal::Failed => Exit::Internal,
+                RefusalKind::InProgress => Exit::Busy,
+                RefusalKind::NotReady | RefusalKind::NotRunning | RefusalKind::BadRequest => {
+                    Exit::Usage
+                }
+                RefusalKind::Failed => Exit::Internal,
             },
             message: error,
         },

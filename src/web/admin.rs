@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::unauthorized;
 use super::{AppState, error};
-use crate::admin::{Refusal, Refused, Request};
+use crate::admin::{RefusalKind, Refused, Request};
 
 pub(super) async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(refused) = unauthorized(&state, &headers) {
@@ -71,9 +71,9 @@ async fn act(state: &AppState, headers: &HeaderMap, request: Request) -> Respons
             error: message,
         }) => {
             let status = match code {
-                Refusal::InProgress | Refusal::NotRunning => StatusCode::CONFLICT,
-                Refusal::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-                Refusal::BadRequest | Refusal::Failed => StatusCode::UNPROCESSABLE_ENTITY,
+                RefusalKind::InProgress | RefusalKind::NotRunning => StatusCode::CONFLICT,
+                RefusalKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+                RefusalKind::BadRequest | RefusalKind::Failed => StatusCode::UNPROCESSABLE_ENTITY,
             };
             (
                 status,

@@ -7,9 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use mananera_model::versions::Version;
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
 use super::data::{self, Document};
 use super::run::Job;
+use super::{TrainError, TrainingConfig};
 
 /// Which transcripts a run uses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,53 +98,23 @@ pub(super) fn plan(
     let new_tokens = tokens(&new)?;
     let mut train = data::pack(new_tokens.iter().map(Vec::as_slice), settings.block_size);
     let spans = if budgeted {
-        let block = settings.block_size;
-        let mut at = 0;
-        new.iter()
-            .zip(&new_tokens)
-            .map(|(id, t)| {
-                let start = at / block;
-                at += t.len();
-                Span {
-                    start,
-                    end: at.div_ceil(block).min(train.len()),
-                    date: by_id[id.as_str()].date.clone(),
-                }
-            })
-            .collect()
+        let dates: Vec<&str> = new
+            .iter()
+            .map(|id| by_id[id.as_str()].date.as_str())
+            .collect();
+        spans_of(&dates, &new_tokens, settings.block_size, train.len())
     } else {
         Vec::new()
     };
     let mut replay = Vec::new();
     if parent.is_some() && !new.is_empty() {
         let old_tokens = tokens(&old)?;
-        let sizes: Vec<(&str, usize)> = old
-            .iter()
-            .zip(&old_tokens)
-            .map(|(id, t)| (id.as_str(), t.len()))
-            .collect();
         let new_count: usize = new_tokens.iter().map(Vec::len).sum();
-        let picked = data::replay(&sizes, new_count, settings.replay_ratio, settings.seed);
-        let chosen: BTreeSet<&str> = picked.iter().copied().collect();
-        let streams = old
-            .iter()
-            .zip(&old_tokens)
-            .filter(|(id, _)| chosen.contains(id.as_str()))
-            .map(|(_, t)| t.as_slice());
-        train.extend(data::pack(streams, settings.block_size));
-        replay = picked.into_iter().map(str::to_string).collect();
+        let (picked, blocks) = replay_blocks(&old, &old_tokens, new_count, settings);
+        train.extend(blocks);
+        replay = picked;
     }
-    let validation_tokens = tokens(&split.validation)?;
-    let mut validation = data::pack(
-        validation_tokens.iter().map(Vec::as_slice),
-        settings.block_size,
-    );
-    if validation.len() > settings.max_validation_blocks {
-        let order = data::epoch_order(validation.len(), settings.seed, usize::MAX);
-        let mut keep: Vec<usize> = order[..settings.max_validation_blocks].to_vec();
-        keep.sort_unstable();
-        validation = keep.into_iter().map(|i| validation[i].clone()).collect();
-    }
+    let validation = validation_blocks(&tokens(&split.validation)?, settings);
     let tokens_available: usize = new_tokens.iter().map(Vec::len).sum();
     if !new.is_empty() && train.is_empty() {
         return Err(TrainError::Data(format!(
@@ -190,6 +160,62 @@ pub(super) fn plan(
         train,
         validation,
     })
+}
+
+/// Where each new transcript (of `tokens`, packed in order) lies in blocks of `block`
+/// tokens, with its date.
+fn spans_of(dates: &[&str], tokens: &[Vec<u32>], block: usize, blocks: usize) -> Vec<Span> {
+    let mut at = 0;
+    dates
+        .iter()
+        .zip(tokens)
+        .map(|(date, t)| {
+            let start = at / block;
+            at += t.len();
+            Span {
+                start,
+                end: at.div_ceil(block).min(blocks),
+                date: date.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// A replay sample of the transcripts trained on before (`old`, with their tokens), about
+/// `training.replay_ratio` of the `new_count` new tokens: their ids and their blocks.
+fn replay_blocks(
+    old: &[String],
+    old_tokens: &[Vec<u32>],
+    new_count: usize,
+    settings: &TrainingConfig,
+) -> (Vec<String>, Vec<Vec<u32>>) {
+    let sizes: Vec<(&str, usize)> = old
+        .iter()
+        .zip(old_tokens)
+        .map(|(id, t)| (id.as_str(), t.len()))
+        .collect();
+    let picked = data::replay(&sizes, new_count, settings.replay_ratio, settings.seed);
+    let chosen: BTreeSet<&str> = picked.iter().copied().collect();
+    let streams = old
+        .iter()
+        .zip(old_tokens)
+        .filter(|(id, _)| chosen.contains(id.as_str()))
+        .map(|(_, t)| t.as_slice());
+    let blocks = data::pack(streams, settings.block_size);
+    (picked.into_iter().map(str::to_string).collect(), blocks)
+}
+
+/// The held-out transcripts' blocks, at most `training.max_validation_blocks` of them (a
+/// seeded sample, in order).
+fn validation_blocks(tokens: &[Vec<u32>], settings: &TrainingConfig) -> Vec<Vec<u32>> {
+    let validation = data::pack(tokens.iter().map(Vec::as_slice), settings.block_size);
+    if validation.len() <= settings.max_validation_blocks {
+        return validation;
+    }
+    let order = data::epoch_order(validation.len(), settings.seed, usize::MAX);
+    let mut keep: Vec<usize> = order[..settings.max_validation_blocks].to_vec();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| validation[i].clone()).collect()
 }
 
 /// The new transcripts a run cut short counts as trained: those with at least half of their
