@@ -91,14 +91,16 @@ pub enum RefusalKind {
     NotRunning,
     /// The request names a version that does not exist or cannot be current.
     BadRequest,
-    /// It was tried and failed (the message says why); nothing changed.
+    /// It was tried and failed (the message says why).
     Failed,
 }
 
 /// Why a request was refused: the kind and the message for a person.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refused {
+    /// The kind, for programs.
     pub code: RefusalKind,
+    /// Why, for a person.
     pub error: String,
 }
 

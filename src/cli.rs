@@ -151,8 +151,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let command = cli.command.into_run();
     overrides.extend(command.overrides());
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(Failure::usage)?;
-    // SAFETY: still single-threaded: nothing has spawned a thread before this point.
-    unsafe { mananera_engine::configure_threads(config.engine.threads) };
+    if config.engine.threads > 0 {
+        // candle's kernels read RAYON_NUM_THREADS when sizing their work split.
+        // SAFETY: still single-threaded: parsing, logging set-up and loading the settings
+        // start no thread.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", config.engine.threads.to_string()) };
+    }
+    mananera_engine::configure_threads(config.engine.threads);
     command.run(&Context {
         config,
         format: cli.format,

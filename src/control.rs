@@ -98,12 +98,16 @@ async fn answer(stream: UnixStream, admin: &Admin) {
             },
             Err(e) => json!({
                 "ok": false,
-                "code": "bad_request",
+                "code": RefusalKind::BadRequest,
                 "error": format!("not a request ({e}); send one line such as {{\"command\":\"status\"}}"),
             }),
         },
-        Ok(Err(e)) => json!({ "ok": false, "code": "bad_request", "error": e.to_string() }),
-        Err(_) => json!({ "ok": false, "code": "bad_request", "error": "no request within 5 s" }),
+        Ok(Err(e)) => {
+            json!({ "ok": false, "code": RefusalKind::BadRequest, "error": e.to_string() })
+        }
+        Err(_) => {
+            json!({ "ok": false, "code": RefusalKind::BadRequest, "error": "no request within 5 s" })
+        }
     };
     let mut text = reply.to_string();
     text.push('\n');

@@ -15,12 +15,19 @@
 /// A non-zero exit status with its meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// I/O, or a bug.
     Internal = 1,
+    /// Bad usage, settings or input.
     Usage = 2,
+    /// The model could not be found, downloaded or read.
     Model = 3,
+    /// Some pages or sources failed; the rest was done.
     Partial = 4,
+    /// Another process holds what this one needs, or a run is in progress.
     Busy = 5,
+    /// `train`: the version was rejected by its validation check.
     Rejected = 6,
+    /// Stopped by a signal before finishing.
     Stopped = 130,
 }
 
@@ -81,7 +88,9 @@ impl Ended {
 /// A command that did not succeed: what to tell the person, and how to exit.
 #[derive(Debug)]
 pub struct Failure {
+    /// How the process exits.
     pub exit: Exit,
+    /// What to tell the person (stderr).
     pub message: String,
 }
 
@@ -97,11 +106,6 @@ impl Failure {
     /// Bad usage, settings or input (exit 2).
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(Exit::Usage, message)
-    }
-
-    /// An internal failure (exit 1).
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(Exit::Internal, message)
     }
 }
 

@@ -17,8 +17,9 @@ use crate::service::store::Store;
 use crate::service::{Model, RequestBounds, Speeches};
 use mananera_engine::{Engine, model_version};
 
-/// Why what is served did not change (it stays as it was). Admins see the message; the
-/// control socket and the API get [`LiveError::code`].
+/// Why a change to the current or served version failed. Admins see the message; the
+/// control socket and the API get its kind (`admin::RefusalKind`). What is served stays as
+/// it was (a rollback whose new version cannot be loaded has already changed `current`).
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
     /// The first model is still loading.
@@ -41,16 +42,6 @@ pub enum LiveError {
 }
 
 impl LiveError {
-    /// The machine-readable reason, as the control socket and the API report it.
-    pub fn code(&self) -> &'static str {
-        match self {
-            LiveError::NotReady => "not_ready",
-            LiveError::Busy(_) => "in_progress",
-            LiveError::BadVersion(_) => "bad_request",
-            LiveError::Load(_) | LiveError::Failed(_) => "failed",
-        }
-    }
-
     /// How `mananera rollback` exits with it.
     pub fn exit(&self) -> Exit {
         match self {

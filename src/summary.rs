@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 /// `scrape --format json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScrapeSummary {
+    /// The corpus directory scraped into.
     pub corpus_dir: String,
     /// Transcripts in the corpus after the scrape.
     pub transcripts: usize,
+    /// What each source found, stored and failed.
     pub sources: Vec<SourceReport>,
 }
 
@@ -35,7 +37,9 @@ impl ScrapeSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainOutcome {
+    /// A version was written and is current now.
     Accepted,
+    /// A version was written but its validation got worse; the current one stays.
     Rejected,
     /// Stopped by a signal; `train --resume` continues.
     Stopped,
@@ -46,9 +50,11 @@ pub enum TrainOutcome {
 /// `train --format json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
+    /// How the run ended.
     pub outcome: TrainOutcome,
     /// The version written (accepted or rejected).
     pub version: Option<VersionSummary>,
+    /// The steps taken, and planned (a stopped run resumes there).
     pub step: Option<usize>,
     pub total_steps: Option<usize>,
     /// The current version, when there was nothing new to train.
@@ -59,6 +65,7 @@ pub struct TrainSummary {
 /// transcripts (thousands of ids on the real corpus).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionSummary {
+    /// `version.json`'s fields of the same names.
     pub id: String,
     pub status: Status,
     pub method: Method,
@@ -72,7 +79,10 @@ pub struct VersionSummary {
     pub new_transcripts: usize,
     /// Held-out transcripts of this run.
     pub validation: usize,
+    /// The run's numbers (`metrics.json`).
     pub metrics: Metrics,
+    /// The run's settings, for the record.
+    pub settings: serde_json::Value,
 }
 
 impl From<&Version> for VersionSummary {
@@ -89,6 +99,7 @@ impl From<&Version> for VersionSummary {
             new_transcripts: v.new_transcripts.len(),
             validation: v.validation.len(),
             metrics: v.metrics.clone(),
+            settings: v.settings.clone(),
         }
     }
 }

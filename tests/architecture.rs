@@ -5,7 +5,8 @@
 //!   it; training on it (never on the engine or the bots); the bots only on the health
 //!   helpers;
 //! - inside the daemon crate: no import cycle between its top-level modules; nothing but the
-//!   command line imports `commands`; nothing imports `cli`; the service core imports none
+//!   command line (`cli`, and `logging`, which writes through the progress bars) imports
+//!   `commands`; nothing imports `cli`; the service core imports none
 //!   of the parts built on it.
 
 use std::collections::{BTreeMap, BTreeSet};

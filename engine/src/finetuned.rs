@@ -101,10 +101,14 @@ pub fn select(choice: &Choice, versions_dir: &Path, model: &str) -> Result<Optio
     Ok(Some(Selected { version, dir }))
 }
 
-fn unusable(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::checkpoint(
-        path,
-        e.to_string(),
-        "serve the base model (model.version = \"base\"), pick another version, or train again",
-    )
+/// A version that cannot be served, with the fix for serving (the file's own problem kept).
+fn unusable(path: &Path, e: mananera_model::Error) -> Error {
+    let fix =
+        "serve the base model (model.version = \"base\"), pick another version, or train again";
+    match e {
+        mananera_model::Error::Checkpoint { path, problem, .. } => {
+            Error::checkpoint(path, problem, fix)
+        }
+        other => Error::checkpoint(path, other.to_string(), fix),
+    }
 }

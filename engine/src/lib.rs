@@ -6,13 +6,13 @@
 //! - [`linear`]: f32 or in-process-quantized linear layers; their kernels are `gemv` (f32),
 //!   `blocks` (Q8_0/Q4_0), `quant` (dispatch, Q4_K), all on `parallel`'s worker pool.
 //! - [`finetuned`]: the fine-tuned version served on top of the base checkpoint.
+//! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
+//! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
+//! - [`vocabulary`]: the opt-in trimmed vocabulary.
 //!
 //! The checkpoint's files (config, tensor layout, reader, adapters, versions) are
 //! `mananera-model`'s, shared with training; this crate computes the model, it does not
 //! describe it, and it links none of the corpus pipeline.
-//! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
-//! - [`sampling`], [`word_limit`], [`generate`]: turning logits into text.
-//! - [`vocabulary`]: the opt-in trimmed vocabulary.
 
 mod attention;
 mod blocks;
@@ -245,20 +245,14 @@ pub fn model_version(options: &EngineOptions) -> Result<String> {
 }
 
 /// Sizes the worker pool the matrix code runs on (candle and mananera's kernels share
-/// rayon's global pool); 0 keeps one thread per core.
-///
-/// # Safety
-/// No other thread may exist yet: this sets `RAYON_NUM_THREADS` (which candle's kernels
-/// read), and the environment is not thread-safe.
-pub unsafe fn configure_threads(threads: usize) {
-    if threads > 0 {
-        // SAFETY: the caller guarantees no other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
+/// rayon's global pool); 0 keeps one thread per core. candle's kernels also read
+/// `RAYON_NUM_THREADS`, which the binary sets before any thread exists.
+pub fn configure_threads(threads: usize) {
+    if threads > 0
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
-        {
-            tracing::warn!(error = %e, "could not size the thread pool");
-        }
+    {
+        tracing::warn!(error = %e, "could not size the thread pool");
     }
 }

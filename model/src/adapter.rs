@@ -22,9 +22,13 @@ pub const TARGETS: [&str; 4] = [
 /// What an adapter is: rank, scale, dropout and targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSpec {
+    /// `r`, the rank of `B A`.
     pub rank: usize,
+    /// `lora_alpha`: the update is scaled by `alpha / r`.
     pub alpha: f64,
+    /// Dropout on the adapter's input while training.
     pub dropout: f32,
+    /// PEFT module names adapted (see [`TARGETS`]).
     pub targets: Vec<String>,
 }
 
@@ -80,7 +84,9 @@ impl LoraSpec {
 /// (`[out, r]`) as f32.
 #[derive(Debug, Clone)]
 pub struct AdapterFiles {
+    /// The adapter's spec (`adapter_config.json`).
     pub spec: LoraSpec,
+    /// Module path → (`A`, `B`).
     pub pairs: BTreeMap<String, (Tensor, Tensor)>,
 }
 

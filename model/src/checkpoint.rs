@@ -1,5 +1,6 @@
-//! Finding a BLOOM checkpoint's files: a local directory, or a Hugging Face Hub repository
-//! downloaded (and cached) through `hf-hub`.
+//! A BLOOM checkpoint: finding its files (a local directory, or a Hugging Face Hub
+//! repository downloaded and cached through `hf-hub`), reading its weights and config, and
+//! writing a checkpoint's weights (a merge, a full fine-tune).
 //!
 //! A checkpoint is `config.json`, `tokenizer.json` and the weights, either one
 //! `model.safetensors` or shards listed by `model.safetensors.index.json`.
@@ -39,7 +40,9 @@ pub struct CheckpointFiles {
 /// A checkpoint's files with its parsed `config.json`: what training starts from.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
+    /// Where its files are.
     pub files: CheckpointFiles,
+    /// Its parsed `config.json`.
     pub config: BloomConfig,
 }
 
@@ -89,8 +92,10 @@ impl Checkpoint {
     }
 }
 
-const CONFIG: &str = "config.json";
-const TOKENIZER: &str = "tokenizer.json";
+/// The model's configuration file.
+pub const CONFIG_FILE: &str = "config.json";
+/// The fast tokenizer's file.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// A single-file checkpoint's weights (a full fine-tune's version holds one too).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
@@ -142,8 +147,8 @@ impl ModelSource {
                 )
             })
         };
-        let config = fetch(CONFIG)?;
-        let tokenizer = fetch(TOKENIZER)?;
+        let config = fetch(CONFIG_FILE)?;
+        let tokenizer = fetch(TOKENIZER_FILE)?;
         let weights = match fetch(WEIGHTS_FILE) {
             Ok(single) => vec![single],
             Err(single_error) => match fetch(INDEX) {
@@ -212,9 +217,9 @@ fn local_checkpoint(dir: &Path) -> Result<CheckpointFiles> {
             ))
         }
     };
-    let config = require(CONFIG, "the model configuration")?;
+    let config = require(CONFIG_FILE, "the model configuration")?;
     let tokenizer = require(
-        TOKENIZER,
+        TOKENIZER_FILE,
         "the tokenizer (mananera needs the fast-tokenizer file, tokenizer.json)",
     )?;
     let weights = if dir.join(WEIGHTS_FILE).is_file() {

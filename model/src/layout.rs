@@ -78,7 +78,9 @@ pub fn layer_prefix(layer: usize) -> String {
 /// A linear layer LoRA can adapt: its module path and `(out, in)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Linear {
+    /// The module path, e.g. `h.0.mlp.dense_h_to_4h`.
     pub module: String,
+    /// Output and input sizes.
     pub out: usize,
     pub inp: usize,
 }

@@ -43,7 +43,8 @@ impl Weights {
             }
             opened.push((path.clone(), st));
         }
-        let prefix = if location.contains_key("transformer.word_embeddings.weight") {
+        let tied = format!("{CAUSAL_LM_PREFIX}{}", crate::layout::WORD_EMBEDDINGS);
+        let prefix = if location.contains_key(&tied) {
             CAUSAL_LM_PREFIX
         } else {
             ""

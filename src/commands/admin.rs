@@ -16,6 +16,7 @@ use crate::nightly::runs::{Outcome, RunRecord};
 /// `mananera status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// How to reach the daemon.
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -43,6 +44,7 @@ pub struct RetrainArgs {
     /// rejected, 130 cancelled, 1 failed).
     #[arg(long)]
     pub wait: bool,
+    /// How to reach the daemon.
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -62,6 +64,7 @@ impl Run for RetrainArgs {
 pub struct RollbackArgs {
     /// A version id such as v0002.
     pub version: Option<String>,
+    /// How to reach the daemon.
     #[command(flatten)]
     pub control: ControlArgs,
 }

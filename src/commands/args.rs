@@ -19,6 +19,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
         push(
@@ -68,6 +69,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
         let fields: [(&str, Option<String>); 7] = [
@@ -103,6 +105,7 @@ pub struct CorpusArgs {
 }
 
 impl CorpusArgs {
+    /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
         push(
@@ -126,6 +129,7 @@ pub struct ControlArgs {
 }
 
 impl ControlArgs {
+    /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
         push(

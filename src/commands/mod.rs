@@ -23,7 +23,9 @@ use crate::exit::{Exit, Failure};
 /// Output format of every command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// For people.
     Text,
+    /// One JSON document.
     Json,
     /// JSON Lines: one object per line (`corpus export`); other commands print one line of JSON.
     Jsonl,
@@ -33,6 +35,7 @@ pub enum Format {
 pub struct Context {
     /// The settings after every override.
     pub config: Config,
+    /// How to print the result.
     pub format: Format,
     /// Where the settings came from, for a daemon that reloads them.
     pub settings: serve::SettingsSource,

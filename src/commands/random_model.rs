@@ -58,7 +58,7 @@ pub fn run(args: &RandomModelArgs, format: Format) -> Result<(), Failure> {
     };
     std::fs::create_dir_all(out).map_err(|e| io("the directory", &e))?;
     let weights = random_weights(&config, args.seed).map_err(|e| io("the weights", &e))?;
-    candle_core::safetensors::save(&weights, out.join("model.safetensors"))
+    candle_core::safetensors::save(&weights, out.join(mananera_model::checkpoint::WEIGHTS_FILE))
         .map_err(|e| io("model.safetensors", &e))?;
     let json = serde_json::to_string_pretty(&config).map_err(|e| io("config.json", &e))?;
     std::fs::write(out.join("config.json"), json).map_err(|e| io("config.json", &e))?;

@@ -11,6 +11,7 @@ use mananera_model::checkpoint::Checkpoint;
 use mananera_model::versions::{self, Status, Version};
 use mananera_training::tune::TrainError;
 use mananera_training::tune::data::Document;
+use mananera_training::tune::head::Vocabulary;
 use mananera_training::tune::merge::export_merged;
 use mananera_training::tune::run::{Event, Job, Outcome, train};
 use serde::Serialize;
@@ -196,6 +197,18 @@ fn base(config: &Config) -> Result<(Checkpoint, String), Failure> {
     Ok((base, version))
 }
 
+/// The trimmed head training scores with: the vocabulary the engine serves
+/// (`engine.vocabulary`), if one is set.
+fn head_vocabulary(config: &Config, base: &Checkpoint) -> Result<Option<Vocabulary>, Failure> {
+    let Some(path) = config.engine_options().vocabulary else {
+        return Ok(None);
+    };
+    let ids = mananera_engine::vocabulary::read(&path, &base.config)?;
+    let vocabulary = Vocabulary::new(ids, base.config.vocab_size).map_err(failure)?;
+    tracing::info!(path = %path.display(), kept = vocabulary.ids().len(), of = base.config.vocab_size, "training the trimmed head of engine.vocabulary");
+    Ok(Some(vocabulary))
+}
+
 /// Every transcript of the corpus, read while holding the corpus lock.
 fn documents(config: &Config) -> Result<Vec<Document>, Failure> {
     let corpus = open_corpus(config)?;
@@ -256,6 +269,7 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
 /// `mananera train`.
 pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Failure> {
     let (base, base_version) = base(config)?;
+    let vocabulary = head_vocabulary(config, &base)?;
     let documents = if flags.resume {
         Vec::new()
     } else {
@@ -272,6 +286,7 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
         incremental: flags.incremental,
         resume: flags.resume,
         stop: &stop,
+        vocabulary,
     };
     let mut reporter = Reporter::new();
     let outcome = train(&job, &documents, &mut |event| reporter.event(event));

@@ -15,8 +15,11 @@ use crate::systemd;
 /// is stopping.
 #[derive(Debug)]
 pub enum NotStarted {
+    /// This run is in progress.
     InProgress(Box<RunRecord>),
+    /// The first model is still loading.
     NotReady,
+    /// The daemon is stopping.
     Stopping,
 }
 

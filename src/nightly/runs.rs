@@ -62,6 +62,7 @@ pub struct Trained {
     /// Transcripts first trained on in this run.
     #[serde(default)]
     pub new_transcripts: usize,
+    /// The version's `metrics.json`.
     #[serde(flatten)]
     pub metrics: Metrics,
 }
@@ -210,6 +211,35 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_stored_before_trained_held_the_metrics_still_reads() {
+        // The layout records had when `Trained` listed the numbers itself, with a diverged
+        // validation written as null.
+        let stored = r#"{"id":1,"trigger":"schedule","started":"2026-11-27T05:00:00Z",
+            "ended":"2026-11-27T05:10:00Z","outcome":"rejected","phase":"done",
+            "new_transcripts":4,"scrape_failures":[],"trained":{"version":"v0002",
+            "parent":"v0001","steps":3,"tokens":96,"train_loss_first":2.5,
+            "train_loss_last":2.1,"validation_loss_before":2.6,"validation_loss_after":null,
+            "perplexity_before":13.4,"perplexity_after":null,"wall_s":1.5,
+            "new_transcripts":4,"backlog":2,"budget_reached":true},
+            "serving":"tiny+v0001-abc","error":null}"#;
+        let record: RunRecord = serde_json::from_str(stored).unwrap();
+        let trained = record.trained.unwrap();
+        assert_eq!(
+            (trained.version.as_str(), trained.parent.as_deref()),
+            ("v0002", Some("v0001"))
+        );
+        assert_eq!((trained.metrics.steps, trained.metrics.tokens), (3, 96));
+        assert_eq!(trained.metrics.perplexity_before, 13.4);
+        assert!(trained.metrics.perplexity_after.is_nan());
+        assert_eq!((trained.new_transcripts, trained.metrics.backlog), (4, 2));
+        assert!(trained.metrics.budget_reached);
+        assert_eq!(
+            trained.describe("perplexity"),
+            "v0002 perplexity 13.400 → —"
+        );
+    }
 
     fn record(id: u64, outcome: Outcome) -> RunRecord {
         RunRecord {

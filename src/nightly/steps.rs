@@ -340,6 +340,7 @@ mod tests {
                 new_transcripts: 1,
                 validation: 1,
                 metrics,
+                settings: serde_json::Value::Null,
             }),
             step: Some(3),
             total_steps: Some(3),

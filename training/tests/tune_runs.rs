@@ -58,6 +58,7 @@ fn job<'a>(dir: &std::path::Path, settings: TrainingConfig, stop: &'a AtomicBool
         incremental: false,
         resume: false,
         stop,
+        vocabulary: None,
     }
 }
 

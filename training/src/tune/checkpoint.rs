@@ -15,7 +15,7 @@ use super::model::Model;
 use super::optim::AdamW;
 use super::plan::{Plan, PlanRecord};
 use super::run::{Event, Job, adam};
-use super::start::full_weights;
+use super::start::{full_weights, with_head};
 use super::{TrainError, TrainingConfig};
 
 /// Everything a stopped run needs to continue (`run/state.json`).
@@ -66,6 +66,7 @@ pub(super) fn write_trained(
     Ok(tensors::save(&dir.join(OPTIMIZER), &state)?)
 }
 
+/// The optimizer state saved beside a version's (or checkpoint's) weights.
 pub(super) fn load_optimizer(
     dir: &Path,
     model: &Model,
@@ -223,6 +224,7 @@ pub(super) fn resume(
         ),
         Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
     };
+    let model = with_head(job, model)?;
     let optimizer = load_optimizer(&dir, &model, &state.settings)?;
     tracing::info!(
         step = state.step,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mananera_model::checkpoint::{Checkpoint, WEIGHTS_FILE};
+use mananera_model::checkpoint::{CONFIG_FILE, Checkpoint, TOKENIZER_FILE, WEIGHTS_FILE};
 use mananera_model::fsio;
 use mananera_model::versions::{self, Method, Version};
 
@@ -59,8 +59,8 @@ pub fn export_merged(
 pub fn copy_checkpoint_files(base: &Checkpoint, dir: &Path) -> Result<(), TrainError> {
     let source = base.files.config.parent().unwrap_or(Path::new("."));
     for (from, name) in [
-        (base.files.config.clone(), "config.json"),
-        (base.files.tokenizer.clone(), "tokenizer.json"),
+        (base.files.config.clone(), CONFIG_FILE),
+        (base.files.tokenizer.clone(), TOKENIZER_FILE),
         (
             source.join("tokenizer_config.json"),
             "tokenizer_config.json",

@@ -4,7 +4,8 @@
 //! only when validation perplexity does not get worse.
 //!
 //! - [`model`]: BLOOM from differentiable operations, with LoRA on its linear layers.
-//! - [`ops`]: a frozen-weight matmul and a fused cross-entropy with their own backward.
+//! - [`ops`]: a frozen-weight matmul and a fused cross-entropy with their own backward;
+//!   [`head`]: the frozen head and its loss in one pass, full or trimmed to a [`head::Vocabulary`].
 //! - [`lora`]: trainable adapters (their PEFT files are `mananera_model::adapter`).
 //! - [`optim`]: AdamW, schedules and clipping with savable state.
 //! - [`data`]: tokenizing, packing and the validation split.
@@ -17,6 +18,7 @@
 
 mod checkpoint;
 pub mod data;
+pub mod head;
 pub mod lora;
 mod memory;
 pub mod merge;

@@ -10,6 +10,7 @@ use mananera_model::layout::{self, Projection};
 use mananera_model::{BloomConfig, alibi_slopes};
 
 use super::TrainError;
+use super::head::{Vocabulary, frozen_head_loss};
 use super::lora::Adapter;
 use super::ops;
 
@@ -22,6 +23,17 @@ pub struct Model {
     vars: Vec<(String, Var)>,
     adapter: Option<Adapter>,
     slopes: Vec<f32>,
+    /// A trimmed head: only these tokens are scored.
+    trimmed: Option<Trimmed>,
+}
+
+/// The head's kept rows.
+struct Trimmed {
+    vocabulary: Vocabulary,
+    /// The kept token ids as a tensor, to pick the rows of a trained head.
+    ids: Tensor,
+    /// The kept rows of a frozen head (LoRA), picked once.
+    rows: Option<Tensor>,
 }
 
 /// Randomness for LoRA dropout: one seed per micro-batch, so a resumed run draws the same masks.
@@ -59,7 +71,26 @@ impl Model {
             vars,
             adapter,
             slopes,
+            trimmed: None,
         }
+    }
+
+    /// Scores only `vocabulary`'s tokens from now on (the corpus vocabulary the engine
+    /// serves): the loss is the softmax over the kept tokens, and positions whose next
+    /// token is not kept are left out of it.
+    pub fn with_vocabulary(mut self, vocabulary: Vocabulary) -> candle_core::Result<Self> {
+        let ids = Tensor::new(vocabulary.ids(), &Device::Cpu)?;
+        let rows = self
+            .vars
+            .is_empty()
+            .then(|| self.w(layout::WORD_EMBEDDINGS).index_select(&ids, 0))
+            .transpose()?;
+        self.trimmed = Some(Trimmed {
+            vocabulary,
+            ids,
+            rows,
+        });
+        Ok(self)
     }
 
     /// The model's configuration.
@@ -86,19 +117,60 @@ impl Model {
     }
 
     /// Mean next-token cross-entropy of `ids` (`[batch, seq]`, u32), transformers' loss with
-    /// `labels = input_ids`: position i predicts token i + 1.
+    /// `labels = input_ids`: position i predicts token i + 1. Ready for `backward`.
     pub fn loss(&self, ids: &Tensor, dropout: Option<DropoutSeed>) -> candle_core::Result<Tensor> {
+        self.next_token_loss(ids, dropout, true)
+    }
+
+    /// [`Model::loss`] without dropout, for validation: a frozen head skips its gradient.
+    pub fn eval_loss(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.next_token_loss(ids, None, false)
+    }
+
+    fn next_token_loss(
+        &self,
+        ids: &Tensor,
+        dropout: Option<DropoutSeed>,
+        with_grad: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         // The last position predicts nothing: leave it out before the vocabulary-wide head.
         let hidden = self.hidden(ids, dropout)?.narrow(1, 0, s - 1)?;
         let h = self.config.hidden_size;
-        let predicted = self.matmul_t(
-            &hidden.contiguous()?.reshape((b * (s - 1), h))?,
-            self.w(layout::WORD_EMBEDDINGS),
-            None,
-        )?;
+        let hidden = hidden.contiguous()?.reshape((b * (s - 1), h))?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<u32>()?;
-        ops::cross_entropy(&predicted, &targets)
+        let (hidden, targets) = match &self.trimmed {
+            None => (hidden, targets),
+            Some(trimmed) => {
+                let (rows, columns): (Vec<u32>, Vec<u32>) = targets
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &t)| trimmed.vocabulary.column(t).map(|c| (i as u32, c)))
+                    .unzip();
+                if rows.is_empty() {
+                    candle_core::bail!(
+                        "no next token of this block is in the vocabulary (engine.vocabulary); write the vocabulary again from this corpus with `mananera vocab`"
+                    );
+                }
+                let rows = Tensor::new(rows.as_slice(), ids.device())?;
+                (hidden.index_select(&rows, 0)?, columns)
+            }
+        };
+        let embeddings = self.w(layout::WORD_EMBEDDINGS);
+        if self.vars.is_empty() {
+            let head = match &self.trimmed {
+                Some(Trimmed {
+                    rows: Some(rows), ..
+                }) => rows,
+                _ => embeddings,
+            };
+            return frozen_head_loss(&hidden, head, &targets, with_grad)?.mean_all();
+        }
+        let head = match &self.trimmed {
+            Some(trimmed) => embeddings.index_select(&trimmed.ids, 0)?,
+            None => embeddings.clone(),
+        };
+        ops::cross_entropy(&self.matmul_t(&hidden, &head, None)?, &targets)
     }
 
     /// `[batch, seq, vocab]`: every position's next-token logits, without dropout (what the

@@ -2,8 +2,8 @@
 //! and write the new version (accepted or rejected). A run asked to stop saves a checkpoint
 //! at the next step boundary that `--resume` continues bit for bit.
 //!
-//! The parts: [`super::plan`] (the blocks), [`super::start`] (the starting models),
-//! [`super::checkpoint`] (stop and resume), [`super::memory`] (the up-front memory check).
+//! The parts: `plan` (the blocks), `start` (the starting models), `checkpoint` (stop and
+//! resume), `memory` (the up-front memory check).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use mananera_model::versions::{Metrics, Status, Version, Versions};
 use super::checkpoint::{self, RunState};
 use super::data;
 use super::data::Document;
+use super::head::Vocabulary;
 use super::model::{DropoutSeed, Model};
 use super::optim::{AdamW, AdamWParams, clip_grad_norm};
 use super::plan::{self, BUDGET_WINDOW_STEPS, Plan};
@@ -37,6 +38,9 @@ pub struct Job<'a> {
     pub resume: bool,
     /// Set from a signal handler: stop at the next step boundary.
     pub stop: &'a AtomicBool,
+    /// Score only these tokens (the corpus vocabulary the engine serves, `engine.vocabulary`);
+    /// `None` trains the full head.
+    pub vocabulary: Option<Vocabulary>,
 }
 
 /// How a run ended.
@@ -499,6 +503,7 @@ pub fn optimizer_step(
     })
 }
 
+/// AdamW's hyper-parameters from the settings.
 pub(super) fn adam(settings: &TrainingConfig) -> AdamWParams {
     AdamWParams {
         beta1: settings.adam_beta1,
@@ -517,7 +522,7 @@ pub fn evaluate(model: &Model, blocks: &[Vec<u32>]) -> Result<f64, TrainError> {
     let mut sum = 0.0;
     for block in blocks {
         let ids = Tensor::new(block.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-        sum += model.loss(&ids, None)?.to_scalar::<f32>()? as f64;
+        sum += model.eval_loss(&ids)?.to_scalar::<f32>()? as f64;
     }
     Ok(sum / blocks.len().max(1) as f64)
 }

@@ -13,6 +13,7 @@ use super::lora::Adapter;
 use super::model::Model;
 use super::run::Job;
 
+/// Refuses to continue a version trained on another base checkpoint.
 pub(super) fn check_base(job: &Job, version: &Version) -> Result<(), TrainError> {
     if version.base_version != job.base_version {
         return Err(TrainError::Model(format!(
@@ -29,8 +30,25 @@ pub(super) fn check_base(job: &Job, version: &Version) -> Result<(), TrainError>
     Ok(())
 }
 
+/// `model` with the run's head: trimmed to the corpus vocabulary when the job has one.
+pub(super) fn with_head(job: &Job, model: Model) -> Result<Model, TrainError> {
+    Ok(match &job.vocabulary {
+        Some(vocabulary) => model.with_vocabulary(vocabulary.clone())?,
+        None => model,
+    })
+}
+
 /// The model a run starts from: the parent version (incremental) or the base.
 pub(super) fn start_model(
+    job: &Job,
+    versions: &Versions,
+    parent: Option<&Version>,
+) -> Result<Model, TrainError> {
+    let model = untrimmed_start_model(job, versions, parent)?;
+    with_head(job, model)
+}
+
+fn untrimmed_start_model(
     job: &Job,
     versions: &Versions,
     parent: Option<&Version>,
@@ -84,14 +102,15 @@ pub(super) fn served_model(
     }
     let dir = versions.dir().join(&current.id);
     let shape = job.base.config.clone();
-    Ok(Some(match current.method {
+    let served = match current.method {
         Method::Lora => Model::lora(
             shape.clone(),
             start_base_weights(job, start)?,
             Adapter::load(&dir, &shape)?,
         ),
         Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
-    }))
+    };
+    with_head(job, served).map(Some)
 }
 
 /// The frozen base weights (shared with a LoRA start model, read again otherwise).
