@@ -338,3 +338,11 @@ fn settings_on_both_sides_of_the_subcommand_are_all_applied() {
     );
     assert_eq!(config["training"]["seed"], 7);
 }
+
+#[test]
+fn bench_train_refuses_a_head_it_cannot_build_before_building_anything() {
+    for rows in ["2", "250881"] {
+        let out = mananera(&["bench-train", "--methods", "lora", "--head-rows", rows]);
+        assert_fails(&out, 2, &["--head-rows must be between 4 and 250880"]);
+    }
+}

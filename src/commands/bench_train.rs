@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use mananera_model::BloomConfig;
 use mananera_model::adapter::{LoraSpec, TARGETS};
+use mananera_training::tune::head::Vocabulary;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
@@ -30,6 +31,10 @@ pub struct BenchTrainArgs {
     /// Timed optimizer steps (after one untimed warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Train a trimmed head of this many rows, as with `engine.vocabulary` (default: all
+    /// 250,880).
+    #[arg(long)]
+    pub head_rows: Option<usize>,
 }
 
 /// One method's numbers.
@@ -40,6 +45,8 @@ struct Measurement {
     block: usize,
     batch: usize,
     steps: usize,
+    /// Rows of the head scored (250,880 unless trimmed).
+    head_rows: usize,
     tokens_per_s: f64,
     step_s_median: f64,
     /// Peak resident memory from after the model was built (training state included).
@@ -56,6 +63,15 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
             "--steps must be at least 1 and --block at least 2",
         ));
     }
+    let vocab = BloomConfig::bloom_560m().vocab_size;
+    if args
+        .head_rows
+        .is_some_and(|rows| !(4..=vocab).contains(&rows))
+    {
+        return Err(Failure::usage(format!(
+            "--head-rows must be between 4 and {vocab}"
+        )));
+    }
     if let Some(bad) = args
         .methods
         .iter()
@@ -71,11 +87,12 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
             Format::Json | Format::Jsonl => print_json(&measured),
             Format::Text => {
                 println!(
-                    "{}: {:.1} tokens/s ({:.2} s/step, block {}, batch 1), peak RSS {:.0} MB ({:.0} MB with the build)",
+                    "{}: {:.1} tokens/s ({:.2} s/step, block {}, batch 1, head {} rows), peak RSS {:.0} MB ({:.0} MB with the build)",
                     measured.method,
                     measured.tokens_per_s,
                     measured.step_s_median,
                     measured.block,
+                    measured.head_rows,
                     measured.peak_rss_mb,
                     measured.peak_rss_incl_build_mb
                 );
@@ -100,6 +117,12 @@ pub fn run(args: &BenchTrainArgs, format: Format) -> Result<(), Failure> {
                 "--steps",
                 &args.steps.to_string(),
             ])
+            .args(
+                args.head_rows
+                    .map(|rows| ["--head-rows".to_string(), rows.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .status()
             .map_err(|e| Failure {
                 exit: Exit::Internal,
@@ -134,6 +157,15 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
     } else {
         Model::full(shape.clone(), weights).map_err(|e| failed(&e))?
     };
+    let head_rows = args.head_rows.unwrap_or(shape.vocab_size);
+    let model = match args.head_rows {
+        Some(rows) => {
+            let kept = Vocabulary::new((0..rows as u32).collect(), shape.vocab_size)
+                .map_err(|e| failed(&e))?;
+            model.with_vocabulary(kept).map_err(|e| failed(&e))?
+        }
+        None => model,
+    };
     let vars: Vec<_> = model.trainable().into_iter().map(|(_, v)| v).collect();
     let trainable_params = vars.iter().map(|v| v.elem_count()).sum();
     let lr = if method == "lora" { 1e-4 } else { 1e-5 };
@@ -145,7 +177,7 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
     };
     let mut optimizer = AdamW::new(vars, params).map_err(|e| failed(&e))?;
     let ids: Vec<u32> = (0..args.block as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 8) % shape.vocab_size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 8) % head_rows as u32)
         .collect();
     let blocks = vec![ids];
     let build_peak = memory_mb("VmHWM:");
@@ -167,6 +199,7 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
         block: args.block,
         batch: 1,
         steps: args.steps,
+        head_rows,
         tokens_per_s: (args.block * args.steps) as f64 / total,
         step_s_median: times[times.len() / 2],
         peak_rss_mb: memory_mb("VmHWM:"),
