@@ -53,7 +53,19 @@ impl Nightly {
         history: History,
     ) -> Result<Outcome, RunError> {
         let config = self.live.config();
-        let settings = write_child_config(&config)?;
+        // Two fsyncs and a stat: off the async runtime.
+        let (settings, stopped_run) = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let stopped = config
+                    .versions_dir()
+                    .join(mananera_model::versions::RUN)
+                    .is_dir();
+                write_child_config(&config).map(|path| (path, stopped))
+            })
+            .await
+            .map_err(|e| RunError::Crashed(e.to_string()))??
+        };
         let minutes = |m: u64| (m > 0).then(|| Duration::from_secs(m * 60));
         let limits = child::Limits {
             nice: config.nightly.nice,
@@ -73,10 +85,6 @@ impl Nightly {
         else {
             return Ok(Outcome::Cancelled);
         };
-        let stopped_run = config
-            .versions_dir()
-            .join(mananera_model::versions::RUN)
-            .is_dir();
         let left_work = history.last.is_some_and(Outcome::left_work) || stopped_run;
         if let Some(outage) = scraped.outage
             && !left_work
