@@ -6,16 +6,15 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use mananera_model::checkpoint::{Checkpoint, WEIGHTS_FILE};
-use mananera_model::versions::{self, Method, Versions};
+use mananera_model::versions::{self, Versions};
 use mananera_model::{fsio, tensors};
 use serde::{Deserialize, Serialize};
 
-use super::lora::Adapter;
 use super::model::Model;
 use super::optim::AdamW;
 use super::plan::{Plan, PlanRecord};
 use super::run::{Event, Job, adam};
-use super::start::{full_weights, with_head};
+use super::start::saved_model;
 use super::{TrainError, TrainingConfig};
 
 /// Everything a stopped run needs to continue (`run/state.json`).
@@ -215,16 +214,9 @@ pub(super) fn resume(
         train: take("train")?,
         validation: take("validation")?,
     };
-    let shape = job.base.config.clone();
-    let model = match state.settings.method {
-        Method::Lora => Model::lora(
-            shape.clone(),
-            job.base.read_weights()?,
-            Adapter::load(&dir, &shape)?,
-        ),
-        Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
-    };
-    let model = with_head(job, model)?;
+    let model = saved_model(job, &dir, state.settings.method, || {
+        Ok(job.base.read_weights()?)
+    })?;
     let optimizer = load_optimizer(&dir, &model, &state.settings)?;
     tracing::info!(
         step = state.step,

@@ -31,7 +31,7 @@ pub(super) fn check_base(job: &Job, version: &Version) -> Result<(), TrainError>
 }
 
 /// `model` with the run's head: trimmed to the corpus vocabulary when the job has one.
-pub(super) fn with_head(job: &Job, model: Model) -> Result<Model, TrainError> {
+fn with_head(job: &Job, model: Model) -> Result<Model, TrainError> {
     Ok(match &job.vocabulary {
         Some(vocabulary) => model.with_vocabulary(vocabulary.clone())?,
         None => model,
@@ -44,16 +44,7 @@ pub(super) fn start_model(
     versions: &Versions,
     parent: Option<&Version>,
 ) -> Result<Model, TrainError> {
-    let model = untrimmed_start_model(job, versions, parent)?;
-    with_head(job, model)
-}
-
-fn untrimmed_start_model(
-    job: &Job,
-    versions: &Versions,
-    parent: Option<&Version>,
-) -> Result<Model, TrainError> {
-    let shape = job.base.config.clone();
+    let config = job.base.config.clone();
     let settings = &job.settings;
     match (settings.method, parent) {
         (_, Some(parent)) if parent.method != settings.method => Err(TrainError::Config(format!(
@@ -61,27 +52,41 @@ fn untrimmed_start_model(
              the same (training.method = \"{}\")",
             parent.id, parent.method, parent.method
         ))),
-        (Method::Lora, parent) => {
-            let weights = job.base.read_weights()?;
-            let adapter = match parent {
-                Some(parent) => Adapter::load(&versions.dir().join(&parent.id), &shape)?,
-                None => Adapter::init(&settings.lora_spec(), &shape, settings.seed)?,
-            };
-            Ok(Model::lora(shape, weights, adapter))
+        (method, Some(parent)) => {
+            saved_model(job, &versions.dir().join(&parent.id), method, || {
+                Ok(job.base.read_weights()?)
+            })
         }
-        (Method::Full, Some(parent)) => {
-            let weights = full_weights(&versions.dir().join(&parent.id), &job.base)?;
-            Model::full(shape, weights)
+        (Method::Lora, None) => {
+            let adapter = Adapter::init(&settings.lora_spec(), &config, settings.seed)?;
+            with_head(job, Model::lora(config, job.base.read_weights()?, adapter))
         }
-        (Method::Full, None) => Model::full(shape, job.base.read_weights()?),
+        (Method::Full, None) => with_head(job, Model::full(config, job.base.read_weights()?)?),
     }
 }
 
-/// A full version's weights, read as a checkpoint of the base's shape.
-pub(super) fn full_weights(
+/// The model saved in `dir` (a version, or a stopped run's checkpoint) trained with
+/// `method`, with the run's head: a LoRA one adapts `base_weights()`, a full one carries its
+/// own weights.
+pub(super) fn saved_model(
+    job: &Job,
     dir: &Path,
-    base: &Checkpoint,
-) -> Result<HashMap<String, Tensor>, TrainError> {
+    method: Method,
+    base_weights: impl FnOnce() -> Result<HashMap<String, Tensor>, TrainError>,
+) -> Result<Model, TrainError> {
+    let config = job.base.config.clone();
+    let model = match method {
+        Method::Lora => {
+            let adapter = Adapter::load(dir, &config)?;
+            Model::lora(config, base_weights()?, adapter)
+        }
+        Method::Full => Model::full(config, full_weights(dir, &job.base)?)?,
+    };
+    with_head(job, model)
+}
+
+/// A full version's weights, read as a checkpoint of the base's shape.
+fn full_weights(dir: &Path, base: &Checkpoint) -> Result<HashMap<String, Tensor>, TrainError> {
     Ok(base.with_weights(dir.join(WEIGHTS_FILE)).read_weights()?)
 }
 
@@ -101,16 +106,7 @@ pub(super) fn served_model(
         return Ok(None);
     }
     let dir = versions.dir().join(&current.id);
-    let shape = job.base.config.clone();
-    let served = match current.method {
-        Method::Lora => Model::lora(
-            shape.clone(),
-            start_base_weights(job, start)?,
-            Adapter::load(&dir, &shape)?,
-        ),
-        Method::Full => Model::full(shape, full_weights(&dir, &job.base)?)?,
-    };
-    with_head(job, served).map(Some)
+    saved_model(job, &dir, current.method, || start_base_weights(job, start)).map(Some)
 }
 
 /// The frozen base weights (shared with a LoRA start model, read again otherwise).
