@@ -22,12 +22,7 @@ impl ModelArgs {
     /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(
-            &mut out,
-            "model.id",
-            "--model",
-            self.model.as_ref().map(|m| format!("{m:?}")),
-        );
+        push_model(&mut out, self.model.as_deref());
         push(
             &mut out,
             "engine.quantization",
@@ -142,6 +137,11 @@ impl ControlArgs {
         );
         out
     }
+}
+
+/// Adds `--model M` as the `model.id` override it stands for, when it was given.
+pub(crate) fn push_model(out: &mut Vec<Override>, model: Option<&str>) {
+    push(out, "model.id", "--model", model.map(|m| format!("{m:?}")));
 }
 
 /// Adds the override `key = value` from `flag`, when the flag was given.

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::corpus::open as open_corpus;
 use super::print_json;
 use crate::admin::nights;
-use crate::commands::args::{ModelArgs, push};
+use crate::commands::args::{ModelArgs, push, push_model};
 use crate::commands::{Context, Format, Run};
 use crate::config::Config;
 use crate::config::Override;
@@ -149,12 +149,7 @@ pub struct ExportArgs {
 impl Run for ExportArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(
-            &mut out,
-            "model.id",
-            "--model",
-            self.model.as_ref().map(|m| format!("{m:?}")),
-        );
+        push_model(&mut out, self.model.as_deref());
         out
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::commands::args::push;
+use crate::commands::args::push_model;
 use crate::commands::{Context, Format, Run};
 use crate::config::Config;
 use crate::config::Override;
@@ -29,12 +29,7 @@ pub struct VocabArgs {
 impl Run for VocabArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        push(
-            &mut out,
-            "model.id",
-            "--model",
-            self.model.as_ref().map(|m| format!("{m:?}")),
-        );
+        push_model(&mut out, self.model.as_deref());
         out
     }
 

@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::TrainError;
+use super::ops::{f32_input, log_sum_exp};
 
 /// The tokens a trimmed head keeps: sorted, distinct token ids; a head row per id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,13 +147,7 @@ impl CustomOp1 for FrozenHeadLoss {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("expected f32 hidden states");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("expected contiguous hidden states");
-        };
-        let x = &data[start..end];
+        let x = f32_input(storage, layout)?;
         let (n, h) = layout.shape().dims2()?;
         let (v, head_h) = self.head.dims2()?;
         if head_h != h {
@@ -172,9 +167,7 @@ impl CustomOp1 for FrozenHeadLoss {
             .par_chunks_mut(v)
             .zip(self.targets.par_iter())
             .map(|(row, &target)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
-                let lse = sum.ln() as f32;
+                let (max, lse) = log_sum_exp(row);
                 let loss = max + lse - row[target as usize];
                 if with_grad {
                     // d loss / d logits = softmax − one-hot.

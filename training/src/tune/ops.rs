@@ -54,7 +54,10 @@ fn with_bias(y: Tensor, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage
 }
 
 /// The contiguous f32 data of an op's input.
-fn f32_input<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_input<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("expected f32 input");
     };
@@ -193,7 +196,7 @@ struct CrossEntropy {
 }
 
 /// `(max, log Σ exp(x - max))` of one row.
-fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+pub(super) fn log_sum_exp(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
     (max, sum.ln() as f32)
