@@ -868,7 +868,8 @@ fn a_fresh_daemon_bootstraps_from_the_dataset_archive_and_trains_its_backlog_nig
     while left > 0 {
         let next = format!("v{:04}", last[1..].parse::<u32>().unwrap() + 1);
         let run = world.wait_for_run(&format!("run of {next}"), Duration::from_secs(120), |r| {
-            r["trained"]["version"] == next.as_str()
+            // Its version is recorded as soon as it is trained; wait for the run to end.
+            r["trained"]["version"] == next.as_str() && r["outcome"] != "running"
         });
         assert_eq!(run["outcome"], "accepted", "{run:#}");
         assert_eq!(run["trained"]["parent"], last.as_str(), "{run:#}");
