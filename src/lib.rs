@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod exit;
 pub mod failpoint;
+pub mod heap;
 pub mod live;
 pub mod logging;
 pub mod nightly;

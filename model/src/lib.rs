@@ -9,6 +9,7 @@
 //!   shards); [`weights`]: reading its tensors (prefixes, dtypes, shapes checked);
 //!   [`random`]: seeded random weights of any shape.
 //! - [`adapter`]: PEFT's LoRA adapter files; [`tensors`]: safetensors PyTorch reads.
+//! - [`math`]: vectorisable `exp`, GELU and softmax sums, with run-time CPU dispatch.
 //! - [`versions`]: the directory of fine-tuned versions; [`fsio`]: crash-safe writes.
 
 pub mod adapter;
@@ -18,6 +19,7 @@ pub mod config;
 mod error;
 pub mod fsio;
 pub mod layout;
+pub mod math;
 pub mod random;
 pub mod tensors;
 pub mod versions;

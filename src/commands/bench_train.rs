@@ -143,6 +143,7 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
         exit: Exit::Internal,
         message: format!("bench-train {method}: {e}"),
     };
+    crate::heap::reuse_freed_buffers();
     let shape = BloomConfig::bloom_560m();
     let weights = mananera_model::random::weights(&shape, 0).map_err(|e| failed(&e))?;
     let model = if method == "lora" {

@@ -263,6 +263,7 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
 
 /// `mananera train`.
 pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Failure> {
+    crate::heap::reuse_freed_buffers();
     let (base, base_version) = base(config)?;
     let vocabulary = head_vocabulary(config, &base)?;
     let documents = if flags.resume {

@@ -15,7 +15,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::TrainError;
-use super::ops::{f32_input, log_sum_exp};
+use mananera_model::math::{self, log_sum_exp};
+
+use super::ops::f32_input;
 
 /// The tokens a trimmed head keeps: sorted, distinct token ids; a head row per id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,16 +169,21 @@ impl CustomOp1 for FrozenHeadLoss {
             .par_chunks_mut(v)
             .zip(self.targets.par_iter())
             .map(|(row, &target)| {
-                let (max, lse) = log_sum_exp(row);
-                let loss = max + lse - row[target as usize];
-                if with_grad {
-                    // d loss / d logits = softmax − one-hot.
-                    for z in row.iter_mut() {
-                        *z = (*z - max - lse).exp();
-                    }
-                    row[target as usize] -= 1.0;
+                let picked = row[target as usize];
+                if !with_grad {
+                    let (max, lse) = math::vectorized(|| log_sum_exp(row));
+                    return max + lse - picked;
                 }
-                loss
+                // d loss / d logits = softmax − one-hot.
+                let (max, sum) = math::vectorized(|| {
+                    let max = math::max(row);
+                    let sum = math::exp_in_place(row, max);
+                    let inverse = 1.0 / sum as f32;
+                    row.iter_mut().for_each(|z| *z *= inverse);
+                    (max, sum)
+                });
+                row[target as usize] -= 1.0;
+                max + sum.ln() as f32 - picked
             })
             .collect();
         if with_grad {

@@ -12,6 +12,7 @@
 //!   backward visits (and allocates) every link, which dominated a training step.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use mananera_model::math::{self, log_sum_exp};
 use rayon::prelude::*;
 
 /// `x` (`[n, in]`) times `weightᵀ` (`weight`: `[out, in]`) plus `bias`, with a gradient for
@@ -195,13 +196,6 @@ struct CrossEntropy {
     targets: Vec<u32>,
 }
 
-/// `(max, log Σ exp(x - max))` of one row.
-pub(super) fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    (max, sum.ln() as f32)
-}
-
 impl CustomOp1 for CrossEntropy {
     fn name(&self) -> &'static str {
         "cross-entropy"
@@ -221,7 +215,7 @@ impl CustomOp1 for CrossEntropy {
             .par_chunks(v)
             .zip(self.targets.par_iter())
             .map(|(row, &target)| {
-                let (max, lse) = log_sum_exp(row);
+                let (max, lse) = math::vectorized(|| log_sum_exp(row));
                 max + lse - row[target as usize]
             })
             .collect();
@@ -242,10 +236,12 @@ impl CustomOp1 for CrossEntropy {
             .zip(data.par_chunks(v))
             .zip(self.targets.par_iter().zip(upstream.par_iter()))
             .for_each(|((out, row), (&target, &g))| {
-                let (max, lse) = log_sum_exp(row);
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = g * (x - max - lse).exp();
-                }
+                math::vectorized(|| {
+                    out.copy_from_slice(row);
+                    let max = math::max(out);
+                    let scale = g / math::exp_in_place(out, max) as f32;
+                    out.iter_mut().for_each(|o| *o *= scale);
+                });
                 out[target as usize] -= g;
             });
         Ok(Some(Tensor::from_vec(out, (n, v), logits.device())?))
@@ -264,7 +260,8 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 
 struct Gelu;
 
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// Elements per parallel task of the elementwise ops.
+const CHUNK: usize = 16 * 1024;
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
@@ -277,24 +274,26 @@ impl CustomOp1 for Gelu {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_input(storage, layout)?;
-        let y: Vec<f32> = x
-            .par_iter()
-            .map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh()))
-            .collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                math::vectorized(|| y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::gelu(x)))
+            });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x_values, g) = (values(x)?, values(grad)?);
-        let dx: Vec<f32> = x_values
-            .par_iter()
-            .zip(g.par_iter())
-            .map(|(&x, &g)| {
-                let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
-            })
-            .collect();
+        let (x_values, mut dx) = (values(x)?, values(grad)?);
+        dx.par_chunks_mut(CHUNK)
+            .zip(x_values.par_chunks(CHUNK))
+            .for_each(|(dx, x)| {
+                math::vectorized(|| {
+                    dx.iter_mut()
+                        .zip(x)
+                        .for_each(|(g, &x)| *g *= math::gelu_grad(x))
+                })
+            });
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -338,16 +337,18 @@ impl CustomOp1 for Softmax {
             .enumerate()
             .for_each(|(r, (y, x))| {
                 let b = bias.map(|b| &b[(r * n) % b.len()..][..n]);
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = self.scale * x + b.map_or(0.0, |b| b[i]);
-                }
-                let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for y in y.iter_mut() {
-                    *y = (*y - max).exp();
-                    sum += *y;
-                }
-                y.iter_mut().for_each(|y| *y /= sum);
+                math::vectorized(|| {
+                    match b {
+                        Some(b) => y
+                            .iter_mut()
+                            .zip(x.iter().zip(b))
+                            .for_each(|(y, (&x, &b))| *y = self.scale * x + b),
+                        None => y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.scale * x),
+                    }
+                    let max = math::max(y);
+                    let inverse = 1.0 / math::exp_in_place(y, max) as f32;
+                    y.iter_mut().for_each(|y| *y *= inverse);
+                });
             });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
