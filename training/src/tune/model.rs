@@ -10,7 +10,7 @@ use mananera_model::layout::{self, Projection};
 use mananera_model::{BloomConfig, alibi_slopes};
 
 use super::TrainError;
-use super::head::{Vocabulary, frozen_head_loss};
+use super::head::{Vocabulary, frozen_head_loss, trained_head_loss};
 use super::lora::Adapter;
 use super::ops;
 
@@ -170,7 +170,11 @@ impl Model {
             Some(trimmed) => embeddings.index_select(&trimmed.ids, 0)?,
             None => embeddings.clone(),
         };
-        ops::cross_entropy(&self.matmul_t(&hidden, &head, None)?, &targets)
+        if with_grad {
+            trained_head_loss(&hidden, &head, &targets)?.mean_all()
+        } else {
+            frozen_head_loss(&hidden, &head, &targets, false)?.mean_all()
+        }
     }
 
     /// `[batch, seq, vocab]`: every position's next-token logits, without dropout (what the
@@ -188,8 +192,7 @@ impl Model {
         let (b, s) = ids.dims2()?;
         let h = self.config.hidden_size;
         let embeddings = self.w(layout::WORD_EMBEDDINGS);
-        let mut x = embeddings
-            .index_select(&ids.flatten_all()?, 0)?
+        let mut x = ops::embedding(embeddings, &ids.flatten_all()?.to_vec1::<u32>()?)?
             .reshape((b, s, h))?;
         x = self.layer_norm(&x, layout::EMBEDDINGS_NORM)?;
         let bias = self.attention_bias(s, ids.device())?;

@@ -1,18 +1,17 @@
-//! Two operations with hand-written backward passes, where candle's generic graph does
+//! Operations with hand-written backward passes, where candle's generic graph does
 //! needless work:
 //!
 //! - [`frozen_linear`]: `x Wᵀ` for a weight that is not trained. candle's matmul backward
 //!   always computes the gradient of both operands, so every frozen layer (and the
 //!   250,880-row head) would cost a second full-size product and a weight-sized gradient
 //!   per step; this op only propagates to `x`.
-//! - [`cross_entropy`]: mean next-token loss straight from the logits, one pass per row in
-//!   parallel, instead of a log-softmax graph that keeps four vocabulary-wide copies alive.
+//! - [`embedding`]: the token lookup, whose backward touches only the looked-up rows.
 //! - [`gelu`], [`softmax`], [`layer_norm`]: one fused pass forward and one backward, rows in
 //!   parallel; candle's versions are chains of single-threaded elementwise ops whose
 //!   backward visits (and allocates) every link, which dominated a training step.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
-use mananera_model::math::{self, log_sum_exp};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use mananera_model::math;
 use rayon::prelude::*;
 
 /// `x` (`[n, in]`) times `weightᵀ` (`weight`: `[out, in]`) plus `bias`, with a gradient for
@@ -52,6 +51,18 @@ fn with_bias(y: Tensor, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage
         });
     }
     Ok((CpuStorage::F32(out), shape))
+}
+
+/// The contiguous f32 data of `t`, borrowed.
+pub(super) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("expected an f32 tensor on the CPU");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor");
+    };
+    Ok(f(&data[start..end]))
 }
 
 /// The contiguous f32 data of an op's input.
@@ -178,27 +189,27 @@ impl CustomOp3 for LoraOp {
     }
 }
 
-/// Mean over rows of `-log softmax(logits[i])[targets[i]]`; `logits` is `[n, vocab]`.
-pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
-    let (n, _) = logits.dims2()?;
-    if targets.len() != n {
-        candle_core::bail!("{} targets for {n} rows of logits", targets.len());
+/// Rows `ids` of `table` (`[v, h]`): the token embedding lookup, `[ids.len(), h]`. Its
+/// backward adds each position's gradient into its row of a zeroed table-sized gradient and
+/// touches nothing else (candle's `index_select` backward writes a table-sized copy of zeros
+/// first: a GB per step for bloom-560m).
+pub fn embedding(table: &Tensor, ids: &[u32]) -> candle_core::Result<Tensor> {
+    let (v, _) = table.dims2()?;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
+        candle_core::bail!("token {bad} is outside the embedding table of {v} rows");
     }
-    logits
+    table
         .contiguous()?
-        .apply_op1(CrossEntropy {
-            targets: targets.to_vec(),
-        })?
-        .mean_all()
+        .apply_op1(Embedding { ids: ids.to_vec() })
 }
 
-struct CrossEntropy {
-    targets: Vec<u32>,
+struct Embedding {
+    ids: Vec<u32>,
 }
 
-impl CustomOp1 for CrossEntropy {
+impl CustomOp1 for Embedding {
     fn name(&self) -> &'static str {
-        "cross-entropy"
+        "embedding"
     }
 
     fn cpu_fwd(
@@ -206,45 +217,31 @@ impl CustomOp1 for CrossEntropy {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = f32_input(storage, layout)?;
-        let (n, v) = layout.shape().dims2()?;
-        if let Some(&bad) = self.targets.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!("target token {bad} is outside the vocabulary of {v}");
-        }
-        let losses: Vec<f32> = data
-            .par_chunks(v)
-            .zip(self.targets.par_iter())
-            .map(|(row, &target)| {
-                let (max, lse) = math::vectorized(|| log_sum_exp(row));
-                max + lse - row[target as usize]
-            })
-            .collect();
-        Ok((CpuStorage::F32(losses), Shape::from(n)))
+        let table = f32_input(storage, layout)?;
+        let (_, h) = layout.shape().dims2()?;
+        let mut rows = vec![0f32; self.ids.len() * h];
+        rows.par_chunks_mut(h)
+            .zip(self.ids.par_iter())
+            .for_each(|(row, &id)| row.copy_from_slice(&table[id as usize * h..][..h]));
+        Ok((CpuStorage::F32(rows), Shape::from((self.ids.len(), h))))
     }
 
     fn bwd(
         &self,
-        logits: &Tensor,
-        _loss: &Tensor,
+        table: &Tensor,
+        _rows: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (n, v) = logits.dims2()?;
-        let data = logits.flatten_all()?.to_vec1::<f32>()?;
-        let upstream = grad.to_vec1::<f32>()?;
-        let mut out = vec![0f32; n * v];
-        out.par_chunks_mut(v)
-            .zip(data.par_chunks(v))
-            .zip(self.targets.par_iter().zip(upstream.par_iter()))
-            .for_each(|((out, row), (&target, &g))| {
-                math::vectorized(|| {
-                    out.copy_from_slice(row);
-                    let max = math::max(out);
-                    let scale = g / math::exp_in_place(out, max) as f32;
-                    out.iter_mut().for_each(|o| *o *= scale);
-                });
-                out[target as usize] -= g;
-            });
-        Ok(Some(Tensor::from_vec(out, (n, v), logits.device())?))
+        let (v, h) = table.dims2()?;
+        let grad = values(grad)?;
+        let mut dtable = vec![0f32; v * h];
+        for (&id, g) in self.ids.iter().zip(grad.chunks(h)) {
+            dtable[id as usize * h..][..h]
+                .iter_mut()
+                .zip(g)
+                .for_each(|(d, &g)| *d += g);
+        }
+        Ok(Some(Tensor::from_vec(dtable, (v, h), table.device())?))
     }
 }
 
@@ -477,30 +474,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn both_ops_equal_candles_generic_graph() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 7), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (11, 7), &dev)?;
-        let targets = [3u32, 0, 10, 7, 1];
-        let ours = cross_entropy(&frozen_linear(x.as_tensor(), &w, None)?, &targets)?;
-        let logits = x.as_tensor().matmul(&w.t()?)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let ids = Tensor::new(&targets, &dev)?.unsqueeze(1)?;
-        let theirs = logp.gather(&ids, 1)?.mean_all()?.neg()?;
-        let (a, b) = (ours.to_scalar::<f32>()?, theirs.to_scalar::<f32>()?);
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        let ga = ours.backward()?.get(x.as_tensor()).cloned().unwrap();
-        let gb = theirs.backward()?.get(x.as_tensor()).cloned().unwrap();
-        let diff = (ga - gb)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "gradients differ by {diff}");
-        Ok(())
-    }
-
     /// Gradients of `Σ w ⊙ f(x)` (random `w`) by the fused op and by candle's graph, equal
     /// up to f32 rounding relative to the values' size (sums run in another order).
     fn same_gradients(
@@ -570,6 +543,24 @@ mod tests {
             |x| candle_nn::ops::layer_norm_slow(x, gain.as_tensor(), bias.as_tensor(), 1e-5),
             (2, 3, 50),
         )?;
+        // The embedding lookup, repeated ids included.
+        let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (9, 4), &dev)?)?;
+        let ids = [3u32, 0, 3, 8, 1];
+        let w = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
+        let ours = (embedding(table.as_tensor(), &ids)? * &w)?
+            .sum_all()?
+            .backward()?;
+        let id_tensor = Tensor::new(&ids, &dev)?;
+        let theirs = (table.as_tensor().index_select(&id_tensor, 0)? * &w)?
+            .sum_all()?
+            .backward()?;
+        let diff = (ours.get(table.as_tensor()).unwrap() - theirs.get(table.as_tensor()).unwrap())?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "embedding gradients differ by {diff}");
+        assert!(embedding(table.as_tensor(), &[9]).is_err());
         // LoRA with dropout: the input, A and B gradients.
         let weight = Tensor::randn(0f32, 1.0, (7, 50), &dev)?;
         let lora_bias = Tensor::randn(0f32, 1.0, 7, &dev)?;

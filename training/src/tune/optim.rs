@@ -4,6 +4,8 @@
 
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
+
+use super::ops::with_data;
 use serde::{Deserialize, Serialize};
 
 /// How the learning rate moves over a run.
@@ -147,8 +149,9 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from `grads` (same order as the vars), as
-    /// `torch.optim.AdamW`: decay, moments, bias-corrected step.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> candle_core::Result<()> {
+    /// `torch.optim.AdamW`: decay, moments, bias-corrected step, on `grads` times
+    /// `grad_scale` (gradient clipping's factor, see [`clip_factor`]).
+    pub fn step(&mut self, grads: &[Tensor], lr: f64, grad_scale: f32) -> candle_core::Result<()> {
         self.step += 1;
         let AdamWParams {
             beta1,
@@ -163,27 +166,36 @@ impl AdamW {
         let (b1, b2, eps) = (beta1 as f32, beta2 as f32, eps as f32);
         for (i, (var, grad)) in self.vars.iter().zip(grads).enumerate() {
             let weight = var.as_tensor();
+            let grad = grad.contiguous()?;
+            if grad.elem_count() != weight.elem_count() {
+                candle_core::bail!(
+                    "a gradient of shape {:?} for a tensor of shape {:?}",
+                    grad.dims(),
+                    weight.dims()
+                );
+            }
             let rows = weight.dims().first().copied().unwrap_or(1).max(1);
             let row_len = weight.elem_count() / rows;
             let per_chunk = (CHUNK / row_len.max(1)).max(1);
             let mut row = 0;
             while row < rows {
                 let n = per_chunk.min(rows - row);
-                let chunk = |t: &Tensor| t.narrow(0, row, n)?.flatten_all()?.to_vec1::<f32>();
-                let mut p = chunk(weight)?;
-                let g = chunk(grad)?;
+                let mut p = weight.narrow(0, row, n)?.flatten_all()?.to_vec1::<f32>()?;
                 let range = row * row_len..(row + n) * row_len;
                 let m = &mut self.first[i][range.clone()];
-                let v = &mut self.second[i][range];
-                p.par_iter_mut()
-                    .zip(m.par_iter_mut().zip(v.par_iter_mut()))
-                    .zip(g.par_iter())
-                    .for_each(|((p, (m, v)), &g)| {
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        let denom = v.sqrt() / correction2_sqrt + eps;
-                        *p = *p * decay - step_size * *m / denom;
-                    });
+                let v = &mut self.second[i][range.clone()];
+                with_data(&grad, |g| {
+                    p.par_iter_mut()
+                        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+                        .zip(g[range].par_iter())
+                        .for_each(|((p, (m, v)), &g)| {
+                            let g = g * grad_scale;
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            let denom = v.sqrt() / correction2_sqrt + eps;
+                            *p = *p * decay - step_size * *m / denom;
+                        })
+                })?;
                 let mut dims = weight.dims().to_vec();
                 if let Some(first) = dims.first_mut() {
                     *first = n;
@@ -196,22 +208,26 @@ impl AdamW {
     }
 }
 
-/// Scales `grads` so that their global L2 norm is at most `max_norm` (as
-/// `torch.nn.utils.clip_grad_norm_`: factor `max / (norm + 1e-6)` when it is below 1) and
-/// returns the norm before clipping. `max_norm` 0 only measures.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> candle_core::Result<f64> {
+/// `torch.nn.utils.clip_grad_norm_` without rewriting the gradients: their global L2
+/// norm, and the factor `max / (norm + 1e-6)` (at most 1) that bounds it by `max_norm`,
+/// for [`AdamW::step`] to apply. `max_norm` 0 only measures (factor 1).
+pub fn clip_factor(grads: &[Tensor], max_norm: f64) -> candle_core::Result<(f64, f32)> {
     let mut sum = 0f64;
-    for grad in grads.iter() {
-        sum += grad.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    for grad in grads {
+        sum += with_data(&grad.contiguous()?, |g| {
+            g.par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+                .sum::<f64>()
+        })?;
     }
     let norm = sum.sqrt();
     let coef = max_norm / (norm + 1e-6);
-    if max_norm > 0.0 && coef < 1.0 {
-        for grad in grads.iter_mut() {
-            *grad = (&*grad * coef)?;
-        }
-    }
-    Ok(norm)
+    let factor = if max_norm > 0.0 && coef < 1.0 {
+        coef as f32
+    } else {
+        1.0
+    };
+    Ok((norm, factor))
 }
 
 #[cfg(test)]
@@ -242,14 +258,15 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_bound() -> candle_core::Result<()> {
         let dev = candle_core::Device::Cpu;
-        let mut grads = vec![
+        let grads = vec![
             Tensor::new(&[3f32, 0.0], &dev)?,
             Tensor::new(&[4f32], &dev)?,
         ];
-        let norm = clip_grad_norm(&mut grads, 1.0)?;
+        let (norm, factor) = clip_factor(&grads, 1.0)?;
         assert!((norm - 5.0).abs() < 1e-9);
-        let after: f32 = grads[0].to_vec1::<f32>()?[0];
-        assert!((after - 0.6).abs() < 1e-5, "{after}");
+        assert!((3.0 * factor - 0.6).abs() < 1e-5, "{factor}");
+        assert_eq!(clip_factor(&grads, 10.0)?.1, 1.0);
+        assert_eq!(clip_factor(&grads, 0.0)?.1, 1.0);
         Ok(())
     }
 }

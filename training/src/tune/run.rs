@@ -19,7 +19,7 @@ use super::data;
 use super::data::Document;
 use super::head::Vocabulary;
 use super::model::{DropoutSeed, Model};
-use super::optim::{AdamW, AdamWParams, clip_grad_norm};
+use super::optim::{AdamW, AdamWParams, clip_factor};
 use super::plan::{self, BUDGET_WINDOW_STEPS, Plan};
 use super::{TrainError, TrainingConfig, memory, start};
 
@@ -494,9 +494,9 @@ pub fn optimizer_step(
                 .collect::<candle_core::Result<Vec<_>>>()?,
         });
     }
-    let mut grads = sums.unwrap_or_default();
-    let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
-    optimizer.step(&grads, lr)?;
+    let grads = sums.unwrap_or_default();
+    let (grad_norm, grad_scale) = clip_factor(&grads, max_grad_norm)?;
+    optimizer.step(&grads, lr, grad_scale)?;
     Ok(Stepped {
         loss: loss_sum / micro.len().max(1) as f64,
         grad_norm,
