@@ -63,7 +63,7 @@ impl StepAllocator {
         let slot = freed.iter_mut().find(|(addr, size, align)| {
             *addr != 0 && *size == layout.size() && *align == layout.align()
         })?;
-        let addr = std::mem::replace(slot, (0, 0, 0)).0;
+        let addr = std::mem::take(slot).0;
         Some(addr as *mut u8)
     }
 
