@@ -247,7 +247,8 @@ impl Engine {
             .logits(&hidden.i((.., n - 1, ..))?.contiguous()?)?
             .to_dtype(DType::F32)?;
         let banned = seq.banned(self);
-        let column = seq.sampler.next(&logits.get(0)?, &seq.penalized, banned)?;
+        let row = logits.flatten_all()?.to_vec1::<f32>()?;
+        let column = seq.sampler.next(&row, &seq.penalized, banned)?;
         let delta = seq.accept(self, column)?;
         seq.prefill_ms = started.elapsed().as_secs_f64() * 1e3;
         seq.started = started;
@@ -277,12 +278,13 @@ impl Engine {
         }
         let hidden = self.model.decode_step(&ids, &mut caches)?;
         let logits = self.model.logits(&hidden)?.to_dtype(DType::F32)?;
+        let width = logits.dim(1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         for (row, &i) in live.iter().enumerate() {
             let seq = &mut *seqs[i];
             let banned = seq.banned(self);
-            let column = seq
-                .sampler
-                .next(&logits.get(row)?, &seq.penalized, banned)?;
+            let scores = &logits[row * width..][..width];
+            let column = seq.sampler.next(scores, &seq.penalized, banned)?;
             deltas[i] = seq.accept(self, column)?;
         }
         Ok(deltas)

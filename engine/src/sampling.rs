@@ -1,8 +1,9 @@
 //! Sampling settings of a request, their validation, and the per-sequence sampler built from
 //! them (repetition penalty, temperature, top-k, top-p, seeded randomness).
 
-use candle_core::Tensor;
-use candle_transformers::generation::{LogitsProcessor, Sampling};
+use mananera_model::math;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
@@ -78,27 +79,34 @@ impl SamplingParams {
 
     /// The sampler for one sequence, seeded with `seed`.
     pub(crate) fn sampler(&self, seed: u64) -> Sampler {
-        let temperature = self.temperature;
-        let top_k = (self.top_k > 0).then_some(self.top_k);
-        let top_p = (self.top_p < 1.0).then_some(self.top_p);
-        let sampling = match (temperature == 0.0, top_k, top_p) {
-            (true, _, _) => Sampling::ArgMax,
-            (false, None, None) => Sampling::All { temperature },
-            (false, Some(k), None) => Sampling::TopK { k, temperature },
-            (false, None, Some(p)) => Sampling::TopP { p, temperature },
-            (false, Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
-        };
         Sampler {
-            processor: LogitsProcessor::from_sampling(seed, sampling),
+            rng: StdRng::seed_from_u64(seed),
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
             repetition_penalty: self.repetition_penalty,
+            scores: Vec::new(),
+            candidates: Vec::new(),
         }
     }
 }
 
-/// Picks the next token of one sequence.
+/// Picks the next token of one sequence, as transformers' `generate` does with these
+/// settings: repetition penalty, then temperature, top-k, top-p on what top-k kept
+/// (renormalised), and a draw. It works on one row of logits in place of a copy kept
+/// between tokens, and finds the top-k by partial selection in one pass, so a token costs a
+/// pass over the vocabulary and work on the few candidates: no index vector, sort or tensor
+/// per token.
 pub(crate) struct Sampler {
-    processor: LogitsProcessor,
+    rng: StdRng,
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
     repetition_penalty: f32,
+    /// The row's scores after the penalty and the ban.
+    scores: Vec<f32>,
+    /// `(column, score)` of the tokens still in the running, best first once sorted.
+    candidates: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -108,31 +116,141 @@ impl Sampler {
     /// Returns the chosen column.
     pub(crate) fn next(
         &mut self,
-        logits: &Tensor,
+        logits: &[f32],
         context: &[u32],
         banned: Option<u32>,
     ) -> Result<u32> {
-        let logits = match banned {
-            Some(column) => {
-                let mut scores = logits.to_vec1::<f32>()?;
-                if let Some(score) = scores.get_mut(column as usize) {
-                    *score = f32::NEG_INFINITY;
+        self.scores.clear();
+        self.scores.extend_from_slice(logits);
+        if self.repetition_penalty != 1.0 {
+            let penalty = self.repetition_penalty;
+            let mut seen: Vec<u32> = context.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for column in seen {
+                if let Some(score) = self.scores.get_mut(column as usize) {
+                    *score = if *score >= 0.0 {
+                        *score / penalty
+                    } else {
+                        *score * penalty
+                    };
                 }
-                Tensor::from_vec(scores, logits.dims(), logits.device())?
             }
-            None => logits.clone(),
+        }
+        if let Some(score) = banned.and_then(|c| self.scores.get_mut(c as usize)) {
+            *score = f32::NEG_INFINITY;
+        }
+        let Some((best, best_score)) = argmax(&self.scores) else {
+            return Err(Error::InvalidInput(
+                "no token can be chosen: every score is −∞ or NaN".into(),
+            ));
         };
-        let logits = if self.repetition_penalty == 1.0 {
-            logits.clone()
-        } else {
-            candle_transformers::utils::apply_repeat_penalty(
-                &logits,
-                self.repetition_penalty,
-                context,
-            )?
-        };
-        Ok(self.processor.sample(&logits)?)
+        if self.temperature == 0.0 {
+            return Ok(best);
+        }
+        let inv_t = (1.0 / self.temperature) as f32;
+        let weight = |score: f32| math::exp((score - best_score) * inv_t);
+        if self.top_k == 0 && self.top_p >= 1.0 {
+            // Every token: a draw along the row, no candidates needed.
+            let scores = &self.scores;
+            let total: f64 = math::vectorized(|| scores.iter().map(|&s| weight(s) as f64).sum());
+            let mut target = self.rng.random::<f64>() * total;
+            for (column, &score) in scores.iter().enumerate() {
+                target -= weight(score) as f64;
+                if target < 0.0 {
+                    return Ok(column as u32);
+                }
+            }
+            return Ok(best);
+        }
+        let kept = self.nucleus(&weight);
+        let kept = &self.candidates[..kept];
+        let kept_total: f64 = kept.iter().map(|&(_, s)| weight(s) as f64).sum();
+        let mut target = self.rng.random::<f64>() * kept_total;
+        for &(column, score) in kept {
+            target -= weight(score) as f64;
+            if target < 0.0 {
+                return Ok(column);
+            }
+        }
+        Ok(kept[0].0)
     }
+}
+
+impl Sampler {
+    /// Fills `candidates` (best first) and returns how many of them stay in the running:
+    /// top-k's, then the smallest prefix whose probability reaches top-p (transformers keeps
+    /// the token that crosses it). Without top-k, top-p's probabilities are over the whole
+    /// row, and candidates are gathered 64 at a time, doubling, until they reach top-p.
+    fn nucleus(&mut self, weight: &impl Fn(f32) -> f32) -> usize {
+        let vocab = self.scores.len();
+        let (limit, row_total) = match self.top_k {
+            0 => {
+                let scores = &self.scores;
+                let total: f64 =
+                    math::vectorized(|| scores.iter().map(|&s| weight(s) as f64).sum());
+                (vocab, Some(total))
+            }
+            k => (k.min(vocab), None),
+        };
+        let mut k = if row_total.is_some() {
+            limit.min(64)
+        } else {
+            limit
+        };
+        loop {
+            top_k(&self.scores, k, &mut self.candidates);
+            let n = self.candidates.len();
+            if self.top_p >= 1.0 {
+                return n.max(1);
+            }
+            let total = row_total
+                .unwrap_or_else(|| self.candidates.iter().map(|&(_, s)| weight(s) as f64).sum());
+            let mut mass = 0.0;
+            for (i, &(_, s)) in self.candidates.iter().enumerate() {
+                mass += weight(s) as f64 / total;
+                if mass >= self.top_p {
+                    return i + 1;
+                }
+            }
+            if k >= limit || n < k {
+                return n.max(1);
+            }
+            k = (2 * k).min(limit);
+        }
+    }
+}
+
+/// The first column of the highest score, ignoring NaN; None when none is above −∞.
+fn argmax(scores: &[f32]) -> Option<(u32, f32)> {
+    let mut best: Option<(u32, f32)> = None;
+    for (column, &score) in scores.iter().enumerate() {
+        if score > best.map_or(f32::NEG_INFINITY, |(_, b)| b) {
+            best = Some((column as u32, score));
+        }
+    }
+    best
+}
+
+/// The `k` highest-scoring columns into `out`, best first (ties: the lower column first),
+/// by one pass that keeps at most `2k` candidates above a rising threshold. Columns at −∞
+/// or NaN are never candidates.
+fn top_k(scores: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    let better = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    out.clear();
+    let mut threshold = f32::NEG_INFINITY;
+    for (column, &score) in scores.iter().enumerate() {
+        if score > threshold {
+            out.push((column as u32, score));
+            if out.len() >= 2 * k.max(1) {
+                out.select_nth_unstable_by(k - 1, better);
+                out.truncate(k);
+                threshold = out.iter().map(|&(_, s)| s).fold(f32::INFINITY, f32::min);
+            }
+        }
+    }
+    out.sort_unstable_by(better);
+    out.truncate(k);
 }
 
 #[cfg(test)]
@@ -141,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_banned_column_is_never_chosen() {
-        let logits = Tensor::new(&[0.1f32, 0.2, 9.0, 0.3], &candle_core::Device::Cpu).unwrap();
+        let logits = [0.1f32, 0.2, 9.0, 0.3];
         let greedy = SamplingParams {
             temperature: 0.0,
             repetition_penalty: 1.0,
@@ -154,6 +272,119 @@ mod tests {
         for _ in 0..200 {
             assert_ne!(sampled.next(&logits, &[], Some(2)).unwrap(), 2);
         }
+    }
+
+    /// A row with a clear order: column c scores `-(c as f32) / 4`.
+    fn falling(n: usize) -> Vec<f32> {
+        (0..n).map(|c| -(c as f32) / 4.0).collect()
+    }
+
+    fn params(temperature: f64, top_k: usize, top_p: f64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn top_k_finds_the_best_columns_in_one_pass() {
+        let mut scores: Vec<f32> = (0..1000).map(|c| ((c * 7919) % 1000) as f32).collect();
+        scores[17] = f32::NAN;
+        scores[18] = f32::NEG_INFINITY;
+        let mut out = Vec::new();
+        top_k(&scores, 5, &mut out);
+        let mut want: Vec<(u32, f32)> = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_finite())
+            .map(|(c, &s)| (c as u32, s))
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        assert_eq!(out, want[..5]);
+        // Ties keep the lower column.
+        top_k(&[1.0, 3.0, 3.0, 2.0, 3.0], 2, &mut out);
+        assert_eq!(out, [(1, 3.0), (2, 3.0)]);
+    }
+
+    /// Sampled frequencies follow transformers' rule: top-k, then top-p over the
+    /// renormalised survivors, keeping the token that crosses top-p.
+    #[test]
+    fn sampling_keeps_exactly_the_tokens_transformers_keeps() {
+        let row = falling(200);
+        // Probabilities over the 3 best at temperature 1: e^0, e^-0.25, e^-0.5 renormalised
+        // are 0.419, 0.326, 0.254 (cumulative 0.419, 0.746): top_p 0.7 keeps 2.
+        let mut sampler = params(1.0, 3, 0.7).sampler(5);
+        let mut counts = [0usize; 200];
+        for _ in 0..4000 {
+            counts[sampler.next(&row, &[], None).unwrap() as usize] += 1;
+        }
+        assert!(counts[0] > 0 && counts[1] > 0, "{:?}", &counts[..4]);
+        assert_eq!(counts[2..].iter().sum::<usize>(), 0, "{:?}", &counts[..4]);
+        let share = counts[0] as f64 / 4000.0;
+        let want = 1.0 / (1.0 + (-0.25f64).exp());
+        assert!((share - want).abs() < 0.03, "{share} vs {want}");
+        // Top-k alone keeps k tokens.
+        let mut sampler = params(1.0, 4, 1.0).sampler(5);
+        let picked: std::collections::BTreeSet<u32> = (0..2000)
+            .map(|_| sampler.next(&row, &[], None).unwrap())
+            .collect();
+        assert_eq!(picked, (0..4).collect());
+        // Top-p alone: cumulative over the whole row. With 1/4 steps the best 10 tokens
+        // hold 1 - e^-2.5 = 0.918 of the mass, the best 11 0.936: top_p 0.93 keeps 11.
+        let mut sampler = params(1.0, 0, 0.93).sampler(9);
+        let worst = (0..20000)
+            .map(|_| sampler.next(&row, &[], None).unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(worst, 10);
+        // A flat row needs candidates gathered past the first 64: 501 of 1000 reach 0.5004.
+        let flat = vec![0f32; 1000];
+        let mut sampler = params(1.0, 0, 0.5004).sampler(4);
+        let worst = (0..20000)
+            .map(|_| sampler.next(&flat, &[], None).unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(worst, 500);
+        // Neither: every token can come.
+        let mut sampler = params(1.0, 0, 1.0).sampler(3);
+        let worst = (0..20000)
+            .map(|_| sampler.next(&row, &[], None).unwrap())
+            .max()
+            .unwrap();
+        assert!(worst > 20, "{worst}");
+    }
+
+    #[test]
+    fn the_penalty_applies_once_per_token_and_a_row_of_nothing_is_an_error() {
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut sampler = greedy.sampler(0);
+        // Seen three times, column 0 is halved once: 0.5 still beats 0.3.
+        assert_eq!(
+            sampler.next(&[1.0, 0.3, -1.0], &[0, 0, 0], None).unwrap(),
+            0
+        );
+        // Seen once, 0.5 loses to 0.6.
+        assert_eq!(sampler.next(&[1.0, 0.6, -1.0], &[0], None).unwrap(), 1);
+        // A negative score is multiplied: -0.5 becomes -1.0 and loses to -0.8.
+        assert_eq!(sampler.next(&[-0.5, -0.8], &[0], None).unwrap(), 1);
+        let err = sampler
+            .next(&[f32::NAN, f32::NEG_INFINITY], &[], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no token can be chosen"), "{err}");
+        let err = params(0.8, 50, 0.95)
+            .sampler(0)
+            .next(&[0.0], &[], Some(0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no token can be chosen"), "{err}");
     }
 
     #[test]
