@@ -16,7 +16,8 @@ pub struct SamplingParams {
     pub temperature: f64,
     /// Sample only among the `top_k` most likely tokens; 0 turns the filter off.
     pub top_k: usize,
-    /// Sample only within the smallest set of tokens whose probability reaches `top_p`; 1 turns it off.
+    /// Sample only within the smallest set of tokens whose probability reaches `top_p` (after
+    /// `top_k`, over the tokens it kept, as transformers does); 1 turns it off.
     pub top_p: f64,
     /// Penalty (> 1 discourages) applied to every token already in the prompt or the output.
     pub repetition_penalty: f32,

@@ -4,9 +4,9 @@
 
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::ops::with_data;
-use serde::{Deserialize, Serialize};
 
 /// How the learning rate moves over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
