@@ -222,15 +222,16 @@ impl Sampler {
     }
 }
 
-/// The first column of the highest score, ignoring NaN; None when none is above −∞.
+/// The first column of the highest score, ignoring NaN; None when none is above −∞. The
+/// maximum comes from vector lanes (a scalar running maximum is one dependent comparison
+/// per column), then its first column from a plain search.
 fn argmax(scores: &[f32]) -> Option<(u32, f32)> {
-    let mut best: Option<(u32, f32)> = None;
-    for (column, &score) in scores.iter().enumerate() {
-        if score > best.map_or(f32::NEG_INFINITY, |(_, b)| b) {
-            best = Some((column as u32, score));
-        }
+    let best = math::vectorized(|| math::max(scores));
+    if best == f32::NEG_INFINITY {
+        return None;
     }
-    best
+    let column = scores.iter().position(|&s| s == best)?;
+    Some((column as u32, best))
 }
 
 /// The `k` highest-scoring columns into `out`, best first (ties: the lower column first),
