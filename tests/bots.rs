@@ -1118,10 +1118,20 @@ async fn discord_5xx_with_garbage_is_logged_once_retried_and_the_speech_still_sh
         (calls.iter().filter(|c| c.method == "PATCH 500").count() >= 2).then_some(())
     })
     .await;
+    // The fake has answered the second edit; the daemon counts it once serenity has read
+    // that answer, a moment later: wait for it (the next retry is 2 s away).
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let status = loop {
+        let status =
+            daemon::send(reqwest::Client::new().get(format!("{}/api/status", daemon.url))).await;
+        let counted = status.json["failing"][0]["failed_calls"].as_u64();
+        if counted.is_some_and(|n| n >= 2) || std::time::Instant::now() >= deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let open = r#"mananera_incident_open{dependency="discord_rest"}"#;
     assert_eq!(daemon::metric(&daemon.url, open).await, 1.0);
-    let status =
-        daemon::send(reqwest::Client::new().get(format!("{}/api/status", daemon.url))).await;
     let failing = &status.json["failing"][0];
     assert_eq!(failing["dependency"], "discord_rest", "{:?}", status.json);
     assert!(failing["failed_calls"].as_u64().unwrap() >= 2, "{failing}");
