@@ -152,12 +152,16 @@ impl Sampler {
         let inv_t = (1.0 / self.temperature) as f32;
         let weight = |score: f32| math::exp((score - best_score) * inv_t);
         if self.top_k == 0 && self.top_p >= 1.0 {
-            // Every token: a draw along the row, no candidates needed.
-            let scores = &self.scores;
-            let total: f64 = math::vectorized(|| scores.iter().map(|&s| weight(s) as f64).sum());
+            // Every token: a draw along the row, no candidates needed. The scratch row turns
+            // into the weights, so each exponential is computed once.
+            let scores = &mut self.scores;
+            let total: f64 = math::vectorized(|| {
+                scores.iter_mut().for_each(|s| *s = weight(*s));
+                scores.iter().map(|&w| w as f64).sum()
+            });
             let mut target = self.rng.random::<f64>() * total;
-            for (column, &score) in scores.iter().enumerate() {
-                target -= weight(score) as f64;
+            for (column, &w) in scores.iter().enumerate() {
+                target -= w as f64;
                 if target < 0.0 {
                     return Ok(column as u32);
                 }

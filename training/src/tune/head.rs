@@ -144,6 +144,17 @@ impl HeadPass {
         })
     }
 
+    /// The op's output: the per-row losses of the hidden states in `storage`.
+    fn losses(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, h) = layout.shape().dims2()?;
+        let losses = self.forward(f32_input(storage, layout)?, n, h)?;
+        Ok((CpuStorage::F32(losses), Shape::from(n)))
+    }
+
     /// The per-row losses of `x` (`[n, h]`); with a gradient, the logits buffer is left
     /// holding `softmax − one-hot` and `dx` is set.
     fn forward(&self, x: &[f32], n: usize, h: usize) -> candle_core::Result<Vec<f32>> {
@@ -211,12 +222,18 @@ impl HeadPass {
         let Some(mut dx) = self.dx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             candle_core::bail!("the head's loss was computed without its gradient (evaluation)");
         };
-        let upstream = grad.to_vec1::<f32>()?;
-        dx.par_chunks_mut(h)
-            .zip(upstream.par_iter())
-            .for_each(|(row, &g)| row.iter_mut().for_each(|d| *d *= g));
+        scale_rows(&mut dx, h, grad)?;
         Tensor::from_vec(dx, (n, h), hidden.device())
     }
+}
+
+/// Multiplies each row (of `width` values) of `data` by its upstream gradient in `grad`.
+fn scale_rows(data: &mut [f32], width: usize, grad: &Tensor) -> candle_core::Result<()> {
+    let upstream = grad.to_vec1::<f32>()?;
+    data.par_chunks_mut(width)
+        .zip(upstream.par_iter())
+        .for_each(|(row, &g)| row.iter_mut().for_each(|x| *x *= g));
+    Ok(())
 }
 
 /// `dst[m×n] = lhs · rhs`, each operand given as `(data, column stride, row stride)` of its
@@ -271,9 +288,7 @@ impl CustomOp1 for FrozenHeadLoss {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, h) = layout.shape().dims2()?;
-        let losses = self.pass.forward(f32_input(storage, layout)?, n, h)?;
-        Ok((CpuStorage::F32(losses), Shape::from(n)))
+        self.pass.losses(storage, layout)
     }
 
     fn bwd(
@@ -302,9 +317,7 @@ impl CustomOp2 for TrainedHeadLoss {
         _head: &CpuStorage,
         _head_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, h) = layout.shape().dims2()?;
-        let losses = self.pass.forward(f32_input(storage, layout)?, n, h)?;
-        Ok((CpuStorage::F32(losses), Shape::from(n)))
+        self.pass.losses(storage, layout)
     }
 
     fn bwd(
@@ -317,18 +330,13 @@ impl CustomOp2 for TrainedHeadLoss {
         let (n, h) = hidden.dims2()?;
         let (v, _) = head.dims2()?;
         // Each row's hidden state times its upstream gradient.
-        let upstream = grad.to_vec1::<f32>()?;
         let mut scaled = hidden.flatten_all()?.to_vec1::<f32>()?;
-        scaled
-            .par_chunks_mut(h)
-            .zip(upstream.par_iter())
-            .for_each(|(row, &g)| row.iter_mut().for_each(|x| *x *= g));
+        scale_rows(&mut scaled, h, grad)?;
         let stale = LOGITS.with_borrow(|logits| logits.pass != self.pass.id);
         if stale {
             // Another pass (an evaluation, another micro-batch) ran in between: compute this
             // one's softmax gradient again.
-            let x = hidden.flatten_all()?.to_vec1::<f32>()?;
-            self.pass.forward(&x, n, h)?;
+            with_data(hidden, |x| self.pass.forward(x, n, h))??;
         }
         let dhead = LOGITS.with_borrow(|logits| {
             // d head = dlogitsᵀ · scaled: dlogitsᵀ's element (j, p) is dlogits[p·v + j].

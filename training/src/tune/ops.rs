@@ -56,13 +56,10 @@ fn with_bias(y: Tensor, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage
 /// The contiguous f32 data of `t`, borrowed.
 pub(super) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        candle_core::bail!("expected an f32 tensor on the CPU");
+    let Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("expected a tensor on the CPU");
     };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("expected a contiguous tensor");
-    };
-    Ok(f(&data[start..end]))
+    Ok(f(f32_input(storage, layout)?))
 }
 
 /// The contiguous f32 data of an op's input.
