@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
 use crate::service::{Answer, Request};
+use crate::texts::{self, Language};
+use crate::voices::Voices;
 use mananera_engine::SamplingParams;
 
 /// How long, after the generations' grace period, the bots get to show their last edits.
@@ -24,12 +26,18 @@ const FINAL_EDITS_WITHIN: Duration = Duration::from_secs(10);
 struct Port {
     admin: Arc<Admin>,
     defaults: SamplingParams,
+    voices: Voices,
+    language: Language,
     adapters: Vec<&'static str>,
 }
 
 impl Speaker for Port {
     fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<Reply, String>> {
         Box::pin(self.answer(ask))
+    }
+
+    fn voices(&self) -> Vec<String> {
+        self.voices.menu()
     }
 
     fn is_admin(&self, user: &str) -> bool {
@@ -61,27 +69,27 @@ impl Port {
     /// A request from a bot, answered by the service.
     async fn answer(&self, ask: Ask) -> Result<Reply, String> {
         let Some(speeches) = self.admin.live.speeches() else {
-            return Err(
-                "El modelo todavía se está cargando; intenta de nuevo en un minuto.".into(),
-            );
+            return Err(texts::loading(self.language).into());
         };
         let request = Request {
             frontend: ask.platform.name(),
             user: ask.user(),
             topic: ask.topic,
+            voice: ask.voice,
             params: self.defaults.clone(),
         };
+        let language = self.language;
         match speeches.ask(request).await {
             Ok(Answer::Cached { text, .. }) => Ok(Reply::Whole(text)),
             Ok(Answer::Streaming { events, .. }) => {
-                let pieces = stream_of(events).map(|event| match event {
+                let pieces = stream_of(events).map(move |event| match event {
                     Event::Delta(text) => Piece::Text(text),
                     Event::Done(_) => Piece::Done,
-                    Event::Failed(message) => Piece::Failed(message),
+                    Event::Failed(failure) => Piece::Failed(texts::failure(&failure, language)),
                 });
                 Ok(Reply::Stream(pieces.boxed()))
             }
-            Err(rejection) => Err(rejection.to_string()),
+            Err(rejection) => Err(texts::rejection(&rejection, language)),
         }
     }
 
@@ -182,9 +190,9 @@ pub struct Bots {
 }
 
 impl Bots {
-    /// Starts each adapter whose token is configured. A token that cannot be read stops
-    /// that adapter only (logged); the daemon and the other adapter carry on.
-    pub fn start(config: &Config, admin: Arc<Admin>) -> Bots {
+    /// Starts each adapter whose token is configured, offering `voices`. A token that cannot
+    /// be read stops that adapter only (logged); the daemon and the other adapter carry on.
+    pub fn start(config: &Config, admin: Arc<Admin>, voices: Voices) -> Bots {
         let discord_token = token(
             "discord",
             "MANANERA_DISCORD_TOKEN",
@@ -204,7 +212,9 @@ impl Bots {
         .collect();
         let port: Arc<dyn Speaker> = Arc::new(Port {
             admin,
-            defaults: config.generation.clone(),
+            defaults: config.generation.sampling.clone(),
+            voices,
+            language: config.serve.language,
             adapters: running.clone(),
         });
         let (stop, stopped) = watch::channel(false);

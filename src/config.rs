@@ -20,6 +20,8 @@ use crate::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
+use crate::texts::Language;
+use crate::voices::Voices;
 use mananera_engine::finetuned::Choice;
 use mananera_engine::{EngineOptions, Quantization, SamplingParams};
 use mananera_model::checkpoint::ModelSource;
@@ -30,7 +32,7 @@ use mananera_model::checkpoint::ModelSource;
 pub struct Config {
     pub model: ModelConfig,
     pub engine: EngineConfig,
-    pub generation: SamplingParams,
+    pub generation: GenerationConfig,
     pub corpus: CorpusConfig,
     pub cleaning: CleaningRules,
     pub scrape: ScrapeConfig,
@@ -45,6 +47,30 @@ pub struct Config {
     pub nightly: NightlyConfig,
 }
 
+/// `[generation]`: the sampling defaults of every request, and the voice of one that names
+/// none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    /// A `voice` of `[[corpus.speakers]]`.
+    #[serde(default = "default_voice")]
+    pub voice: String,
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+}
+
+fn default_voice() -> String {
+    "amlo".into()
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            voice: default_voice(),
+            sampling: SamplingParams::default(),
+        }
+    }
+}
+
 /// `[serve]`: the daemon's web server and what a request may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +83,8 @@ pub struct ServeConfig {
     pub api_token_file: String,
     /// Prompt cache and user limits (sled); empty means `$XDG_STATE_HOME/mananera/state`.
     pub state_dir: String,
+    /// The language of what people read (the bots, the page, the API's `message`).
+    pub language: Language,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Longest topic accepted, in characters.
@@ -84,6 +112,7 @@ impl Default for ServeConfig {
             allow_remote: false,
             api_token_file: String::new(),
             state_dir: String::new(),
+            language: Language::Es,
             max_body_bytes: 16 * 1024,
             max_topic_chars: 200,
             max_new_tokens: 512,
@@ -259,14 +288,17 @@ impl Config {
         self.training.validate().map_err(|e| e.to_string())?;
         self.nightly.validate()?;
         self.generation
+            .sampling
             .validate()
             .map_err(|e| format!("[generation] {e}"))?;
         self.corpus.validate()?;
+        self.voices()?;
         self.cleaning()?;
         self.sources()?;
         self.listen_addr()?;
         self.queue.validate()?;
         self.cache.validate()?;
+        self.limits.validate()?;
         self.serve.validate()
     }
 
@@ -306,6 +338,11 @@ impl Config {
             (!self.serve.api_token_file.is_empty()).then(|| Path::new(&self.serve.api_token_file));
         mananera_bots::find_secret_text("MANANERA_API_TOKEN", file, "api-token")
             .map_err(|e| format!("the API token (serve.api_token_file, $MANANERA_API_TOKEN or the api-token credential): {e}"))
+    }
+
+    /// The voices requests may choose, and the default one.
+    pub fn voices(&self) -> Result<Voices, String> {
+        Voices::new(&self.corpus.speakers, &self.generation.voice)
     }
 
     /// The compiled speaker and cleaning rules.
@@ -487,7 +524,7 @@ mod tests {
             &[set("generation.temperature", "0"), set("model.id", "a/b")],
         )
         .unwrap();
-        assert_eq!(config.generation.temperature, 0.0);
+        assert_eq!(config.generation.sampling.temperature, 0.0);
         assert_eq!(config.model.id, "a/b");
 
         let err = Config::load(None, &[set("generation.temperature", "hot")]).unwrap_err();

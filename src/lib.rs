@@ -39,4 +39,6 @@ pub mod service;
 pub mod stall;
 pub mod summary;
 pub mod systemd;
+pub mod texts;
+pub mod voices;
 pub mod web;

@@ -381,7 +381,11 @@ fn build(
         max_new_tokens: config.serve.max_new_tokens,
         max_temperature: config.serve.max_temperature,
     };
-    Ok(Speeches::new(model, limits, store, metrics, bounds))
+    let voices = config.voices().map_err(|message| Failure {
+        exit: Exit::Usage,
+        message,
+    })?;
+    Ok(Speeches::new(model, limits, store, metrics, bounds, voices))
 }
 
 #[cfg(test)]

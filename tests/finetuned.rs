@@ -54,6 +54,8 @@ fn versions_with_peft_adapter(base_model: &str) -> tempfile::TempDir {
             data_window: (String::new(), String::new()),
             backlog: 0,
             budget_reached: false,
+            voices: Default::default(),
+            worse_voices: Vec::new(),
         },
         settings: Value::Null,
     };

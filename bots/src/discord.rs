@@ -26,6 +26,8 @@ pub const COMMAND: &str = "mañanera";
 pub const STATUS_COMMAND: &str = "mañanera-estado";
 /// The status command's option: what the admin wants done (`AdminAction::WORDS`).
 pub const ACTION_OPTION: &str = "accion";
+/// The `/mañanera` option that chooses the voice.
+pub const VOICE_OPTION: &str = "voz";
 /// The longest topic the command accepts.
 pub const MAX_TOPIC_CHARS: u16 = 200;
 /// Used when a 429 reaches us without its `retry_after` (serenity drops the body when its
@@ -119,8 +121,16 @@ fn client() -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The commands, as registered.
-pub fn commands() -> Vec<CreateCommand> {
+/// The commands, as registered: `voices` (the default first) are the `voz` option's choices.
+pub fn commands(voices: &[String]) -> Vec<CreateCommand> {
+    let voice = voices.iter().fold(
+        CreateCommandOption::new(
+            CommandOptionType::String,
+            VOICE_OPTION,
+            "Quién habla (si no se elige: la primera voz)",
+        ),
+        |option, v| option.add_string_choice(v, v),
+    );
     vec![
         CreateCommand::new(COMMAND)
             .description("Un discurso de la mañanera sobre un tema")
@@ -128,7 +138,8 @@ pub fn commands() -> Vec<CreateCommand> {
                 CreateCommandOption::new(CommandOptionType::String, "tema", "El tema del discurso")
                     .required(true)
                     .max_length(MAX_TOPIC_CHARS),
-            ),
+            )
+            .add_option(voice),
         CreateCommand::new(STATUS_COMMAND)
             .description("Estado del servidor de discursos (solo administradores)")
             .add_option(
@@ -155,14 +166,14 @@ impl EventHandler for Handler {
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "discord: connected");
         // Bulk overwrite: registering again (Ready fires on every new session) changes nothing.
         let result = if self.config.guilds.is_empty() {
-            Command::set_global_commands(&ctx.http, commands())
+            Command::set_global_commands(&ctx.http, commands(&self.speaker.voices()))
                 .await
                 .map(drop)
         } else {
             let mut result = Ok(());
             for &guild in &self.config.guilds {
                 if let Err(e) = GuildId::new(guild)
-                    .set_commands(&ctx.http, commands())
+                    .set_commands(&ctx.http, commands(&self.speaker.voices()))
                     .await
                 {
                     result = Err(e);
@@ -254,11 +265,13 @@ async fn answer(
         }
         COMMAND => {
             let topic = string_option(&command, "tema");
+            let voice = Some(string_option(&command, VOICE_OPTION)).filter(|v| !v.is_empty());
             let ask = Ask {
                 platform: Platform::Discord,
                 user_id: command.user.id.to_string(),
                 chat_id: command.channel_id.to_string(),
                 topic,
+                voice,
             };
             let reply = match speaker.ask(ask).await {
                 Ok(reply) => reply,

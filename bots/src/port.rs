@@ -32,6 +32,8 @@ pub struct Ask {
     pub chat_id: String,
     /// As typed; the daemon checks and normalises it.
     pub topic: String,
+    /// The voice asked for, as typed (one of [`Speaker::voices`]); `None`: the default one.
+    pub voice: Option<String>,
 }
 
 impl Ask {
@@ -65,6 +67,10 @@ pub trait Speaker: Send + Sync + 'static {
     /// Takes a request, quickly (within a bounded time): either a reply or a refusal a person
     /// can act on (busy, rate limited, bad topic…).
     fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<Reply, String>>;
+
+    /// The voices a request may name (`amlo`, `sheinbaum`), the default first: Discord
+    /// offers them as the `voz` option's choices, Telegram reads them before the topic.
+    fn voices(&self) -> Vec<String>;
 
     /// True when `user` (`<platform>:<id>`) may see the daemon's status and retrain it.
     fn is_admin(&self, user: &str) -> bool;

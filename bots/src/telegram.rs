@@ -27,7 +27,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 const NOTICE_EVERY: Duration = Duration::from_secs(5);
 
 const HELP: &str = "Escribe /mananera seguido de un tema (por ejemplo: /mananera el tren maya) \
-y te respondo con un discurso al estilo de la mañanera. En un chat privado basta con escribir el tema.";
+y te respondo con un discurso al estilo de la mañanera. En un chat privado basta con escribir el tema. \
+Para elegir quién habla, pon la voz antes del tema: /mananera sheinbaum: el agua, o /mananera [amlo] el agua.";
 
 /// Runs the Telegram bot until `stop` turns true, retrying with backoff when Telegram or the
 /// network fails. Replies being written are tracked by `tasks`.
@@ -289,12 +290,14 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
         Intent::Speech(topic) if topic.trim().is_empty() => {
             send_plain(&bot, &message, "Falta el tema: /mananera <tema>").await;
         }
-        Intent::Speech(topic) => {
+        Intent::Speech(text) => {
+            let (voice, topic) = voice_and_topic(&text, &state.speaker.voices());
             let ask = Ask {
                 platform: Platform::Telegram,
                 user_id: from.id.to_string(),
                 chat_id: chat.to_string(),
                 topic,
+                voice,
             };
             match state.speaker.ask(ask).await {
                 Ok(reply) => speak(&bot, &state, &message, reply).await,
@@ -303,6 +306,24 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
         }
         Intent::Ignore => {}
     }
+}
+
+/// Reads the voice before a topic: `[voz] tema` (any word in brackets: an unknown one is
+/// refused with the list), or `voz: tema` when the word is one of `voices` (otherwise the
+/// colon belongs to the topic, as in «educación: el reto»).
+fn voice_and_topic(text: &str, voices: &[String]) -> (Option<String>, String) {
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix('[')
+        && let Some((voice, topic)) = rest.split_once(']')
+    {
+        return (Some(voice.trim().to_string()), topic.trim().to_string());
+    }
+    if let Some((word, topic)) = text.split_once(':')
+        && voices.iter().any(|v| v.eq_ignore_ascii_case(word.trim()))
+    {
+        return (Some(word.trim().to_string()), topic.trim().to_string());
+    }
+    (None, text.to_string())
 }
 
 /// Writes a speech as a reply to `message`, showing "typing…" until it is done.
@@ -456,6 +477,29 @@ impl Surface for Chat<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_voice_is_read_before_the_topic() {
+        let voices = ["amlo".to_string(), "sheinbaum".to_string()];
+        let read = |text| voice_and_topic(text, &voices);
+        assert_eq!(
+            read("sheinbaum: el agua"),
+            (Some("sheinbaum".into()), "el agua".into())
+        );
+        assert_eq!(
+            read(" [AMLO]  el agua"),
+            (Some("AMLO".into()), "el agua".into())
+        );
+        assert_eq!(
+            read("[fox] el agua"),
+            (Some("fox".into()), "el agua".into())
+        );
+        assert_eq!(
+            read("educación: el reto"),
+            (None, "educación: el reto".into())
+        );
+        assert_eq!(read("el agua"), (None, "el agua".into()));
+    }
 
     #[test]
     fn commands_plain_text_and_groups() {

@@ -14,6 +14,27 @@ use super::text::StreamDecoder;
 use super::word_limit::{Verdict, WordLimit};
 use super::{Engine, Error, Result};
 
+/// What a speech continues: an optional voice header, then the text (the topic). The two are
+/// tokenized apart, as training tokenizes a block's header apart from its text, so the
+/// header's tokens are exactly the ones the model learnt.
+#[derive(Debug, Clone, Copy)]
+pub struct Prompt<'a> {
+    pub header: &'a str,
+    pub text: &'a str,
+}
+
+impl<'a> From<&'a str> for Prompt<'a> {
+    fn from(text: &'a str) -> Self {
+        Prompt { header: "", text }
+    }
+}
+
+impl<'a> From<&'a String> for Prompt<'a> {
+    fn from(text: &'a String) -> Self {
+        Prompt::from(text.as_str())
+    }
+}
+
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,22 +177,22 @@ impl Sequence {
 impl Engine {
     /// Generates from one prompt, calling `on_delta` with each piece of text as soon as it
     /// forms complete characters; returning `ControlFlow::Break` from it cancels.
-    pub fn generate(
+    pub fn generate<'p>(
         &self,
-        prompt: &str,
+        prompt: impl Into<Prompt<'p>>,
         params: &SamplingParams,
         mut on_delta: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        let mut out = self.generate_batch(&[prompt], params, |_, delta| on_delta(delta))?;
+        let mut out = self.generate_batch(&[prompt.into()], params, |_, delta| on_delta(delta))?;
         Ok(out.remove(0))
     }
 
     /// Generates from several prompts at once (one forward pass per step for the whole
     /// batch), all with the same seed. Each row gives the same result it would alone.
     /// `on_delta(row, text)` streams; `Break` cancels that row.
-    pub fn generate_batch(
+    pub fn generate_batch<'p, P: Copy + Into<Prompt<'p>>>(
         &self,
-        prompts: &[&str],
+        prompts: &[P],
         params: &SamplingParams,
         mut on_delta: impl FnMut(usize, &str) -> ControlFlow<()>,
     ) -> Result<Vec<Generation>> {
@@ -182,7 +203,7 @@ impl Engine {
         };
         let mut rows = prompts
             .iter()
-            .map(|p| self.start(p, &params))
+            .map(|&p| self.start(p.into(), &params))
             .collect::<Result<Vec<_>>>()?;
         for (r, row) in rows.iter_mut().enumerate() {
             let delta = self.prefill(row)?;
@@ -209,7 +230,7 @@ impl Engine {
 
     /// Checks and tokenizes a prompt into a sequence ready for [`Engine::prefill`]. Cheap: no
     /// model work happens here.
-    pub fn start(&self, prompt: &str, params: &SamplingParams) -> Result<Sequence> {
+    pub fn start(&self, prompt: Prompt<'_>, params: &SamplingParams) -> Result<Sequence> {
         params.validate()?;
         let prompt = self.encode_prompt(prompt)?;
         let seed = params.seed.unwrap_or_else(rand::random);
@@ -290,23 +311,33 @@ impl Engine {
         Ok(deltas)
     }
 
-    /// Tokenizes a prompt, rejecting an empty one or one that leaves no room to generate.
-    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        if prompt.trim().is_empty() {
+    /// Tokenizes a prompt (its header, then its text), rejecting an empty text or a prompt
+    /// that leaves no room to generate.
+    fn encode_prompt(&self, prompt: Prompt<'_>) -> Result<Vec<u32>> {
+        if prompt.text.trim().is_empty() {
             return Err(Error::InvalidInput(
                 "the prompt is empty: give a topic to speak about".into(),
             ));
         }
-        let ids = self.codec.encode(prompt)?;
-        if ids.is_empty() {
+        let text = self.codec.encode(prompt.text)?;
+        if text.is_empty() {
             return Err(Error::InvalidInput(
                 "the prompt has no tokens: give a topic to speak about".into(),
             ));
         }
+        let mut ids = self.codec.encode(prompt.header)?;
+        let header = ids.len();
+        ids.extend(text);
         if ids.len() >= self.max_context {
+            let what = match header {
+                0 => format!("the prompt is {} tokens", ids.len()),
+                h => format!(
+                    "the voice header and the prompt are {h} + {} tokens",
+                    ids.len() - h
+                ),
+            };
             return Err(Error::InvalidInput(format!(
-                "the prompt is {} tokens, but the context cap (engine.max_context) is {}: shorten it",
-                ids.len(),
+                "{what}, but the context cap (engine.max_context) is {}: shorten it",
                 self.max_context
             )));
         }

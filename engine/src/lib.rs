@@ -36,7 +36,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use generate::{Generation, StopReason, Timings};
+pub use generate::{Generation, Prompt, StopReason, Timings};
 pub use linear::Quantization;
 pub use sampling::SamplingParams;
 
@@ -160,19 +160,28 @@ impl Engine {
         &self.codec
     }
 
-    /// Scores `text`: the log-probability of each of its tokens given the ones before.
-    pub fn score(&self, text: &str) -> Result<Scored> {
-        let token_ids = self.codec.encode(text)?;
-        if token_ids.len() < 2 {
+    /// Scores `text`: the log-probability of each of its tokens given the ones before. A
+    /// [`Prompt`] with a voice header scores the text after the header (its first token
+    /// too, given the header), as training scores a block.
+    pub fn score<'p>(&self, text: impl Into<Prompt<'p>>) -> Result<Scored> {
+        let prompt = text.into();
+        let mut token_ids = self.codec.encode(prompt.header)?;
+        let header = token_ids.len();
+        token_ids.extend(self.codec.encode(prompt.text)?);
+        // The header's last token predicts the text's first; without one, the first predicts
+        // the second.
+        let context = header.saturating_sub(1);
+        if token_ids.len() - context < 2 {
             return Err(Error::InvalidInput(format!(
-                "the text has {} token(s); scoring needs at least 2",
-                token_ids.len()
+                "the text has {} token(s); scoring needs at least {}",
+                token_ids.len() - header,
+                2 - usize::from(header > 0)
             )));
         }
         if let Some((position, &id)) = token_ids
             .iter()
             .enumerate()
-            .skip(1)
+            .skip(context + 1)
             .find(|(_, id)| self.model.column(**id).is_none())
         {
             return Err(Error::InvalidInput(format!(
@@ -181,7 +190,9 @@ impl Engine {
                 self.codec.decode(&[id]).unwrap_or_default()
             )));
         }
-        let logprobs = self.model.score(&token_ids, self.max_context.min(512))?;
+        let mut logprobs = self.model.score(&token_ids, self.max_context.min(512))?;
+        logprobs.drain(..context);
+        token_ids.drain(..context);
         Ok(Scored {
             token_ids,
             logprobs,

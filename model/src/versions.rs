@@ -15,6 +15,7 @@
 //! renamed), and `current` only ever names complete directories, so killing the process at
 //! any instant leaves the previous current version in place and loadable.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,25 @@ pub struct Metrics {
     /// The run ended at its time budget (`training.max_minutes`) before its planned steps.
     #[serde(default)]
     pub budget_reached: bool,
+    /// Each voice's blocks and validation perplexity (empty for runs from before voices).
+    #[serde(default)]
+    pub voices: BTreeMap<String, VoiceMetrics>,
+    /// Voices whose validation perplexity got worse beyond the tolerance: the version was
+    /// rejected for them, whatever the overall perplexity did.
+    #[serde(default)]
+    pub worse_voices: Vec<String>,
+}
+
+/// One voice's share of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceMetrics {
+    pub train_blocks: usize,
+    pub validation_blocks: usize,
+    /// Validation perplexity of the model served before the run, on this voice's blocks.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub perplexity_before: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub perplexity_after: f64,
 }
 
 /// A number JSON holds as `null` (serde_json writes NaN and ∞ so) read back as NaN.

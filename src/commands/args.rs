@@ -61,13 +61,17 @@ pub struct SamplingArgs {
     /// 0 = no word limit.
     #[arg(long)]
     pub max_words: Option<usize>,
+    /// Whose voice: a `voice` of [[corpus.speakers]] (amlo, sheinbaum); default generation.voice.
+    #[arg(long)]
+    pub voice: Option<String>,
 }
 
 impl SamplingArgs {
     /// The settings these flags override.
     pub fn overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
-        let fields: [(&str, Option<String>); 7] = [
+        let fields: [(&str, Option<String>); 8] = [
+            ("voice", self.voice.clone()),
             ("temperature", self.temperature.map(|v| format!("{v:?}"))),
             ("top_k", self.top_k.map(|v| v.to_string())),
             ("top_p", self.top_p.map(|v| format!("{v:?}"))),

@@ -186,7 +186,7 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
     let mut times = Vec::new();
     for step in 0..=args.steps {
         let started = Instant::now();
-        optimizer_step(&model, &mut optimizer, &blocks, &[&[0]], lr, 1.0, 0)
+        optimizer_step(&model, &mut optimizer, &blocks, &[], &[&[0]], lr, 1.0, 0)
             .map_err(|e| failed(&e))?;
         if step > 0 {
             times.push(started.elapsed().as_secs_f64());

@@ -10,13 +10,17 @@ use crate::commands::{Context, Format, Run};
 use crate::config::Config;
 use crate::config::Override;
 use crate::exit::Failure;
-use mananera_engine::Engine;
+use mananera_engine::{Engine, Prompt};
 
 /// `mananera eval FILE`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// UTF-8 text file to score.
     pub file: std::path::PathBuf,
+    /// Score the text in this voice (a `voice` of [[corpus.speakers]]): after its header, as
+    /// training scores it. Default: the bare text.
+    #[arg(long)]
+    pub voice: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -27,7 +31,7 @@ impl Run for EvalArgs {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), Failure> {
-        run(&ctx.config, &self.file, ctx.format)
+        run(&ctx.config, &self.file, self.voice.as_deref(), ctx.format)
     }
 }
 
@@ -38,8 +42,28 @@ struct Report<'a> {
     perplexity: f64,
 }
 
-/// Scores the UTF-8 text in `file`.
-pub fn run(config: &Config, file: &Path, format: Format) -> Result<(), Failure> {
+/// Scores the UTF-8 text in `file`, after `voice`'s header when one is named.
+pub fn run(
+    config: &Config,
+    file: &Path,
+    voice: Option<&str>,
+    format: Format,
+) -> Result<(), Failure> {
+    let voices = config.voices().map_err(Failure::usage)?;
+    let header = match voice {
+        None => "",
+        Some(asked) => {
+            &voices
+                .choose(Some(asked))
+                .map_err(|unknown| {
+                    Failure::usage(format!(
+                        "--voice {asked}: there is no such voice; the voices are {}",
+                        unknown.known.join(", ")
+                    ))
+                })?
+                .header
+        }
+    };
     let bytes = std::fs::read(file).map_err(|e| {
         Failure::usage(format!(
             "{}: cannot read the file to score ({e})",
@@ -53,7 +77,10 @@ pub fn run(config: &Config, file: &Path, format: Format) -> Result<(), Failure> 
         ))
     })?;
     let engine = Engine::load(&config.engine_options())?;
-    let scored = engine.score(&text)?;
+    let scored = engine.score(Prompt {
+        header,
+        text: &text,
+    })?;
     let perplexity = scored.perplexity();
     match format {
         Format::Json | Format::Jsonl => super::print_json(&Report {

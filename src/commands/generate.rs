@@ -7,8 +7,8 @@ use crate::commands::args::{ModelArgs, SamplingArgs};
 use crate::commands::{Context, Format, Run};
 use crate::config::Config;
 use crate::config::Override;
-use crate::exit::Failure;
-use mananera_engine::Engine;
+use crate::exit::{Exit, Failure};
+use mananera_engine::{Engine, Prompt};
 
 /// `mananera generate TOPIC`.
 #[derive(Debug, clap::Args)]
@@ -33,11 +33,21 @@ impl Run for GenerateArgs {
     }
 }
 
-/// Loads the model and generates from `topic` with the configured sampling settings.
+/// Loads the model and generates from `topic` in the configured voice, with the configured
+/// sampling settings.
 pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> {
+    let voices = config.voices().map_err(|message| Failure {
+        exit: Exit::Usage,
+        message,
+    })?;
+    let voice = voices.default_voice();
     let engine = Engine::load(&config.engine_options())?;
     let mut stdout = std::io::stdout().lock();
-    let generation = engine.generate(topic, &config.generation, |delta| {
+    let prompt = Prompt {
+        header: &voice.header,
+        text: topic,
+    };
+    let generation = engine.generate(prompt, &config.generation.sampling, |delta| {
         if format == Format::Text {
             // A closed pipe (e.g. `| head`) cancels instead of failing.
             if stdout
@@ -58,6 +68,7 @@ pub fn run(config: &Config, topic: &str, format: Format) -> Result<(), Failure> 
         decode_tok_s = format!("{:.1}", t.decode_tokens_per_s),
         stop = ?generation.stop_reason,
         seed = generation.seed,
+        voice = %voice.id,
         "generation finished"
     );
     match format {

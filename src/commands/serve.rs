@@ -147,11 +147,17 @@ async fn serve(
         live: Arc::clone(&live),
         nightly: Arc::clone(&nightly),
     });
+    let voices = config.voices().map_err(|message| Failure {
+        exit: Exit::Usage,
+        message,
+    })?;
     let state = AppState {
         speeches: Arc::clone(&live.speeches),
         metrics: Arc::clone(&metrics),
         admin: Arc::clone(&admin),
-        defaults: config.generation.clone(),
+        defaults: config.generation.sampling.clone(),
+        language: config.serve.language,
+        voices: voices.menu(),
         api_token,
         max_body_bytes: config.serve.max_body_bytes,
         runtime_health,
@@ -169,7 +175,7 @@ async fn serve(
     // A line on stdout for scripts and tests that start the daemon on port 0.
     println!("mananera listening on http://{local}");
     systemd::status("loading the model");
-    let bots = Bots::start(&config, Arc::clone(&admin));
+    let bots = Bots::start(&config, Arc::clone(&admin), voices);
     let reloads = tokio::spawn(timed(
         "reload",
         reload_on_hangup(source, Arc::clone(&live), Arc::clone(&nightly)),

@@ -204,9 +204,11 @@ fn head_vocabulary(config: &Config, base: &Checkpoint) -> Result<Option<Vocabula
     Ok(Some(vocabulary))
 }
 
-/// Every transcript of the corpus, read while holding the corpus lock.
+/// Every transcript of the corpus, read while holding the corpus lock, in its speaker's
+/// voice. A transcript of a speaker no `[[corpus.speakers]]` entry names is refused.
 fn documents(config: &Config) -> Result<Vec<Document>, Failure> {
     let corpus = open_corpus(config)?;
+    let speakers = &config.corpus.speakers;
     corpus
         .entries()
         .into_iter()
@@ -215,9 +217,21 @@ fn documents(config: &Config) -> Result<Vec<Document>, Failure> {
                 exit: Exit::Internal,
                 message: e.to_string(),
             })?;
+            let voice = speakers
+                .iter()
+                .find(|s| s.name == transcript.speaker)
+                .ok_or_else(|| Failure {
+                    exit: Exit::Usage,
+                    message: format!(
+                        "transcript {} is by {:?}, whom no [[corpus.speakers]] entry names; \
+                         add that speaker (with a `voice` and a `header`) to train on it",
+                        entry.id, transcript.speaker
+                    ),
+                })?;
             Ok(Document {
                 id: entry.id.clone(),
                 date: entry.date.to_string(),
+                voice: voice.voice.clone(),
                 text: transcript.text,
             })
         })
@@ -283,6 +297,7 @@ pub fn run(config: &Config, flags: TrainFlags, format: Format) -> Result<(), Fai
         resume: flags.resume,
         stop: &stop,
         vocabulary,
+        voices: config.corpus.speakers.iter().map(|s| s.voice()).collect(),
     };
     let mut reporter = Reporter::new();
     let outcome = train(&job, &documents, &mut |event| reporter.event(event));

@@ -332,6 +332,17 @@ mod tests {
             data_window: ("2024-01-02".into(), "2024-01-03".into()),
             backlog: 0,
             budget_reached: false,
+            voices: [(
+                "amlo".to_string(),
+                mananera_model::versions::VoiceMetrics {
+                    train_blocks: 3,
+                    validation_blocks: 1,
+                    perplexity_before: 12.5,
+                    perplexity_after: f64::NAN,
+                },
+            )]
+            .into(),
+            worse_voices: vec!["amlo".into()],
         };
         // What `train --format json` prints for a diverged run (NaN is written as null).
         let printed = serde_json::to_string(&TrainSummary {

@@ -110,12 +110,13 @@ impl PromptCache {
         Ok(cache)
     }
 
-    /// The key of a request: this cache's model version, the topic (as [`super::topic::clean`]
-    /// leaves it, lower-cased) and every sampling setting that changes the text.
-    pub fn key(&self, topic: &str, params: &SamplingParams) -> Vec<u8> {
+    /// The key of a request: this cache's model version, the voice, the topic (as
+    /// [`super::topic::clean`] leaves it, lower-cased) and every sampling setting that
+    /// changes the text.
+    pub fn key(&self, voice: &str, topic: &str, params: &SamplingParams) -> Vec<u8> {
         let topic = topic.to_lowercase();
         let params = serde_json::to_string(params).unwrap_or_default();
-        format!("{}\u{1f}{topic}\u{1f}{params}", self.version).into_bytes()
+        format!("{}\u{1f}{voice}\u{1f}{topic}\u{1f}{params}", self.version).into_bytes()
     }
 
     /// How many speeches a key keeps: one when the settings always give the same text.
@@ -314,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn voices_are_kept_apart() {
+        let config = CacheConfig {
+            variants: 1,
+            ..Default::default()
+        };
+        let (_db, c) = cache(config, "v1");
+        let params = SamplingParams::default();
+        let amlo = c.key("amlo", "el agua", &params);
+        let sheinbaum = c.key("sheinbaum", "el agua", &params);
+        assert_ne!(amlo, sheinbaum);
+        c.store(&amlo, &params, "un discurso de AMLO");
+        assert_eq!(c.lookup(&sheinbaum, &params), None);
+        assert_eq!(
+            c.lookup(&amlo, &params).as_deref(),
+            Some("un discurso de AMLO")
+        );
+    }
+
+    #[test]
     fn entries_expire_after_their_ttl() {
         let config = CacheConfig {
             ttl_hours: 0,
@@ -322,7 +342,7 @@ mod tests {
         };
         let (_db, c) = cache(config, "v1");
         let params = SamplingParams::default();
-        let key = c.key("tema", &params);
+        let key = c.key("amlo", "tema", &params);
         c.store(&key, &params, "un discurso");
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(c.lookup(&key, &params), None);
@@ -340,7 +360,10 @@ mod tests {
         let (_db, c) = cache(config, "v1");
         let params = SamplingParams::default();
         let text = "x".repeat(400 * 1024);
-        let keys: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|t| c.key(t, &params)).collect();
+        let keys: Vec<Vec<u8>> = ["a", "b", "c"]
+            .iter()
+            .map(|t| c.key("amlo", t, &params))
+            .collect();
         c.store(&keys[0], &params, &text);
         c.store(&keys[1], &params, &text);
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -363,9 +386,9 @@ mod tests {
         };
         let (db, old) = cache(config.clone(), "v1");
         let params = SamplingParams::default();
-        old.store(&old.key("tema", &params), &params, "viejo");
+        old.store(&old.key("amlo", "tema", &params), &params, "viejo");
         let new = PromptCache::new(db, config, "v2").unwrap();
-        let key = new.key("tema", &params);
+        let key = new.key("amlo", "tema", &params);
         assert_eq!(new.lookup(&key, &params), None);
         assert_eq!(new.purge_stale(), 1);
         assert_eq!(new.stats().entries, 0);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::store::Store;
 
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 /// `[limits]`: who may ask, and how often. User ids are `<front end>:<id>`, e.g.
@@ -17,8 +18,10 @@ use serde::{Deserialize, Serialize};
 pub struct LimitsConfig {
     /// Requests per user per minute; 0 turns the limit off.
     pub per_minute: u32,
-    /// Requests per user per day (UTC); 0 turns the quota off.
+    /// Requests per user per day (in `time_zone`); 0 turns the quota off.
     pub per_day: u32,
+    /// IANA time zone whose midnight starts a new day of the quota.
+    pub time_zone: String,
     /// When not empty, only these users may ask.
     pub allow: Vec<String>,
     /// These users may never ask.
@@ -44,12 +47,29 @@ impl Default for LimitsConfig {
         Self {
             per_minute: 5,
             per_day: 100,
+            time_zone: "America/Mexico_City".into(),
             allow: Vec::new(),
             block: Vec::new(),
             admins: Vec::new(),
             discord: PlatformRates::default(),
             telegram: PlatformRates::default(),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// Refuses a time zone that is not in the time zone database.
+    pub fn validate(&self) -> Result<(), String> {
+        self.zone().map(drop)
+    }
+
+    fn zone(&self) -> Result<TimeZone, String> {
+        TimeZone::get(&self.time_zone).map_err(|e| {
+            format!(
+                "limits.time_zone = {:?}: {e}; use an IANA name such as \"America/Mexico_City\"",
+                self.time_zone
+            )
+        })
     }
 }
 
@@ -62,8 +82,8 @@ pub enum Refusal {
     InFlight,
     /// Over the per-minute rate; retry in this many seconds.
     RateLimited { retry_after_s: u64 },
-    /// Over the daily quota; it resets in this many seconds.
-    QuotaExhausted { resets_in_s: u64 },
+    /// Over the daily quota; it resets in this many seconds, at midnight in `time_zone`.
+    QuotaExhausted { resets_in_s: u64, time_zone: String },
 }
 
 /// One user's counts, stored as JSON under the user id.
@@ -71,7 +91,7 @@ pub enum Refusal {
 struct Usage {
     /// Times (ms) of the requests of the last minute.
     recent_ms: Vec<u64>,
-    /// UTC day number of `today`.
+    /// Day number (days since 1970-01-01 in the quota's time zone) of `today`.
     day: u64,
     today: u32,
 }
@@ -79,6 +99,7 @@ struct Usage {
 /// The limits in force.
 pub struct Limits {
     config: LimitsConfig,
+    zone: TimeZone,
     tree: sled::Tree,
     store: Store,
     /// Every user's counts (read from `tree` at start; users idle since yesterday dropped).
@@ -102,13 +123,13 @@ impl Drop for Slot {
     }
 }
 
-const DAY_MS: u64 = 86_400_000;
-
 impl Limits {
     /// Limits whose counts persist in `tree`, written through `store`. Reads the whole tree:
-    /// call it off the async runtime.
+    /// call it off the async runtime. An unknown time zone (refused by the settings' check)
+    /// counts days in UTC.
     pub fn new(config: LimitsConfig, tree: sled::Tree, store: Store) -> Self {
-        let today = super::now_ms() / DAY_MS;
+        let zone = config.zone().unwrap_or(TimeZone::UTC);
+        let today = day_of(&zone, super::now_ms()).0;
         let usage = tree
             .iter()
             .filter_map(Result::ok)
@@ -120,6 +141,7 @@ impl Limits {
             .collect();
         Self {
             config,
+            zone,
             tree,
             store,
             usage: Mutex::new(Counts {
@@ -177,7 +199,7 @@ impl Limits {
     fn count(&self, user: &str, now_ms: u64) -> Result<(), Refusal> {
         let (per_minute, per_day) = self.rates(user);
         let mut counts = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let day = now_ms / DAY_MS;
+        let (day, next_midnight_ms) = day_of(&self.zone, now_ms);
         if counts.users.len() > PRUNE_ABOVE && counts.pruned_day != day {
             counts.users.retain(|_, u| u.day >= day);
             counts.pruned_day = day;
@@ -192,7 +214,8 @@ impl Limits {
         }
         if per_day > 0 && usage.today >= per_day {
             return Err(Refusal::QuotaExhausted {
-                resets_in_s: ((day + 1) * DAY_MS - now_ms).div_ceil(1000),
+                resets_in_s: next_midnight_ms.saturating_sub(now_ms).div_ceil(1000),
+                time_zone: self.config.time_zone.clone(),
             });
         }
         if per_minute > 0 && usage.recent_ms.len() >= per_minute as usize {
@@ -219,6 +242,25 @@ impl Limits {
     }
 }
 
+/// The day `now_ms` falls on in `zone` (days since 1970-01-01 there) and when the next one
+/// starts (ms since the epoch).
+fn day_of(zone: &TimeZone, now_ms: u64) -> (u64, u64) {
+    const DAY_MS: u64 = 86_400_000;
+    let utc = (now_ms / DAY_MS, (now_ms / DAY_MS + 1) * DAY_MS);
+    let Ok(now) = jiff::Timestamp::from_millisecond(now_ms as i64) else {
+        return utc;
+    };
+    let date = now.to_zoned(zone.clone()).date();
+    let day = date
+        .since(jiff::civil::date(1970, 1, 1))
+        .map_or(utc.0 as i64, |span| i64::from(span.get_days()));
+    let next = date
+        .tomorrow()
+        .and_then(|d| d.to_zoned(zone.clone()))
+        .map_or(utc.1 as i64, |z| z.timestamp().as_millisecond());
+    (day.max(0) as u64, next.max(0) as u64)
+}
+
 /// Past this many users in memory, those idle since before today are dropped (once a day).
 const PRUNE_ABOVE: usize = 10_000;
 
@@ -232,10 +274,13 @@ struct Counts {
 mod tests {
     use super::*;
 
+    const DAY_MS: u64 = 86_400_000;
+
     fn limits(per_minute: u32, per_day: u32) -> Limits {
         let config = LimitsConfig {
             per_minute,
             per_day,
+            time_zone: "UTC".into(),
             admins: vec!["web:admin".into()],
             block: vec!["web:troll".into()],
             ..Default::default()
@@ -330,10 +375,49 @@ mod tests {
         assert_eq!(
             refusal,
             Refusal::QuotaExhausted {
-                resets_in_s: (DAY_MS - 200_000) / 1000
+                resets_in_s: (DAY_MS - 200_000) / 1000,
+                time_zone: "UTC".into(),
             }
         );
         l.admit("u", DAY_MS + 5)
             .expect("a new day resets the quota");
+    }
+
+    #[test]
+    fn the_quota_day_starts_at_midnight_in_its_time_zone() {
+        let config = LimitsConfig {
+            per_minute: 0,
+            per_day: 1,
+            ..Default::default()
+        };
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let l = Limits::new(config, db.open_tree("limits").unwrap(), store());
+        // 2026-12-01 05:30 UTC is 23:30 of 2026-11-30 in Mexico City (UTC-6).
+        let at = jiff::civil::date(2026, 12, 1)
+            .at(5, 30, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .as_millisecond() as u64;
+        drop(l.admit("u", at).unwrap());
+        assert_eq!(
+            l.admit("u", at + 1000).unwrap_err(),
+            Refusal::QuotaExhausted {
+                resets_in_s: 30 * 60 - 1,
+                time_zone: "America/Mexico_City".into(),
+            }
+        );
+        // 06:00 UTC is midnight there: a new day, while UTC's started hours ago.
+        l.admit("u", at + 30 * 60 * 1000)
+            .expect("midnight in Mexico City renews the quota");
+        assert!(
+            LimitsConfig {
+                time_zone: "Mars/Olympus".into(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("limits.time_zone")
+        );
     }
 }

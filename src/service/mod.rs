@@ -27,6 +27,8 @@ use metrics::Metrics;
 use queue::{Busy, Event, Generator};
 use store::Store;
 
+use crate::voices::{UnknownVoice, Voices};
+
 /// Below this, sampling divides by almost nothing and the scores overflow.
 const MIN_TEMPERATURE: f64 = 0.01;
 
@@ -39,31 +41,44 @@ pub struct Request {
     pub user: String,
     /// As typed; checked and normalised by [`topic::clean`].
     pub topic: String,
+    /// The voice asked for (a `voice` of `[[corpus.speakers]]`); `None`: `generation.voice`.
+    pub voice: Option<String>,
     pub params: SamplingParams,
 }
 
-/// How a request is answered, and by which model version.
+/// How a request is answered, and by which model version and voice.
 pub enum Answer {
     /// From the cache, whole.
     Cached {
         topic: String,
         text: String,
         version: String,
+        voice: String,
     },
     /// Being written: deltas, then `Done` or `Failed`.
     Streaming {
         topic: String,
         events: UnboundedReceiver<Event>,
         version: String,
+        voice: String,
     },
 }
 
-/// Why a request was not taken, each with a message a person can act on.
+/// Why a request was not taken; [`crate::texts`] says it to a person, in their language.
 #[derive(Debug)]
 pub enum Rejection {
-    Invalid(String),
+    Invalid(Invalid),
     Refused(Refusal),
     Busy(Busy),
+}
+
+/// What is wrong with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invalid {
+    Topic(topic::Problem),
+    Voice(UnknownVoice),
+    /// A sampling setting out of bounds (only the API sets them): the English sentence.
+    Settings(String),
 }
 
 /// Bounds on what a request may ask for, from `[serve]`.
@@ -112,6 +127,7 @@ pub struct Speeches {
     store: Store,
     metrics: Arc<Metrics>,
     bounds: RequestBounds,
+    voices: Voices,
 }
 
 impl Speeches {
@@ -122,6 +138,7 @@ impl Speeches {
         store: Store,
         metrics: Arc<Metrics>,
         bounds: RequestBounds,
+        voices: Voices,
     ) -> Self {
         metrics.set_model_version(&model.version);
         let speeches = Self {
@@ -131,6 +148,7 @@ impl Speeches {
             store,
             metrics,
             bounds,
+            voices,
         };
         speeches.refresh_gauges();
         speeches
@@ -180,6 +198,11 @@ impl Speeches {
         old_version
     }
 
+    /// The voices a request may choose.
+    pub fn voices(&self) -> &Voices {
+        &self.voices
+    }
+
     /// True for users exempt from the limits, who may also see the daemon's status.
     pub fn is_admin(&self, user: &str) -> bool {
         self.limits.is_admin(user)
@@ -220,16 +243,23 @@ impl Speeches {
         started: Instant,
     ) -> Result<Answer, Rejection> {
         let topic = topic::clean(&request.topic, self.bounds.max_topic_chars)
-            .map_err(Rejection::Invalid)?;
+            .map_err(|p| Rejection::Invalid(Invalid::Topic(p)))?;
+        let voice = self
+            .voices
+            .choose(request.voice.as_deref())
+            .map_err(|v| Rejection::Invalid(Invalid::Voice(v)))?;
         self.check_params(&request.params)
-            .map_err(Rejection::Invalid)?;
+            .map_err(|e| Rejection::Invalid(Invalid::Settings(e)))?;
         let slot = self
             .limits
             .admit(&request.user, now_ms())
             .map_err(Rejection::Refused)?;
         let mut model = self.model();
         let (worker_events, key) = loop {
-            let key = model.cache.as_ref().map(|c| c.key(&topic, &request.params));
+            let key = model
+                .cache
+                .as_ref()
+                .map(|c| c.key(&voice.id, &topic, &request.params));
             if let (Some(cache), Some(key)) = (&model.cache, &key)
                 && let Some(text) = self.look_up(cache, key, &request.params).await
             {
@@ -242,11 +272,12 @@ impl Speeches {
                     topic,
                     text,
                     version: model.version.clone(),
+                    voice: voice.id.clone(),
                 });
             }
             match model
                 .generator
-                .submit(topic.clone(), request.params.clone())
+                .submit(&voice.header, topic.clone(), request.params.clone())
             {
                 Ok(events) => break (events, key),
                 // Replaced between the look-up and the submit: the new model takes it.
@@ -273,6 +304,7 @@ impl Speeches {
             topic,
             events,
             version,
+            voice: voice.id.clone(),
         })
     }
 
@@ -444,37 +476,6 @@ struct Stored {
     model: Arc<Model>,
     key: Option<Vec<u8>>,
     params: SamplingParams,
-}
-
-/// The message a person reads for a rejection.
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::Invalid(message) => write!(f, "{message}"),
-            Rejection::Busy(busy) => write!(
-                f,
-                "the server is busy writing other speeches; try again in about {} s",
-                busy.retry_after_s
-            ),
-            Rejection::Refused(Refusal::NotAllowed) => {
-                write!(f, "you are not allowed to ask this server for speeches")
-            }
-            Rejection::Refused(Refusal::InFlight) => write!(
-                f,
-                "your previous speech is still being written; wait for it to finish"
-            ),
-            Rejection::Refused(Refusal::RateLimited { retry_after_s }) => write!(
-                f,
-                "too many requests in the last minute; try again in {retry_after_s} s"
-            ),
-            Rejection::Refused(Refusal::QuotaExhausted { resets_in_s }) => write!(
-                f,
-                "you have used today's quota of speeches; it resets in {} h {} min (midnight UTC)",
-                resets_in_s / 3600,
-                resets_in_s % 3600 / 60
-            ),
-        }
-    }
 }
 
 /// Milliseconds since the Unix epoch, the clock of the cache and the limits.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::Metrics;
 use mananera_engine::generate::Sequence;
-use mananera_engine::{Engine, Error, Generation, SamplingParams};
+use mananera_engine::{Engine, Error, Generation, Prompt, SamplingParams};
 
 /// `[queue]`: how much work the worker takes on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,8 +53,18 @@ impl QueueConfig {
 pub enum Event {
     Delta(String),
     Done(Generation),
-    /// A message a person can act on.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a speech could not be written ([`crate::texts`] says it to a person).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The daemon is stopping or replacing its worker: ask again in a minute.
+    Restarting,
+    /// The engine refused the prompt (too long for the context): the English detail.
+    Prompt(String),
+    /// The model failed while starting or writing it.
+    Model,
 }
 
 /// The queue is full; try again in about `retry_after_s` seconds.
@@ -64,6 +74,8 @@ pub struct Busy {
 }
 
 struct Job {
+    /// The voice's header, before the prompt.
+    header: String,
     prompt: String,
     params: SamplingParams,
     events: UnboundedSender<Event>,
@@ -115,9 +127,11 @@ impl Generator {
         })
     }
 
-    /// Queues a request, or answers at once that the queue is full (or closed).
+    /// Queues a request (`prompt` in the voice whose header is `header`), or answers at once
+    /// that the queue is full (or closed).
     pub fn submit(
         &self,
+        header: &str,
         prompt: String,
         params: SamplingParams,
     ) -> Result<UnboundedReceiver<Event>, Busy> {
@@ -136,6 +150,7 @@ impl Generator {
         }
         let (events, rx) = unbounded_channel();
         let job = Job {
+            header: header.to_string(),
             prompt,
             params,
             events,
@@ -277,16 +292,12 @@ impl Worker {
             }
             if self.shared.abort.load(Ordering::SeqCst) {
                 for r in self.batch.drain(..) {
-                    let _ = r.job.events.send(Event::Failed(
-                        "the server is restarting and had to stop this speech; please ask again in a minute".into(),
-                    ));
+                    let _ = r.job.events.send(Event::Failed(Failure::Restarting));
                 }
                 // Queued requests are answered the same way.
                 while let Ok(job) = jobs.try_recv() {
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    let _ = job.events.send(Event::Failed(
-                        "the server is restarting; please ask again in a minute".into(),
-                    ));
+                    let _ = job.events.send(Event::Failed(Failure::Restarting));
                 }
                 continue;
             }
@@ -307,7 +318,13 @@ impl Worker {
         let engine = &self.engine;
         let started = guarded(|| {
             engine
-                .start(&job.prompt, &job.params)
+                .start(
+                    Prompt {
+                        header: &job.header,
+                        text: &job.prompt,
+                    },
+                    &job.params,
+                )
                 .and_then(|mut seq| engine.prefill(&mut seq).map(|delta| (seq, delta)))
         });
         match started {
@@ -325,14 +342,11 @@ impl Worker {
                 self.retire_finished();
             }
             Err(Error::InvalidInput(message)) => {
-                let _ = job.events.send(Event::Failed(message));
+                let _ = job.events.send(Event::Failed(Failure::Prompt(message)));
             }
             Err(e) => {
                 tracing::error!(error = %e, "a request could not start");
-                let _ = job.events.send(Event::Failed(
-                    "the model could not write this speech; try again, or with other settings"
-                        .into(),
-                ));
+                let _ = job.events.send(Event::Failed(Failure::Model));
             }
         }
     }
@@ -369,9 +383,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(error = %e, batch = self.batch.len(), "a decoding step failed");
                 for r in self.batch.drain(..) {
-                    let _ = r.job.events.send(Event::Failed(
-                        "the model failed while writing this speech; please try again".into(),
-                    ));
+                    let _ = r.job.events.send(Event::Failed(Failure::Model));
                 }
             }
         }
@@ -406,9 +418,7 @@ impl Drop for Worker {
     /// A worker that dies tells the requests it was writing, so none waits for ever.
     fn drop(&mut self) {
         for r in self.batch.drain(..) {
-            let _ = r.job.events.send(Event::Failed(
-                "the server had a problem writing this speech; please ask again".into(),
-            ));
+            let _ = r.job.events.send(Event::Failed(Failure::Model));
         }
     }
 }

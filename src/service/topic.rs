@@ -1,31 +1,45 @@
 //! What a topic may contain: the same rules for every front end.
 
+/// Why a topic was refused ([`crate::texts`] says it to a person).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A control character (its code point) at this 1-based position.
+    Control {
+        code: u32,
+        position: usize,
+    },
+    Empty,
+    TooLong {
+        chars: usize,
+        max: usize,
+    },
+}
+
 /// Normalises a topic as typed: invisible formatting characters (zero-width spaces and
 /// joiners, direction marks, BOM) are dropped, whitespace is collapsed; an empty topic, one
-/// over `max_chars` characters or one with control characters is refused with a message
-/// saying what to change.
-pub fn clean(raw: &str, max_chars: usize) -> Result<String, String> {
+/// over `max_chars` characters or one with control characters is refused.
+pub fn clean(raw: &str, max_chars: usize) -> Result<String, Problem> {
     if let Some((position, c)) = raw
         .chars()
         .enumerate()
         .find(|(_, c)| c.is_control() && !c.is_whitespace())
     {
-        return Err(format!(
-            "the topic contains a control character (U+{:04X}) at position {}; remove it",
-            c as u32,
-            position + 1
-        ));
+        return Err(Problem::Control {
+            code: c as u32,
+            position: position + 1,
+        });
     }
     let visible: String = raw.chars().filter(|&c| !is_invisible(c)).collect();
     let topic = visible.split_whitespace().collect::<Vec<_>>().join(" ");
     if topic.is_empty() {
-        return Err("the topic is empty: write what the speech should be about".into());
+        return Err(Problem::Empty);
     }
     let chars = topic.chars().count();
     if chars > max_chars {
-        return Err(format!(
-            "the topic is {chars} characters long; the limit is {max_chars}: shorten it"
-        ));
+        return Err(Problem::TooLong {
+            chars,
+            max: max_chars,
+        });
     }
     Ok(topic)
 }
@@ -40,7 +54,7 @@ fn is_invisible(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::clean;
+    use super::{Problem, clean};
 
     #[test]
     fn topics_are_normalised_or_refused_with_a_reason() {
@@ -48,15 +62,20 @@ mod tests {
             clean("  el\u{200B} petróleo \n y   Pemex ", 200).unwrap(),
             "el petróleo y Pemex"
         );
+        assert_eq!(clean("\u{200F}\u{200E}", 200).unwrap_err(), Problem::Empty);
         assert_eq!(
-            clean("\u{200F}\u{200E}", 200).unwrap_err(),
-            "the topic is empty: write what the speech should be about"
+            clean("a\u{7}b", 200).unwrap_err(),
+            Problem::Control {
+                code: 7,
+                position: 2
+            }
         );
-        assert!(clean("a\u{7}b", 200).unwrap_err().contains("U+0007"));
-        assert!(
-            clean(&"x".repeat(201), 200)
-                .unwrap_err()
-                .contains("201 characters")
+        assert_eq!(
+            clean(&"x".repeat(201), 200).unwrap_err(),
+            Problem::TooLong {
+                chars: 201,
+                max: 200
+            }
         );
         assert_eq!(clean("🇲🇽🎉", 200).unwrap(), "🇲🇽🎉");
     }

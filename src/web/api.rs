@@ -17,29 +17,38 @@ use serde_json::{Value, json};
 
 use super::{AppState, error};
 use crate::service::limits::Refusal;
-use crate::service::queue::Event;
+use crate::service::queue::{Event, Failure};
 use crate::service::{Answer, Rejection, Request};
+use crate::texts::{self, Language};
 use mananera_engine::{Generation, SamplingParams};
 
-const EXAMPLE: &str = r#"{"topic": "el petróleo", "max_words": 80}"#;
-const FIELDS: &str = "topic, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, min_new_tokens, max_words";
+const EXAMPLE: &str = r#"{"topic": "el petróleo", "voice": "amlo", "max_words": 80}"#;
+const FIELDS: &str = "topic, voice, temperature, top_k, top_p, repetition_penalty, seed, max_new_tokens, min_new_tokens, max_words";
 
-/// Reads the request body: a topic and optional sampling settings (left out or null: the
-/// `[generation]` value). Errors name the field.
-fn parse_body(text: &str, defaults: &SamplingParams) -> Result<(String, SamplingParams), String> {
+/// A request body, read.
+struct Asked {
+    topic: String,
+    voice: Option<String>,
+    params: SamplingParams,
+}
+
+/// Reads the request body: a topic, an optional voice and optional sampling settings (left
+/// out or null: the `[generation]` value). Errors name the field.
+fn parse_body(text: &str, defaults: &SamplingParams) -> Result<Asked, String> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| format!("the body is not a valid request ({e}); send JSON like {EXAMPLE}"))?;
     let Value::Object(fields) = value else {
         return Err(format!("the body must be a JSON object like {EXAMPLE}"));
     };
     let mut params = defaults.clone();
-    let mut topic = None;
+    let (mut topic, mut voice) = (None, None);
     for (key, value) in fields {
         if value.is_null() && key != "topic" {
             continue;
         }
         match key.as_str() {
             "topic" => topic = Some(field(&key, value)?),
+            "voice" => voice = Some(field(&key, value)?),
             "temperature" => params.temperature = field(&key, value)?,
             "top_k" => params.top_k = field(&key, value)?,
             "top_p" => params.top_p = field(&key, value)?,
@@ -55,7 +64,11 @@ fn parse_body(text: &str, defaults: &SamplingParams) -> Result<(String, Sampling
     }
     let topic =
         topic.ok_or_else(|| format!("the body has no `topic`; send JSON like {EXAMPLE}"))?;
-    Ok((topic, params))
+    Ok(Asked {
+        topic,
+        voice,
+        params,
+    })
 }
 
 fn field<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, String> {
@@ -96,14 +109,16 @@ pub(super) async fn generate(
             );
         }
     };
-    let (topic, params) = match parse_body(text, &state.defaults) {
+    let body = match parse_body(text, &state.defaults) {
         Ok(parsed) => parsed,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let Some(speeches) = state.speeches.get() else {
-        return error(
+        return coded(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the model is still loading; try again in a few seconds",
+            "loading",
+            texts::loading(Language::En),
+            texts::loading(state.language),
         );
     };
     let streaming = headers
@@ -113,13 +128,14 @@ pub(super) async fn generate(
     let request = Request {
         frontend: if streaming { "web" } else { "api" },
         user: format!("web:{}", peer.ip()),
-        params,
-        topic,
+        params: body.params,
+        topic: body.topic,
+        voice: body.voice,
     };
     match speeches.ask(request).await {
-        Err(rejection) => rejected(&rejection),
-        Ok(answer) if streaming => sse(answer, started).into_response(),
-        Ok(answer) => whole(answer, started).await,
+        Err(rejection) => rejected(&rejection, state.language),
+        Ok(answer) if streaming => sse(answer, started, state.language).into_response(),
+        Ok(answer) => whole(answer, started, state.language).await,
     }
 }
 
@@ -140,8 +156,16 @@ pub(super) fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Resp
         })
 }
 
-/// A rejection as a status, a `Retry-After` header where one helps, and a JSON message.
-fn rejected(rejection: &Rejection) -> Response {
+/// An error as JSON: a stable `code`, the English `error` and the `message` a person reads
+/// (in `serve.language`).
+fn coded(status: StatusCode, code: &str, error: &str, message: &str) -> Response {
+    let body = json!({ "code": code, "error": error, "message": message });
+    (status, axum::Json(body)).into_response()
+}
+
+/// A rejection as a status, a `Retry-After` header where one helps, and a JSON body with its
+/// code, the English text and the person's.
+fn rejected(rejection: &Rejection, language: Language) -> Response {
     let (status, retry_after) = match rejection {
         Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, None),
         Rejection::Busy(b) => (StatusCode::SERVICE_UNAVAILABLE, Some(b.retry_after_s)),
@@ -150,15 +174,17 @@ fn rejected(rejection: &Rejection) -> Response {
         Rejection::Refused(Refusal::RateLimited { retry_after_s }) => {
             (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after_s))
         }
-        Rejection::Refused(Refusal::QuotaExhausted { resets_in_s }) => {
+        Rejection::Refused(Refusal::QuotaExhausted { resets_in_s, .. }) => {
             (StatusCode::TOO_MANY_REQUESTS, Some(*resets_in_s))
         }
     };
-    let mut response = (
-        status,
-        axum::Json(json!({ "error": rejection.to_string(), "retry_after_s": retry_after })),
-    )
-        .into_response();
+    let body = json!({
+        "code": texts::code(rejection),
+        "error": texts::rejection(rejection, Language::En),
+        "message": texts::rejection(rejection, language),
+        "retry_after_s": retry_after,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
     if let Some(s) = retry_after
         && let Ok(v) = HeaderValue::from_str(&s.to_string())
     {
@@ -167,45 +193,68 @@ fn rejected(rejection: &Rejection) -> Response {
     response
 }
 
+/// A failed speech as JSON, like [`coded`].
+fn failed(failure: &Failure, language: Language) -> Value {
+    json!({
+        "code": texts::failure_code(failure),
+        "error": texts::failure(failure, Language::En),
+        "message": texts::failure(failure, language),
+    })
+}
+
 /// Waits for the whole speech and answers with one JSON object.
-async fn whole(answer: Answer, started: Instant) -> Response {
-    let (topic, text, version, generation) = match answer {
+async fn whole(answer: Answer, started: Instant, language: Language) -> Response {
+    let (topic, text, version, voice, generation) = match answer {
         Answer::Cached {
             topic,
             text,
             version,
-        } => (topic, text, version, None),
+            voice,
+        } => (topic, text, version, voice, None),
         Answer::Streaming {
             topic,
             mut events,
             version,
+            voice,
         } => loop {
             match events.recv().await {
                 Some(Event::Delta(_)) => {}
                 Some(Event::Done(mut g)) => {
-                    break (topic, std::mem::take(&mut g.text), version, Some(g));
+                    break (topic, std::mem::take(&mut g.text), version, voice, Some(g));
                 }
-                Some(Event::Failed(message)) => {
-                    return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+                Some(Event::Failed(failure)) => {
+                    let status = match failure {
+                        Failure::Prompt(_) => StatusCode::BAD_REQUEST,
+                        _ => StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    return (status, axum::Json(failed(&failure, language))).into_response();
                 }
                 None => {
-                    return error(
+                    let failure = Failure::Model;
+                    return (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        "the speech stopped unexpectedly; please try again",
-                    );
+                        axum::Json(failed(&failure, language)),
+                    )
+                        .into_response();
                 }
             }
         },
     };
-    let mut reply = summary(&topic, &version, generation.as_ref(), started);
+    let mut reply = summary(&topic, &version, &voice, generation.as_ref(), started);
     reply.insert("text".into(), text.into());
     axum::Json(reply).into_response()
 }
 
 /// Streams the speech as server-sent events.
-fn sse(answer: Answer, started: Instant) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let version = match &answer {
-        Answer::Cached { version, .. } | Answer::Streaming { version, .. } => version.clone(),
+fn sse(
+    answer: Answer,
+    started: Instant,
+    language: Language,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let (version, voice) = match &answer {
+        Answer::Cached { version, voice, .. } | Answer::Streaming { version, voice, .. } => {
+            (version.clone(), voice.clone())
+        }
     };
     let delta = |text: String| {
         SseEvent::default()
@@ -213,7 +262,7 @@ fn sse(answer: Answer, started: Instant) -> Sse<impl Stream<Item = Result<SseEve
             .data(json!({ "text": text }).to_string())
     };
     let done = move |topic: &str, generation: Option<&Generation>| {
-        let fields = Value::Object(summary(topic, &version, generation, started));
+        let fields = Value::Object(summary(topic, &version, &voice, generation, started));
         SseEvent::default().event("done").data(fields.to_string())
     };
     let events: Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send + Unpin> = match answer {
@@ -228,13 +277,12 @@ fn sse(answer: Answer, started: Instant) -> Sse<impl Stream<Item = Result<SseEve
                     let event = match events.recv().await {
                         Some(Event::Delta(text)) => return Some((Ok(delta(text)), Some(events))),
                         Some(Event::Done(g)) => done(&topic, Some(&g)),
-                        Some(Event::Failed(message)) => SseEvent::default()
+                        Some(Event::Failed(failure)) => SseEvent::default()
                             .event("error")
-                            .data(json!({ "error": message }).to_string()),
-                        None => SseEvent::default().event("error").data(
-                            json!({ "error": "the speech stopped unexpectedly; please try again" })
-                                .to_string(),
-                        ),
+                            .data(failed(&failure, language).to_string()),
+                        None => SseEvent::default()
+                            .event("error")
+                            .data(failed(&Failure::Model, language).to_string()),
                     };
                     Some((Ok(event), None))
                 }
@@ -248,11 +296,13 @@ fn sse(answer: Answer, started: Instant) -> Sse<impl Stream<Item = Result<SseEve
 fn summary(
     topic: &str,
     version: &str,
+    voice: &str,
     generation: Option<&Generation>,
     started: Instant,
 ) -> serde_json::Map<String, Value> {
     let fields = json!({
         "topic": topic,
+        "voice": voice,
         "model_version": version,
         "cached": generation.is_none(),
         "stop_reason": generation.map(|g| g.stop_reason),

@@ -9,6 +9,7 @@ pub use conn::ConnectionLimits;
 
 use std::sync::{Arc, OnceLock};
 
+use crate::texts::Language;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,6 +32,10 @@ pub struct AppState {
     pub admin: Arc<Admin>,
     /// Defaults for the sampling settings a request leaves out.
     pub defaults: SamplingParams,
+    /// The language of the texts people read (the page, the API's `message`).
+    pub language: Language,
+    /// The voices the page offers, the default first.
+    pub voices: Vec<String>,
     /// When set, `/api/*` needs `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
@@ -67,9 +72,16 @@ pub async fn serve(
     conn::serve(listener, router(state), limits, shutdown).await
 }
 
-async fn page() -> impl IntoResponse {
+/// The page, its voice menu filled with `state.voices` (the default first).
+async fn page(State(state): State<AppState>) -> impl IntoResponse {
     // Lets a test block a runtime worker, as a blocking call slipped onto it would.
     crate::failpoint::hit("web.page");
+    // Voice ids are lowercase letters, digits, `-` and `_`: nothing to escape.
+    let options: String = state
+        .voices
+        .iter()
+        .map(|v| format!("<option value=\"{v}\">{v}</option>"))
+        .collect();
     (
         [(
             header::CONTENT_SECURITY_POLICY,
@@ -77,7 +89,7 @@ async fn page() -> impl IntoResponse {
                 "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
             ),
         )],
-        Html(include_str!("page.html")),
+        Html(include_str!("page.html").replace("<!--VOICES-->", &options)),
     )
 }
 

@@ -13,6 +13,12 @@ use crate::text::{compact_label, fold_accents};
 pub struct SpeakerRule {
     /// Name recorded with every transcript kept for this speaker.
     pub name: String,
+    /// The short id a request names this speaker's voice by (`amlo`, `sheinbaum`):
+    /// lowercase letters, digits, `-` and `_`.
+    pub voice: String,
+    /// The text put before every training block of this speaker and before every prompt in
+    /// their voice, so the model learns who is speaking (the speaker's label line).
+    pub header: String,
     /// First day (inclusive) on which this speaker's labels count.
     #[serde(default)]
     pub from: Option<Date>,
@@ -40,7 +46,27 @@ fn default_max_typos() -> usize {
     2
 }
 
+/// A speaker's voice as training and generation use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voice {
+    /// The id a request names it by.
+    pub id: String,
+    /// The speaker's name, as recorded with their transcripts.
+    pub name: String,
+    /// The text before every block and prompt in this voice.
+    pub header: String,
+}
+
 impl SpeakerRule {
+    /// This speaker's voice.
+    pub fn voice(&self) -> Voice {
+        Voice {
+            id: self.voice.clone(),
+            name: self.name.clone(),
+            header: self.header.clone(),
+        }
+    }
+
     fn active_on(&self, date: Date) -> bool {
         self.from.is_none_or(|from| date >= from) && self.until.is_none_or(|until| date <= until)
     }
@@ -61,6 +87,8 @@ pub fn default_speakers() -> Vec<SpeakerRule> {
     vec![
         SpeakerRule {
             name: "Andrés Manuel López Obrador".into(),
+            voice: "amlo".into(),
+            header: "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR:\n".into(),
             from: None,
             until: Some(jiff::civil::date(2024, 9, 30)),
             labels: strings(&[
@@ -86,6 +114,8 @@ pub fn default_speakers() -> Vec<SpeakerRule> {
         },
         SpeakerRule {
             name: "Claudia Sheinbaum Pardo".into(),
+            voice: "sheinbaum".into(),
+            header: "PRESIDENTA CLAUDIA SHEINBAUM PARDO:\n".into(),
             from: Some(jiff::civil::date(2024, 10, 1)),
             until: None,
             labels: strings(&[
@@ -127,6 +157,37 @@ pub struct Speakers {
     rules: Vec<Compiled>,
 }
 
+/// A voice id a request can name and a header that says something: each speaker has its own.
+fn check_voice(rule: &SpeakerRule, before: &[SpeakerRule]) -> Result<(), SpeakerConfigError> {
+    let id = &rule.voice;
+    if id.is_empty()
+        || id.len() > 32
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(SpeakerConfigError(format!(
+            "speaker {:?}: `voice` = {id:?} must be a short id of lowercase letters, digits, \
+             `-` or `_` (e.g. voice = \"amlo\")",
+            rule.name
+        )));
+    }
+    if let Some(other) = before.iter().find(|r| r.voice == *id) {
+        return Err(SpeakerConfigError(format!(
+            "speakers {:?} and {:?} both have voice {id:?}; give each its own",
+            other.name, rule.name
+        )));
+    }
+    if rule.header.trim().is_empty() {
+        return Err(SpeakerConfigError(format!(
+            "speaker {:?} has an empty `header`; use their label line, e.g. header = \"{}:\\n\"",
+            rule.name,
+            rule.labels.first().map_or("NOMBRE", String::as_str)
+        )));
+    }
+    Ok(())
+}
+
 /// A configuration mistake in `[[corpus.speakers]]`.
 #[derive(Debug, thiserror::Error)]
 #[error("corpus.speakers: {0}")]
@@ -142,7 +203,8 @@ impl Speakers {
             ));
         }
         let mut compiled = Vec::new();
-        for rule in rules {
+        for (i, rule) in rules.iter().enumerate() {
+            check_voice(rule, &rules[..i])?;
             let labels: Vec<String> = rule.labels.iter().map(|l| compact_label(l)).collect();
             if labels.is_empty() || labels.iter().any(|l| l.len() < 3) {
                 return Err(SpeakerConfigError(format!(

@@ -65,7 +65,11 @@ fn check(model: Model, vocabulary: Vocabulary, block: &[u32]) {
     // The full head spreads probability over more tokens: a trimmed loss is not the same
     // number by accident.
     assert!((got - full).abs() > 1e-3, "trimmed {got} vs full {full}");
-    let eval = model.eval_loss(&ids).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let eval = model
+        .eval_loss(&ids, &[])
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     assert!((eval - got).abs() < 1e-6, "eval {eval} vs {got}");
     let grads = loss.backward().unwrap();
     for (name, var) in model.trainable() {

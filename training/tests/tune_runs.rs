@@ -26,6 +26,7 @@ fn documents(count: usize) -> Vec<Document> {
         .map(|i| Document {
             id: format!("2023/03/{:02}-conferencia.txt", i + 1),
             date: format!("2023-03-{:02}", i + 1),
+            voice: String::new(),
             text: lines[(i * 40) % lines.len()..][..40].join("\n"),
         })
         .collect()
@@ -59,6 +60,7 @@ fn job<'a>(dir: &std::path::Path, settings: TrainingConfig, stop: &'a AtomicBool
         resume: false,
         stop,
         vocabulary: None,
+        voices: Vec::new(),
     }
 }
 
@@ -106,7 +108,8 @@ fn a_small_text_is_memorised() {
     let mut losses = Vec::new();
     for step in 0..120 {
         let lr = 1e-2 * Schedule::Constant.factor(step, 0, 120);
-        let stepped = optimizer_step(&model, &mut optimizer, &blocks, &[&[0]], lr, 1.0, 0).unwrap();
+        let stepped =
+            optimizer_step(&model, &mut optimizer, &blocks, &[], &[&[0]], lr, 1.0, 0).unwrap();
         losses.push(stepped.loss);
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
@@ -314,11 +317,13 @@ fn bad_input_is_refused_and_the_current_version_stays() {
         Document {
             id: "a".into(),
             date: "2023-01-01".into(),
+            voice: String::new(),
             text: "Buenos días.".into(),
         },
         Document {
             id: "b".into(),
             date: "2023-01-02".into(),
+            voice: String::new(),
             text: "Buenas tardes.".into(),
         },
     ];

@@ -2,6 +2,7 @@
 //! weights, the optimizer state and where the run was, so `--resume` continues bit for bit;
 //! and the trained files a version directory holds.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -31,6 +32,9 @@ pub(super) struct RunState {
     pub(super) first_loss: Option<f64>,
     pub(super) last_loss: f64,
     pub(super) validation_loss_before: f64,
+    /// Each voice's validation loss before the run.
+    #[serde(default)]
+    pub(super) voice_loss_before: BTreeMap<String, f64>,
     pub(super) trained_tokens: usize,
     pub(super) wall_s: f64,
 }
@@ -128,6 +132,14 @@ pub(super) fn save_checkpoint(
                 "validation".to_string(),
                 blocks_tensor(&plan.validation, state.settings.block_size)?,
             ),
+            (
+                "train_voices".to_string(),
+                voices_tensor(&plan.train_voices)?,
+            ),
+            (
+                "validation_voices".to_string(),
+                voices_tensor(&plan.validation_voices)?,
+            ),
         ],
     )?;
     let json = versions::pretty(state);
@@ -157,6 +169,11 @@ pub(super) fn clear_checkpoint(versions: &Versions) -> Result<(), TrainError> {
 fn blocks_tensor(blocks: &[Vec<u32>], block: usize) -> candle_core::Result<Tensor> {
     let flat: Vec<u32> = blocks.iter().flatten().copied().collect();
     Tensor::from_vec(flat, (blocks.len(), block), &Device::Cpu)
+}
+
+fn voices_tensor(voices: &[usize]) -> candle_core::Result<Tensor> {
+    let voices: Vec<u32> = voices.iter().map(|&v| v as u32).collect();
+    Tensor::new(voices.as_slice(), &Device::Cpu)
 }
 
 fn blocks_of(tensor: &Tensor) -> candle_core::Result<Vec<Vec<u32>>> {
@@ -209,10 +226,25 @@ pub(super) fn resume(
         })?;
         Ok(blocks_of(&tensor)?)
     };
+    let train = take("train")?;
+    let validation = take("validation")?;
+    // A checkpoint from before voices: its blocks are of one voice without a header.
+    let mut voices_of = |name: &str, len: usize| -> Result<Vec<usize>, TrainError> {
+        Ok(match blocks.remove(name) {
+            Some(tensor) => tensor
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as usize)
+                .collect(),
+            None => vec![0; len],
+        })
+    };
     let plan = Plan {
         record: state.plan.clone(),
-        train: take("train")?,
-        validation: take("validation")?,
+        train_voices: voices_of("train_voices", train.len())?,
+        validation_voices: voices_of("validation_voices", validation.len())?,
+        train,
+        validation,
     };
     let model = saved_model(job, &dir, state.settings.method, || {
         Ok(job.base.read_weights()?)

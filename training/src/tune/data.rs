@@ -1,8 +1,10 @@
 //! From transcripts to training blocks: tokenize each transcript whole, end it with EOS,
-//! concatenate, and cut into blocks of `block_size` tokens. Validation is held out by
-//! transcript (the newest ones plus a fixed hashed sample), so no text is in both.
+//! concatenate a voice's transcripts, and cut them into blocks of `block_size` tokens that
+//! each open with the voice's header. Validation is held out by transcript (each voice's
+//! newest ones plus a fixed hashed sample), so no text is in both.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -17,6 +19,8 @@ pub struct Document {
     pub id: String,
     /// Sort key for "most recent": the conference date, `YYYY-MM-DD`.
     pub date: String,
+    /// The voice id of its speaker ([`crate::speakers::Voice::id`]); empty: no voice, no header.
+    pub voice: String,
     pub text: String,
 }
 
@@ -27,10 +31,10 @@ pub struct Split {
     pub validation: Vec<String>,
 }
 
-/// Holds out the `recent` newest transcripts and every transcript whose id hashes below
-/// `fraction`: the hashed sample is the same in every run, so a transcript that validated
-/// once is never trained on while it is sampled. At least one transcript is held out and
-/// at least one trains.
+/// Holds out each voice's `recent` newest transcripts (of a voice with at least two) and
+/// every transcript whose id hashes below `fraction`: the hashed sample is the same in every
+/// run, so a transcript that validated once is never trained on while it is sampled. At
+/// least one transcript is held out and at least one trains.
 pub fn split(documents: &[Document], recent: usize, fraction: f64) -> Result<Split, TrainError> {
     if documents.len() < 2 {
         return Err(TrainError::Data(format!(
@@ -41,10 +45,17 @@ pub fn split(documents: &[Document], recent: usize, fraction: f64) -> Result<Spl
     }
     let mut by_date: Vec<&Document> = documents.iter().collect();
     by_date.sort_by(|a, b| (&b.date, &b.id).cmp(&(&a.date, &a.id)));
-    let mut held: BTreeSet<&str> = by_date
-        .iter()
-        .take(recent.max(1))
-        .map(|d| d.id.as_str())
+    let mut by_voice: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in &by_date {
+        by_voice
+            .entry(d.voice.as_str())
+            .or_default()
+            .push(d.id.as_str());
+    }
+    let mut held: BTreeSet<&str> = by_voice
+        .values()
+        .filter(|newest_first| newest_first.len() >= 2 || by_voice.len() == 1)
+        .flat_map(|newest_first| newest_first.iter().take(recent.max(1)).copied())
         .collect();
     held.extend(
         documents
@@ -85,13 +96,65 @@ pub fn tokenize(
     Ok(ids)
 }
 
-/// Concatenates `streams` and cuts them into blocks of exactly `block` tokens; the remainder
-/// that does not fill a block is dropped (as transformers' `group_texts`).
-pub fn pack<'a>(streams: impl IntoIterator<Item = &'a [u32]>, block: usize) -> Vec<Vec<u32>> {
-    let all: Vec<u32> = streams.into_iter().flatten().copied().collect();
-    all.chunks_exact(block.max(1))
-        .map(<[u32]>::to_vec)
-        .collect()
+/// Blocks cut from token streams, each of one voice and opening with its header.
+#[derive(Debug, Default, PartialEq)]
+pub struct Packed {
+    pub blocks: Vec<Vec<u32>>,
+    /// The voice (an index into the headers) of each block.
+    pub voices: Vec<usize>,
+    /// The blocks that hold each stream's tokens.
+    pub spans: Vec<Range<usize>>,
+}
+
+/// Concatenates `streams` (each a voice index into `headers` and its tokens) and cuts them
+/// into blocks of exactly `block` tokens: a voice's header, then as many of its tokens as
+/// fit (as transformers' `group_texts`, with the header before each block). A block never
+/// mixes voices: the remainder that does not fill a block is dropped where the voice changes
+/// and at the end. Every header must be shorter than `block`.
+pub fn pack(streams: &[(usize, &[u32])], headers: &[Vec<u32>], block: usize) -> Packed {
+    let block = block.max(1);
+    let mut out = Packed::default();
+    let mut open: Vec<u32> = Vec::with_capacity(block);
+    let mut voice = None;
+    for &(v, tokens) in streams {
+        let header = &headers[v];
+        if voice != Some(v) {
+            open.clear();
+            voice = Some(v);
+            close_spans(&mut out);
+        }
+        let start = out.blocks.len();
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            if open.is_empty() {
+                open.extend_from_slice(header);
+            }
+            let take = (block - open.len()).min(rest.len());
+            open.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if open.len() == block {
+                out.blocks
+                    .push(std::mem::replace(&mut open, Vec::with_capacity(block)));
+                out.voices.push(v);
+            }
+        }
+        let end = out.blocks.len() + usize::from(open.len() > header.len());
+        out.spans.push(start..end);
+    }
+    close_spans(&mut out);
+    out
+}
+
+/// The open block was dropped: no span reaches past the finished blocks.
+fn close_spans(packed: &mut Packed) {
+    let blocks = packed.blocks.len();
+    for span in packed.spans.iter_mut().rev() {
+        if span.end <= blocks {
+            break;
+        }
+        span.end = blocks;
+        span.start = span.start.min(blocks);
+    }
 }
 
 /// Picks old transcripts to replay next to new ones: a seeded shuffle of `old`, taken until
@@ -168,6 +231,7 @@ mod tests {
         Document {
             id: id.into(),
             date: date.into(),
+            voice: String::new(),
             text: String::new(),
         }
     }
@@ -220,10 +284,47 @@ mod tests {
     fn packing_drops_the_partial_block() {
         let a = [1, 2, 3];
         let b = [4, 5, 6, 7, 8];
+        let packed = pack(&[(0, &a[..]), (0, &b[..])], &[vec![]], 3);
+        assert_eq!(packed.blocks, vec![vec![1, 2, 3], vec![4, 5, 6]]);
+        assert_eq!(packed.spans, vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn every_block_opens_with_its_voice_header_and_never_mixes_voices() {
+        let headers = [vec![90, 91], vec![80]];
+        let a = [1, 2, 3, 4, 5];
+        let b = [6, 7, 8];
+        let c = [9, 10, 11, 12];
+        let packed = pack(&[(0, &a[..]), (0, &b[..]), (1, &c[..])], &headers, 4);
         assert_eq!(
-            pack([&a[..], &b[..]], 3),
-            vec![vec![1, 2, 3], vec![4, 5, 6]]
+            packed.blocks,
+            vec![
+                vec![90, 91, 1, 2],
+                vec![90, 91, 3, 4],
+                vec![90, 91, 5, 6],
+                vec![90, 91, 7, 8],
+                // 9.. is voice 1's: its own header, nothing of voice 0's.
+                vec![80, 9, 10, 11],
+            ]
         );
+        assert_eq!(packed.voices, [0, 0, 0, 0, 1]);
+        // b's span starts in the block a ended in; c's tail (12) was dropped.
+        assert_eq!(packed.spans, vec![0..3, 2..4, 4..5]);
+    }
+
+    #[test]
+    fn each_voice_keeps_its_newest_for_validation() {
+        let mut docs: Vec<Document> = (0..6)
+            .map(|i| doc(&format!("t{i}"), &format!("2024-01-0{}", i + 1)))
+            .collect();
+        for d in &mut docs[..3] {
+            d.voice = "a".into();
+        }
+        for d in &mut docs[3..] {
+            d.voice = "b".into();
+        }
+        let split = split(&docs, 1, 0.0).unwrap();
+        assert_eq!(split.validation, ["t2", "t5"]);
     }
 
     #[test]

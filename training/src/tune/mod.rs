@@ -11,7 +11,8 @@
 //! - [`data`]: tokenizing, packing and the validation split.
 //! - [`run`]: one training run from corpus to version (the loop), with `plan` (the blocks),
 //!   `start` (the starting models), `checkpoint` (stop and resume) and `memory` (the
-//!   up-front check); [`merge`]: merged checkpoints.
+//!   up-front check); [`verdict`]: whether a version may be served; [`merge`]: merged
+//!   checkpoints.
 //!
 //! The model's files (config, checkpoint, adapters, the versions directory) are described
 //! once in the `mananera-model` crate, which the serving engine shares.
@@ -28,6 +29,7 @@ pub mod optim;
 mod plan;
 pub mod run;
 mod start;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 

@@ -119,17 +119,30 @@ impl Model {
     /// Mean next-token cross-entropy of `ids` (`[batch, seq]`, u32), transformers' loss with
     /// `labels = input_ids`: position i predicts token i + 1. Ready for `backward`.
     pub fn loss(&self, ids: &Tensor, dropout: Option<DropoutSeed>) -> candle_core::Result<Tensor> {
-        self.next_token_loss(ids, dropout, true)
+        self.next_token_loss(ids, &[], dropout, true)
     }
 
-    /// [`Model::loss`] without dropout, for validation: a frozen head skips its gradient.
-    pub fn eval_loss(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.next_token_loss(ids, None, false)
+    /// [`Model::loss`] over the positions of each row from `unscored[row]` on (an empty slice
+    /// scores every position): a voice header's own tokens are context, not text to learn,
+    /// as transformers' labels of -100. The mean is over the scored positions.
+    pub fn loss_after(
+        &self,
+        ids: &Tensor,
+        unscored: &[usize],
+        dropout: Option<DropoutSeed>,
+    ) -> candle_core::Result<Tensor> {
+        self.next_token_loss(ids, unscored, dropout, true)
+    }
+
+    /// [`Model::loss_after`] without dropout, for validation: a frozen head skips its gradient.
+    pub fn eval_loss(&self, ids: &Tensor, unscored: &[usize]) -> candle_core::Result<Tensor> {
+        self.next_token_loss(ids, unscored, None, false)
     }
 
     fn next_token_loss(
         &self,
         ids: &Tensor,
+        unscored: &[usize],
         dropout: Option<DropoutSeed>,
         with_grad: bool,
     ) -> candle_core::Result<Tensor> {
@@ -139,6 +152,23 @@ impl Model {
         let h = self.config.hidden_size;
         let hidden = hidden.contiguous()?.reshape((b * (s - 1), h))?;
         let targets = ids.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<u32>()?;
+        let (hidden, targets) = match unscored.iter().any(|&u| u > 0) {
+            false => (hidden, targets),
+            true => {
+                let rows: Vec<u32> = (0..b)
+                    .flat_map(|row| {
+                        let from = unscored.get(row).copied().unwrap_or(0).min(s - 1);
+                        (row * (s - 1) + from..(row + 1) * (s - 1)).map(|i| i as u32)
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    candle_core::bail!("the blocks are all header: no token to score");
+                }
+                let targets = rows.iter().map(|&i| targets[i as usize]).collect();
+                let rows = Tensor::new(rows.as_slice(), ids.device())?;
+                (hidden.index_select(&rows, 0)?, targets)
+            }
+        };
         let (hidden, targets) = match &self.trimmed {
             None => (hidden, targets),
             Some(trimmed) => {

@@ -24,6 +24,34 @@ pub(super) struct PlanRecord {
     /// follow them), so a run cut short knows which transcripts it trained whole.
     #[serde(default)]
     pub(super) spans: Vec<Span>,
+    /// The voices of the blocks, with their headers' tokens (empty for a run from before
+    /// voices: one voice without a header).
+    #[serde(default)]
+    pub(super) voices: Vec<PlanVoice>,
+}
+
+/// One voice of a run's blocks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct PlanVoice {
+    /// Its id; empty for transcripts of no voice.
+    pub(super) id: String,
+    /// The header's tokens, which open each of its blocks.
+    pub(super) header: Vec<u32>,
+}
+
+impl PlanRecord {
+    /// Leading positions of each block whose next tokens are not scored: the header's (its
+    /// first token is no prediction; the last predicts the block's first word).
+    pub(super) fn unscored(&self, voices: &[usize]) -> Vec<usize> {
+        voices
+            .iter()
+            .map(|&v| {
+                self.voices
+                    .get(v)
+                    .map_or(0, |voice| voice.header.len().saturating_sub(1))
+            })
+            .collect()
+    }
 }
 
 /// The blocks `[start, end)` that hold a transcript's tokens.
@@ -43,6 +71,9 @@ pub(super) struct Plan {
     pub(super) record: PlanRecord,
     pub(super) train: Vec<Vec<u32>>,
     pub(super) validation: Vec<Vec<u32>>,
+    /// The voice of each block (an index into `record.voices`).
+    pub(super) train_voices: Vec<usize>,
+    pub(super) validation_voices: Vec<usize>,
 }
 
 /// Tokenizes the corpus and picks the blocks: all training transcripts, or (incremental)
@@ -70,11 +101,24 @@ pub(super) fn plan(
         ))
     })?;
     let eos = job.base.config.eos_token_id;
+    let voices = plan_voices(job, documents, &tokenizer)?;
+    let voice_of: HashMap<&str, usize> = voices
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.as_str(), i))
+        .collect();
+    let headers: Vec<Vec<u32>> = voices.iter().map(|v| v.header.clone()).collect();
     let by_id: HashMap<&str, &Document> = documents.iter().map(|d| (d.id.as_str(), d)).collect();
-    let tokens = |ids: &[String]| -> Result<Vec<Vec<u32>>, TrainError> {
+    let tokens = |ids: &[String]| -> Result<Vec<(usize, Vec<u32>)>, TrainError> {
         use rayon::prelude::*;
         ids.par_iter()
-            .map(|id| data::tokenize(&tokenizer, &by_id[id.as_str()].text, eos))
+            .map(|id| {
+                let doc = by_id[id.as_str()];
+                Ok((
+                    voice_of[doc.voice.as_str()],
+                    data::tokenize(&tokenizer, &doc.text, eos)?,
+                ))
+            })
             .collect()
     };
     let seen: BTreeSet<&str> = parent
@@ -96,26 +140,32 @@ pub(super) fn plan(
         });
     }
     let new_tokens = tokens(&new)?;
-    let mut train = data::pack(new_tokens.iter().map(Vec::as_slice), settings.block_size);
+    let packed = data::pack(&streams(&new_tokens), &headers, settings.block_size);
+    let (mut train, mut train_voices) = (packed.blocks, packed.voices);
     let spans = if budgeted {
-        let dates: Vec<&str> = new
-            .iter()
-            .map(|id| by_id[id.as_str()].date.as_str())
-            .collect();
-        spans_of(&dates, &new_tokens, settings.block_size, train.len())
+        new.iter()
+            .zip(&packed.spans)
+            .map(|(id, blocks)| Span {
+                start: blocks.start,
+                end: blocks.end,
+                date: by_id[id.as_str()].date.clone(),
+            })
+            .collect()
     } else {
         Vec::new()
     };
     let mut replay = Vec::new();
     if parent.is_some() && !new.is_empty() {
         let old_tokens = tokens(&old)?;
-        let new_count: usize = new_tokens.iter().map(Vec::len).sum();
-        let (picked, blocks) = replay_blocks(&old, &old_tokens, new_count, settings);
-        train.extend(blocks);
+        let new_count: usize = new_tokens.iter().map(|(_, t)| t.len()).sum();
+        let (picked, blocks) = replay_blocks(&old, &old_tokens, &headers, new_count, settings);
+        train.extend(blocks.blocks);
+        train_voices.extend(blocks.voices);
         replay = picked;
     }
-    let validation = validation_blocks(&tokens(&split.validation)?, settings);
-    let tokens_available: usize = new_tokens.iter().map(Vec::len).sum();
+    let (validation, validation_voices) =
+        validation_blocks(&streams(&tokens(&split.validation)?), &headers, settings);
+    let tokens_available: usize = new_tokens.iter().map(|(_, t)| t.len()).sum();
     if !new.is_empty() && train.is_empty() {
         return Err(TrainError::Data(format!(
             "the training transcripts hold {tokens_available} tokens, fewer than one block of \
@@ -156,66 +206,126 @@ pub(super) fn plan(
             validation: split.validation,
             window,
             spans,
+            voices,
         },
         train,
         validation,
+        train_voices,
+        validation_voices,
     })
 }
 
-/// Where each new transcript (of `tokens`, packed in order) lies in blocks of `block`
-/// tokens, with its date.
-fn spans_of(dates: &[&str], tokens: &[Vec<u32>], block: usize, blocks: usize) -> Vec<Span> {
-    let mut at = 0;
-    dates
+/// Each transcript's voice and tokens, as [`data::pack`] takes them.
+fn streams(tokens: &[(usize, Vec<u32>)]) -> Vec<(usize, &[u32])> {
+    tokens.iter().map(|(v, t)| (*v, t.as_slice())).collect()
+}
+
+/// The voices of `documents` with their headers' tokens, in the configured order (and a
+/// voice without a header for transcripts of no voice). A transcript of a voice that is not
+/// configured, or a header that leaves no room in a block, is refused.
+fn plan_voices(
+    job: &Job,
+    documents: &[Document],
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<Vec<PlanVoice>, TrainError> {
+    let used: BTreeSet<&str> = documents.iter().map(|d| d.voice.as_str()).collect();
+    if let Some(unknown) = used
         .iter()
-        .zip(tokens)
-        .map(|(date, t)| {
-            let start = at / block;
-            at += t.len();
-            Span {
-                start,
-                end: at.div_ceil(block).min(blocks),
-                date: date.to_string(),
-            }
-        })
-        .collect()
+        .find(|id| !id.is_empty() && !job.voices.iter().any(|v| v.id == **id))
+    {
+        let document = documents.iter().find(|d| d.voice == *unknown);
+        return Err(TrainError::Data(format!(
+            "transcript {} is in voice {unknown:?}, which no [[corpus.speakers]] entry has; \
+             configure that speaker (with `voice` and `header`) or remove the transcript",
+            document.map_or("?", |d| d.id.as_str())
+        )));
+    }
+    let mut voices = Vec::new();
+    if used.contains("") {
+        voices.push(PlanVoice {
+            id: String::new(),
+            header: Vec::new(),
+        });
+    }
+    for voice in job.voices.iter().filter(|v| used.contains(v.id.as_str())) {
+        let header = tokenizer
+            .encode(voice.header.as_str(), false)
+            .map_err(|e| {
+                TrainError::Data(format!("cannot tokenize voice {}'s header: {e}", voice.id))
+            })?
+            .get_ids()
+            .to_vec();
+        if header.len() * 2 > job.settings.block_size {
+            return Err(TrainError::Config(format!(
+                "voice {}'s header is {} tokens, more than half of training.block_size = {}: \
+                 shorten `header` in its [[corpus.speakers]] entry or raise block_size",
+                voice.id,
+                header.len(),
+                job.settings.block_size
+            )));
+        }
+        voices.push(PlanVoice {
+            id: voice.id.clone(),
+            header,
+        });
+    }
+    Ok(voices)
 }
 
 /// A replay sample of the transcripts trained on before (`old`, with their tokens), about
 /// `training.replay_ratio` of the `new_count` new tokens: their ids and their blocks.
 fn replay_blocks(
     old: &[String],
-    old_tokens: &[Vec<u32>],
+    old_tokens: &[(usize, Vec<u32>)],
+    headers: &[Vec<u32>],
     new_count: usize,
     settings: &TrainingConfig,
-) -> (Vec<String>, Vec<Vec<u32>>) {
+) -> (Vec<String>, data::Packed) {
     let sizes: Vec<(&str, usize)> = old
         .iter()
         .zip(old_tokens)
-        .map(|(id, t)| (id.as_str(), t.len()))
+        .map(|(id, (_, t))| (id.as_str(), t.len()))
         .collect();
     let picked = data::replay(&sizes, new_count, settings.replay_ratio, settings.seed);
     let chosen: BTreeSet<&str> = picked.iter().copied().collect();
-    let streams = old
+    let streams: Vec<(usize, &[u32])> = old
         .iter()
         .zip(old_tokens)
         .filter(|(id, _)| chosen.contains(id.as_str()))
-        .map(|(_, t)| t.as_slice());
-    let blocks = data::pack(streams, settings.block_size);
+        .map(|(_, (v, t))| (*v, t.as_slice()))
+        .collect();
+    let blocks = data::pack(&streams, headers, settings.block_size);
     (picked.into_iter().map(str::to_string).collect(), blocks)
 }
 
-/// The held-out transcripts' blocks, at most `training.max_validation_blocks` of them (a
-/// seeded sample, in order).
-fn validation_blocks(tokens: &[Vec<u32>], settings: &TrainingConfig) -> Vec<Vec<u32>> {
-    let validation = data::pack(tokens.iter().map(Vec::as_slice), settings.block_size);
-    if validation.len() <= settings.max_validation_blocks {
-        return validation;
+/// The held-out transcripts' blocks with their voices, at most
+/// `training.max_validation_blocks` of them: a seeded sample, in order, that gives each
+/// voice its share (and every voice at least one block).
+fn validation_blocks(
+    streams: &[(usize, &[u32])],
+    headers: &[Vec<u32>],
+    settings: &TrainingConfig,
+) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let packed = data::pack(streams, headers, settings.block_size);
+    if packed.blocks.len() <= settings.max_validation_blocks {
+        return (packed.blocks, packed.voices);
     }
-    let order = data::epoch_order(validation.len(), settings.seed, usize::MAX);
-    let mut keep: Vec<usize> = order[..settings.max_validation_blocks].to_vec();
+    let present: BTreeSet<usize> = packed.voices.iter().copied().collect();
+    let share = (settings.max_validation_blocks / present.len().max(1)).max(1);
+    let order = data::epoch_order(packed.blocks.len(), settings.seed, usize::MAX);
+    let mut taken: HashMap<usize, usize> = HashMap::new();
+    let mut keep: Vec<usize> = order
+        .into_iter()
+        .filter(|&i| {
+            let count = taken.entry(packed.voices[i]).or_default();
+            *count += 1;
+            *count <= share
+        })
+        .collect();
     keep.sort_unstable();
-    keep.into_iter().map(|i| validation[i].clone()).collect()
+    let voices = keep.iter().map(|&i| packed.voices[i]).collect();
+    let blocks = keep.into_iter().map(|i| packed.blocks[i].clone()).collect();
+    (blocks, voices)
 }
 
 /// The new transcripts a run cut short counts as trained: those with at least half of their

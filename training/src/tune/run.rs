@@ -5,14 +5,14 @@
 //! The parts: `plan` (the blocks), `start` (the starting models), `checkpoint` (stop and
 //! resume), `memory` (the up-front memory check).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use mananera_model::checkpoint::Checkpoint;
-use mananera_model::versions::{Metrics, Status, Version, Versions};
+use mananera_model::versions::{Metrics, Status, Version, Versions, VoiceMetrics};
 
 use super::checkpoint::{self, RunState};
 use super::data;
@@ -21,7 +21,8 @@ use super::head::Vocabulary;
 use super::model::{DropoutSeed, Model};
 use super::optim::{AdamW, AdamWParams, clip_factor};
 use super::plan::{self, BUDGET_WINDOW_STEPS, Plan};
-use super::{TrainError, TrainingConfig, memory, start};
+use super::{TrainError, TrainingConfig, memory, start, verdict};
+use crate::speakers::Voice;
 
 /// What to train.
 pub struct Job<'a> {
@@ -41,6 +42,8 @@ pub struct Job<'a> {
     /// Score only these tokens (the corpus vocabulary the engine serves, `engine.vocabulary`);
     /// `None` trains the full head.
     pub vocabulary: Option<Vocabulary>,
+    /// The configured voices: each transcript's blocks open with its voice's header.
+    pub voices: Vec<Voice>,
 }
 
 /// How a run ended.
@@ -148,7 +151,7 @@ fn fresh(
     };
     on(Event::Phase("validating the current model"));
     let served = start::served_model(job, versions, current, parent, &model)?;
-    let before = evaluate(served.as_ref().unwrap_or(&model), &plan.validation)?;
+    let before = validate(served.as_ref().unwrap_or(&model), &plan)?;
     drop(served);
     let per_step = settings.batch_size * settings.grad_accumulation;
     let per_epoch = plan.train.len().div_ceil(per_step);
@@ -170,7 +173,8 @@ fn fresh(
         plan: plan.record.clone(),
         first_loss: None,
         last_loss: f64::NAN,
-        validation_loss_before: before,
+        validation_loss_before: before.loss,
+        voice_loss_before: before.voices,
         trained_tokens: 0,
         wall_s: 0.0,
     };
@@ -242,6 +246,7 @@ fn take_steps(
     let budget_s = settings.max_minutes * 60.0;
     let elapsed = |state: &RunState| state.wall_s + started.elapsed().as_secs_f64();
     let epoch_len = run.plan.train.len().div_ceil(per_step);
+    let unscored = run.plan.record.unscored(&run.plan.train_voices);
     let mut order: Option<(usize, Vec<usize>)> = None;
     while run.state.step < run.state.total {
         if budget_s > 0.0 && run.state.step > 0 && elapsed(&run.state) >= budget_s {
@@ -298,6 +303,7 @@ fn take_steps(
             &run.model,
             &mut run.optimizer,
             &run.plan.train,
+            &unscored,
             &micro,
             lr,
             settings.max_grad_norm,
@@ -354,10 +360,17 @@ fn finish(
     let (state, plan, model) = (&run.state, &run.plan, &run.model);
     let settings = &state.settings;
     on(Event::Phase("validating the new version"));
-    let after = evaluate(model, &plan.validation)?;
+    let validated = validate(model, plan)?;
+    let after = validated.loss;
     let wall_s = state.wall_s + started.elapsed().as_secs_f64();
     let (before, after_ppl) = (state.validation_loss_before.exp(), after.exp());
-    let accepted = after_ppl <= before * (1.0 + settings.tolerance);
+    let voices = voice_metrics(state, plan, &validated);
+    let worse_voices = verdict::worse_voices(&voices, settings.tolerance);
+    let accepted =
+        verdict::overall_holds(before, after_ppl, settings.tolerance) && worse_voices.is_empty();
+    if !worse_voices.is_empty() {
+        tracing::warn!(voices = ?worse_voices, "validation perplexity of these voices got worse beyond training.tolerance: the version is rejected");
+    }
     // A run cut short has trained only part of its transcripts.
     let per_step = settings.batch_size * settings.grad_accumulation;
     let budgeted = settings.is_budgeted();
@@ -389,6 +402,8 @@ fn finish(
         data_window: window,
         backlog,
         budget_reached,
+        voices,
+        worse_voices,
     };
     let seen: BTreeSet<String> = state
         .plan
@@ -458,11 +473,13 @@ pub struct Stepped {
 
 /// One optimizer step: the gradients of every micro-batch (`blocks` rows picked by each
 /// entry of `micro`) summed with weight 1/len(micro), clipped to `max_grad_norm`, then
-/// AdamW at `lr`. LoRA dropout draws from `seed`.
+/// AdamW at `lr`. Each block's first `unscored[block]` positions are not scored (its voice
+/// header; an empty slice scores everything). LoRA dropout draws from `seed`.
 pub fn optimizer_step(
     model: &Model,
     optimizer: &mut AdamW,
     blocks: &[Vec<u32>],
+    unscored: &[usize],
     micro: &[&[usize]],
     lr: f64,
     max_grad_norm: f64,
@@ -473,7 +490,11 @@ pub fn optimizer_step(
     let mut loss_sum = 0.0;
     for (m, picked) in micro.iter().enumerate() {
         let ids = batch(blocks, picked)?;
-        let loss = model.loss(&ids, Some(DropoutSeed(seed ^ m as u64)))?;
+        let skip: Vec<usize> = picked
+            .iter()
+            .map(|&i| unscored.get(i).copied().unwrap_or(0))
+            .collect();
+        let loss = model.loss_after(&ids, &skip, Some(DropoutSeed(seed ^ m as u64)))?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
         let grads = (loss / micro.len() as f64)?.backward()?;
         let grads = trainable
@@ -517,14 +538,81 @@ fn vars(model: &Model) -> Vec<Var> {
     model.trainable().into_iter().map(|(_, v)| v).collect()
 }
 
-/// Mean loss over `blocks`, one at a time.
-pub fn evaluate(model: &Model, blocks: &[Vec<u32>]) -> Result<f64, TrainError> {
-    let mut sum = 0.0;
-    for block in blocks {
-        let ids = Tensor::new(block.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-        sum += model.eval_loss(&ids)?.to_scalar::<f32>()? as f64;
+/// Mean loss over `blocks`, one at a time, each scored after its first `unscored[block]`
+/// positions (an empty slice scores everything).
+pub fn evaluate(model: &Model, blocks: &[Vec<u32>], unscored: &[usize]) -> Result<f64, TrainError> {
+    let losses = block_losses(model, blocks, unscored)?;
+    Ok(losses.iter().sum::<f64>() / losses.len().max(1) as f64)
+}
+
+fn block_losses(
+    model: &Model,
+    blocks: &[Vec<u32>],
+    unscored: &[usize],
+) -> Result<Vec<f64>, TrainError> {
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, block)| {
+            let ids = Tensor::new(block.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let skip = unscored.get(i).copied().unwrap_or(0);
+            Ok(model.eval_loss(&ids, &[skip])?.to_scalar::<f32>()? as f64)
+        })
+        .collect()
+}
+
+/// A model's validation loss: over every held-out block, and each voice's.
+struct Validated {
+    loss: f64,
+    voices: BTreeMap<String, f64>,
+}
+
+fn validate(model: &Model, plan: &Plan) -> Result<Validated, TrainError> {
+    let unscored = plan.record.unscored(&plan.validation_voices);
+    let losses = block_losses(model, &plan.validation, &unscored)?;
+    let mut by_voice: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (loss, &v) in losses.iter().zip(&plan.validation_voices) {
+        let Some(voice) = plan.record.voices.get(v).filter(|v| !v.id.is_empty()) else {
+            continue;
+        };
+        let entry = by_voice.entry(voice.id.clone()).or_default();
+        entry.0 += loss;
+        entry.1 += 1;
     }
-    Ok(sum / blocks.len().max(1) as f64)
+    Ok(Validated {
+        loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+        voices: by_voice
+            .into_iter()
+            .map(|(id, (sum, n))| (id, sum / n as f64))
+            .collect(),
+    })
+}
+
+/// Each voice's blocks and validation perplexity before and after the run.
+fn voice_metrics(
+    state: &RunState,
+    plan: &Plan,
+    after: &Validated,
+) -> BTreeMap<String, VoiceMetrics> {
+    let count = |voices: &[usize], v: usize| voices.iter().filter(|&&x| x == v).count();
+    plan.record
+        .voices
+        .iter()
+        .enumerate()
+        .filter(|(_, voice)| !voice.id.is_empty())
+        .map(|(v, voice)| {
+            let ppl = |losses: &BTreeMap<String, f64>| {
+                losses.get(&voice.id).map_or(f64::NAN, |l| l.exp())
+            };
+            let metrics = VoiceMetrics {
+                train_blocks: count(&plan.train_voices, v),
+                validation_blocks: count(&plan.validation_voices, v),
+                perplexity_before: ppl(&state.voice_loss_before),
+                perplexity_after: ppl(&after.voices),
+            };
+            (voice.id.clone(), metrics)
+        })
+        .collect()
 }
 
 fn batch(blocks: &[Vec<u32>], picked: &[usize]) -> candle_core::Result<Tensor> {
