@@ -49,13 +49,34 @@ pub struct Config {
 
 /// `[generation]`: the sampling defaults of every request, and the voice of one that names
 /// none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationConfig {
     /// A `voice` of `[[corpus.speakers]]`.
-    #[serde(default = "default_voice")]
     pub voice: String,
     #[serde(flatten)]
     pub sampling: SamplingParams,
+}
+
+/// By hand: serde's `flatten` would let unknown keys through, and a misspelt setting must be
+/// refused like in every other section.
+impl<'de> Deserialize<'de> for GenerationConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let voice = match table.remove("voice") {
+            None => default_voice(),
+            Some(toml::Value::String(voice)) => voice,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "voice: expected a string such as \"amlo\", found a {}",
+                    other.type_str()
+                )));
+            }
+        };
+        let sampling =
+            SamplingParams::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(Self { voice, sampling })
+    }
 }
 
 fn default_voice() -> String {
