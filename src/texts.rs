@@ -132,6 +132,7 @@ pub fn failure_code(failure: &Failure) -> &'static str {
         Failure::Restarting => "restarting",
         Failure::Prompt(_) => "invalid_prompt",
         Failure::Model => "model_failed",
+        Failure::WorkerLost => "worker_lost",
     }
 }
 
@@ -153,6 +154,12 @@ pub fn failure(failure: &Failure, language: Language) -> String {
         }
         (Failure::Model, Language::En) => {
             "the model failed while writing this speech; please try again".into()
+        }
+        (Failure::WorkerLost, Language::Es) => {
+            "El servidor tuvo un problema al escribir este discurso; vuelve a pedirlo.".into()
+        }
+        (Failure::WorkerLost, Language::En) => {
+            "the server had a problem writing this speech; please ask again".into()
         }
     }
 }

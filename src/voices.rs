@@ -2,6 +2,7 @@
 //! header its training blocks open with, and the default one (`generation.voice`).
 
 use mananera_training::speakers::{SpeakerRule, Voice};
+use mananera_training::store::Entry;
 
 /// The configured voices and the default.
 #[derive(Debug, Clone)]
@@ -77,6 +78,32 @@ impl Voices {
     }
 }
 
+/// Refuses a voice that training cannot have learnt although it could have: a speaker with
+/// no transcript in a corpus (`entries`) that holds transcripts from their days (between
+/// `from` and `until`), whose labels then never matched. A corpus with nothing from a
+/// speaker's days (an empty one before the first night, or one of older years only) is fine:
+/// their transcripts are still to come.
+pub fn check_trained(speakers: &[SpeakerRule], entries: &[Entry]) -> Result<(), String> {
+    for speaker in speakers {
+        let in_their_days = |e: &&Entry| {
+            speaker.from.is_none_or(|from| e.date >= from)
+                && speaker.until.is_none_or(|until| e.date <= until)
+        };
+        let days = entries.iter().filter(in_their_days).count();
+        let theirs = entries.iter().filter(|e| e.speaker == speaker.name).count();
+        if days > 0 && theirs == 0 {
+            return Err(format!(
+                "voice {:?} has no training data: the corpus holds {days} transcript(s) from the days \
+                 of {:?} but none of their words, so their `labels` never matched. Fix `labels` or \
+                 `titles` of that [[corpus.speakers]] entry and read the transcripts again \
+                 (`mananera scrape --full`, `mananera corpus import`), or remove the entry",
+                speaker.voice, speaker.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +128,33 @@ mod tests {
             err.contains("generation.voice") && err.contains("amlo, sheinbaum"),
             "{err}"
         );
+    }
+
+    fn entry(date: &str, speaker: &str) -> Entry {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{date}.txt"), "date": date, "source": "t", "url": "u", "title": "",
+            "speaker": speaker, "chars": 1, "chunks": 1, "sha256": "", "fingerprint": "", "bytes": 1,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_speaker_never_matched_in_their_days_is_refused_one_whose_days_are_to_come_is_not() {
+        let speakers = default_speakers();
+        assert!(check_trained(&speakers, &[]).is_ok(), "an empty corpus");
+        let amlo_only = [entry("2023-03-01", "Andrés Manuel López Obrador")];
+        assert!(
+            check_trained(&speakers, &amlo_only).is_ok(),
+            "her days are to come"
+        );
+        let mut unmatched = amlo_only.to_vec();
+        unmatched.push(entry("2025-03-01", "Andrés Manuel López Obrador"));
+        let err = check_trained(&speakers, &unmatched).unwrap_err();
+        assert!(
+            err.starts_with("voice \"sheinbaum\" has no training data"),
+            "{err}"
+        );
+        unmatched.push(entry("2025-03-02", "Claudia Sheinbaum Pardo"));
+        assert!(check_trained(&speakers, &unmatched).is_ok());
     }
 }

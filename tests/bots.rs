@@ -163,6 +163,17 @@ async fn discord_registers_defers_streams_paced_and_continues_past_2000_characte
         (json!("tema"), json!(3), json!(true), json!(200)),
         "{command}"
     );
+    // The voice: an optional choice among the configured voices, the default first.
+    let voice = &command["options"][1];
+    assert_eq!(voice["name"], "voz", "{command}");
+    assert_ne!(voice["required"], json!(true), "{command}");
+    let choices: Vec<&str> = voice["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(choices, ["amlo", "sheinbaum"], "{command}");
     assert!(!command["description"].as_str().unwrap().is_empty());
 
     // The speech: deferred at once, edited at most once a second, continued in follow-ups.
@@ -392,12 +403,12 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
     );
 
     let cases: &[(Option<&str>, &str)] = &[
-        (None, "empty"),
-        (Some(""), "empty"),
-        (Some(&"a".repeat(250)), "200"),
+        (None, "El tema está vacío"),
+        (Some(""), "El tema está vacío"),
+        (Some(&"a".repeat(250)), "el límite es 200"),
         (Some("😀😀😀"), ""),
-        (Some("\u{200b}\u{200b}"), "empty"),
-        (Some("\u{202e}\u{200f}"), "empty"),
+        (Some("\u{200b}\u{200b}"), "El tema está vacío"),
+        (Some("\u{202e}\u{200f}"), "El tema está vacío"),
         (Some("**negritas** <b>html</b> `código`"), ""),
         (Some("<@123> @everyone @here <#456>"), ""),
     ];
@@ -423,7 +434,8 @@ async fn discord_bad_input_floods_and_admins_get_clear_answers_while_others_are_
         if response["type"] == 4 {
             let text = ephemeral(&response);
             assert!(
-                text.contains("minute") || text.contains("still being written"),
+                text.contains("en el último minuto")
+                    || text.contains("todavía se está escribiendo"),
                 "{text}"
             );
             refused += 1;
@@ -675,9 +687,17 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     let cases: &[(&str, &str)] = &[
         ("/mananera", "Falta el tema"),
         ("/mañanera    ", "Falta el tema"),
-        (&format!("/mananera {}", "a".repeat(250)), "200"),
-        ("\u{200b}\u{200b}", "empty"),
-        ("\u{202e}\u{200f}", "empty"),
+        (
+            &format!("/mananera {}", "a".repeat(250)),
+            "el límite es 200",
+        ),
+        ("\u{200b}\u{200b}", "El tema está vacío"),
+        ("\u{202e}\u{200f}", "El tema está vacío"),
+        // An unknown voice is refused with the voices there are.
+        (
+            "/mananera [fox] el agua",
+            "No conozco la voz «fox». Las voces son: amlo, sheinbaum.",
+        ),
         ("/start", "/mananera"),
         ("/estado", "administradores"),
     ];
@@ -711,9 +731,13 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     );
 
     // Emoji, markup and mentions are topics like any other.
-    for (i, text) in ["😀😀😀", "@everyone <a href='x'>y</a> **z**"]
-        .iter()
-        .enumerate()
+    for (i, text) in [
+        "😀😀😀",
+        "@everyone <a href='x'>y</a> **z**",
+        "/mananera sheinbaum: el agua",
+    ]
+    .iter()
+    .enumerate()
     {
         let chat = 80 + i as i64;
         let start = fake.calls().len();
@@ -741,7 +765,7 @@ async fn telegram_honours_429_and_answers_bad_input_and_floods_clearly() {
     let flood = replies(&fake, 90, start);
     let notices: Vec<&String> = flood
         .iter()
-        .filter(|t| t.contains("still being written") || t.contains("minute"))
+        .filter(|t| t.contains("todavía se está escribiendo") || t.contains("minuto"))
         .collect();
     assert!(!notices.is_empty(), "{flood:?}");
     assert!(

@@ -175,6 +175,15 @@ async fn the_page_streams_a_speech_escapes_markup_and_says_when_the_server_is_bu
     let d = Daemon::start(&slow_model(), &state.path().join("s"), &sets);
     let mut page = Browser::open(&format!("{}/", d.url)).await;
 
+    // The voice menu offers the configured voices, the default first; the speech says
+    // whose voice wrote it.
+    let voices = page
+        .eval("[...document.getElementById('voice').options].map(o => o.value).join(',')")
+        .await;
+    assert_eq!(voices, "amlo,sheinbaum");
+    page.eval("document.getElementById('voice').value = 'sheinbaum'")
+        .await;
+
     // The speech appears piece by piece before it is done.
     page.ask("la refinería de Dos Bocas").await;
     let body = "document.getElementById('speech').textContent.length";
@@ -216,7 +225,7 @@ async fn the_page_streams_a_speech_escapes_markup_and_says_when_the_server_is_bu
             .await
             .as_str()
             .unwrap()
-            .contains("modelo")
+            .contains("voz sheinbaum · modelo")
     );
 
     // The status panel shows the daemon's state from /api/status.
@@ -268,7 +277,13 @@ async fn the_page_streams_a_speech_escapes_markup_and_says_when_the_server_is_bu
     let error = page
         .eval("document.getElementById('error').textContent")
         .await;
-    assert!(error.as_str().unwrap().contains("busy"), "{error}");
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .starts_with("El servidor está ocupado escribiendo otros discursos"),
+        "{error}"
+    );
     assert_eq!(
         page.eval("document.getElementById('go').disabled").await,
         false

@@ -67,6 +67,42 @@ async fn streamed_deltas_concatenate_to_the_final_text_and_match_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_voice_has_its_own_speeches_in_the_cache() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tiny_model(), &state.path().join("s"), UNLIMITED);
+    let ask = |voice: Option<&str>| {
+        let mut request = json!({"topic": "el agua", "seed": 7, "max_new_tokens": 20});
+        if let Some(voice) = voice {
+            request["voice"] = json!(voice);
+        }
+        request
+    };
+    let amlo = generate(&d.url, &ask(None)).await;
+    assert_eq!(amlo.status, 200, "{:?}", amlo.json);
+    assert_eq!(
+        amlo.json["voice"], "amlo",
+        "generation.voice is the default"
+    );
+    assert_eq!(amlo.json["cached"], false);
+    // The same topic and seed in the other voice is not the first one's speech.
+    let sheinbaum = generate(&d.url, &ask(Some("sheinbaum"))).await;
+    assert_eq!(sheinbaum.json["voice"], "sheinbaum");
+    assert_eq!(sheinbaum.json["cached"], false, "{:?}", sheinbaum.json);
+    assert_ne!(
+        text(&amlo.json),
+        text(&sheinbaum.json),
+        "the header changes the speech"
+    );
+    // Each is then served from the cache, to its own voice.
+    let again = generate(&d.url, &ask(Some("SHEINBAUM"))).await;
+    assert_eq!(again.json["cached"], true);
+    assert_eq!(text(&again.json), text(&sheinbaum.json));
+    let again = generate(&d.url, &ask(Some("amlo"))).await;
+    assert_eq!(again.json["cached"], true);
+    assert_eq!(text(&again.json), text(&amlo.json));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_fills_its_variants_then_hits_rotate_through_them() {
     let state = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tiny_model(), &state.path().join("s"), UNLIMITED);
@@ -266,6 +302,14 @@ async fn rate_limits_and_quotas_answer_429_and_survive_a_restart() {
             .contains("today's quota"),
         "{:?}",
         quota.json
+    );
+    // People read Spanish, with the reset at midnight in the quota's time zone; programs
+    // read the code.
+    assert_eq!(quota.json["code"], "quota");
+    let message = quota.json["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Ya usaste los discursos de hoy; la cuota se renueva a medianoche (America/Mexico_City), en "),
+        "{message}"
     );
     assert_eq!(
         metric(
@@ -551,6 +595,11 @@ async fn bad_input_gets_a_clear_4xx() {
             400,
             "unknown field `colour`",
         ),
+        (
+            br#"{"topic": "x", "voice": "fox"}"#.to_vec(),
+            400,
+            "there is no voice \"fox\"; the voices are amlo, sheinbaum",
+        ),
         (b"topic=x".to_vec(), 400, "not a valid request"),
         (vec![b' '; 100_000], 413, "serve.max_body_bytes"),
     ];
@@ -561,6 +610,13 @@ async fn bad_input_gets_a_clear_4xx() {
         let error = r.json["error"].as_str().unwrap();
         assert!(error.contains(message), "{shown}: {error}");
     }
+    // The unknown voice in the person's language, with a stable code.
+    let r = send(post(br#"{"topic": "x", "voice": "fox"}"#.to_vec())).await;
+    assert_eq!(r.json["code"], "unknown_voice");
+    assert_eq!(
+        r.json["message"],
+        "No conozco la voz «fox». Las voces son: amlo, sheinbaum."
+    );
     // Settings at their odd but valid extremes still give a speech.
     for odd in [
         json!({"topic": "x", "top_k": 1_000_000_000_000u64, "max_new_tokens": 3}),

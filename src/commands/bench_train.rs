@@ -10,7 +10,7 @@ use mananera_training::tune::head::Vocabulary;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
-use mananera_training::tune::run::optimizer_step;
+use mananera_training::tune::run::{Blocks, optimizer_step};
 use serde::Serialize;
 
 use super::bench::{memory_mb, reset_peak_memory};
@@ -186,8 +186,16 @@ fn measure(method: &str, args: &BenchTrainArgs) -> Result<Measurement, Failure> 
     let mut times = Vec::new();
     for step in 0..=args.steps {
         let started = Instant::now();
-        optimizer_step(&model, &mut optimizer, &blocks, &[], &[&[0]], lr, 1.0, 0)
-            .map_err(|e| failed(&e))?;
+        optimizer_step(
+            &model,
+            &mut optimizer,
+            Blocks::scored(&blocks),
+            &[&[0]],
+            lr,
+            1.0,
+            0,
+        )
+        .map_err(|e| failed(&e))?;
         if step > 0 {
             times.push(started.elapsed().as_secs_f64());
         }

@@ -78,6 +78,8 @@ pub struct SettingsSource {
 pub fn run(config: &Config, source: SettingsSource) -> Result<(), Failure> {
     let addr = config.listen_addr().map_err(Failure::usage)?;
     let api_token = config.api_token().map_err(Failure::usage)?;
+    let corpus = mananera_training::store::listed(&config.corpus_dir());
+    crate::voices::check_trained(&config.corpus.speakers, &corpus).map_err(Failure::usage)?;
     if !addr.ip().is_loopback() && api_token.is_none() {
         tracing::warn!(%addr, "the API is reachable from other machines without a token (serve.api_token_file)");
     }

@@ -65,6 +65,8 @@ pub enum Failure {
     Prompt(String),
     /// The model failed while starting or writing it.
     Model,
+    /// The worker writing it died (it is replaced): ask again.
+    WorkerLost,
 }
 
 /// The queue is full; try again in about `retry_after_s` seconds.
@@ -418,7 +420,7 @@ impl Drop for Worker {
     /// A worker that dies tells the requests it was writing, so none waits for ever.
     fn drop(&mut self) {
         for r in self.batch.drain(..) {
-            let _ = r.job.events.send(Event::Failed(Failure::Model));
+            let _ = r.job.events.send(Event::Failed(Failure::WorkerLost));
         }
     }
 }

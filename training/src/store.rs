@@ -179,6 +179,17 @@ pub fn url_key(url: &str) -> String {
     }
 }
 
+/// The transcripts the manifest in `dir` lists, read without the lock (none when there is
+/// no readable manifest): a quick look for checks, never a base for writes.
+pub fn listed(dir: &Path) -> Vec<Entry> {
+    std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        .filter(|m| m.format == MANIFEST_FORMAT)
+        .map(|m| m.transcripts)
+        .unwrap_or_default()
+}
+
 impl Corpus {
     /// Opens (creating if needed) the corpus at `dir`, taking its lock, and brings the
     /// manifest up to date with the transcript files.

@@ -14,7 +14,7 @@ use mananera_training::tune::data;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams, Schedule};
-use mananera_training::tune::run::{Stepped, evaluate, optimizer_step};
+use mananera_training::tune::run::{Blocks, Stepped, evaluate, optimizer_step};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -80,8 +80,7 @@ fn replay_run(model: &Model, run: &Value, blocks: &[Vec<u32>], schedule: Schedul
             optimizer_step(
                 model,
                 &mut optimizer,
-                blocks,
-                &[],
+                Blocks::scored(blocks),
                 &groups,
                 lr,
                 run["max_grad_norm"].as_f64().unwrap(),

@@ -15,7 +15,7 @@ use mananera_training::tune::data::Document;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
-use mananera_training::tune::run::{Event, Job, Outcome, optimizer_step, train};
+use mananera_training::tune::run::{Blocks, Event, Job, Outcome, optimizer_step, train};
 use mananera_training::tune::{Schedule, TrainError, TrainingConfig};
 
 /// `count` transcripts of 40 corpus lines each, one a day from 2023-03-01.
@@ -108,8 +108,16 @@ fn a_small_text_is_memorised() {
     let mut losses = Vec::new();
     for step in 0..120 {
         let lr = 1e-2 * Schedule::Constant.factor(step, 0, 120);
-        let stepped =
-            optimizer_step(&model, &mut optimizer, &blocks, &[], &[&[0]], lr, 1.0, 0).unwrap();
+        let stepped = optimizer_step(
+            &model,
+            &mut optimizer,
+            Blocks::scored(&blocks),
+            &[&[0]],
+            lr,
+            1.0,
+            0,
+        )
+        .unwrap();
         losses.push(stepped.loss);
     }
     let (first, last) = (losses[0], *losses.last().unwrap());

@@ -302,8 +302,10 @@ fn take_steps(
         let Stepped { loss, grad_norm } = optimizer_step(
             &run.model,
             &mut run.optimizer,
-            &run.plan.train,
-            &unscored,
+            Blocks {
+                tokens: &run.plan.train,
+                unscored: &unscored,
+            },
             &micro,
             lr,
             settings.max_grad_norm,
@@ -471,15 +473,31 @@ pub struct Stepped {
     pub grad_norm: f64,
 }
 
+/// Training blocks, and how many leading positions of each are not scored (its voice header).
+#[derive(Debug, Clone, Copy)]
+pub struct Blocks<'a> {
+    pub tokens: &'a [Vec<u32>],
+    /// Per block; an empty slice scores every position.
+    pub unscored: &'a [usize],
+}
+
+impl<'a> Blocks<'a> {
+    /// Blocks scored whole (no headers).
+    pub fn scored(tokens: &'a [Vec<u32>]) -> Self {
+        Self {
+            tokens,
+            unscored: &[],
+        }
+    }
+}
+
 /// One optimizer step: the gradients of every micro-batch (`blocks` rows picked by each
 /// entry of `micro`) summed with weight 1/len(micro), clipped to `max_grad_norm`, then
-/// AdamW at `lr`. Each block's first `unscored[block]` positions are not scored (its voice
-/// header; an empty slice scores everything). LoRA dropout draws from `seed`.
+/// AdamW at `lr`. LoRA dropout draws from `seed`.
 pub fn optimizer_step(
     model: &Model,
     optimizer: &mut AdamW,
-    blocks: &[Vec<u32>],
-    unscored: &[usize],
+    blocks: Blocks<'_>,
     micro: &[&[usize]],
     lr: f64,
     max_grad_norm: f64,
@@ -489,10 +507,10 @@ pub fn optimizer_step(
     let mut sums: Option<Vec<Tensor>> = None;
     let mut loss_sum = 0.0;
     for (m, picked) in micro.iter().enumerate() {
-        let ids = batch(blocks, picked)?;
+        let ids = batch(blocks.tokens, picked)?;
         let skip: Vec<usize> = picked
             .iter()
-            .map(|&i| unscored.get(i).copied().unwrap_or(0))
+            .map(|&i| blocks.unscored.get(i).copied().unwrap_or(0))
             .collect();
         let loss = model.loss_after(&ids, &skip, Some(DropoutSeed(seed ^ m as u64)))?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
