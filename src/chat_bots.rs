@@ -53,13 +53,12 @@ impl Speaker for Port {
             match action {
                 AdminAction::Status => self.status().await,
                 AdminAction::Retrain => match nightly.trigger(user) {
-                    Ok(_) => "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance.".into(),
-                    Err(refused) => format!("No se pudo: {refused}"),
+                    Ok(_) => texts::retrain_started(self.language).into(),
+                    Err(refused) => texts::retrain_refused(&refused, self.language),
                 },
-                AdminAction::Cancel => match nightly.cancel(user) {
-                    Ok(_) => "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into(),
-                    Err(refused) => format!("No se pudo: {refused}"),
-                },
+                AdminAction::Cancel => {
+                    texts::cancel_answer(nightly.cancel(user).map(drop), self.language)
+                }
             }
         })
     }

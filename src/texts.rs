@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::nightly::{NotStarted, NothingRunning};
 use crate::service::limits::Refusal;
 use crate::service::queue::Failure;
 use crate::service::topic::Problem;
@@ -161,6 +162,49 @@ pub fn failure(failure: &Failure, language: Language) -> String {
         (Failure::WorkerLost, Language::En) => {
             "the server had a problem writing this speech; please ask again".into()
         }
+    }
+}
+
+/// What an admin reads after asking a bot to retrain now.
+pub fn retrain_started(language: Language) -> &'static str {
+    match language {
+        Language::Es => {
+            "Reentrenamiento iniciado: descargar transcripciones, ajustar el modelo y servirlo si mejora. /estado muestra el avance."
+        }
+        Language::En => {
+            "Retraining started: fetch transcripts, fine-tune, and serve the result if it is better. The status command shows its progress."
+        }
+    }
+}
+
+/// What an admin reads when a retrain could not start.
+pub fn retrain_refused(refused: &NotStarted, language: Language) -> String {
+    match (refused, language) {
+        (NotStarted::InProgress(run), Language::Es) => format!(
+            "No se pudo: ya hay un reentrenamiento en curso (empezó {} por {}, ahora: {}); espera a que termine o cancélalo.",
+            run.started, run.trigger, run.phase
+        ),
+        (NotStarted::NotReady, Language::Es) => {
+            "No se pudo: el modelo todavía se está cargando; inténtalo cuando esté listo.".into()
+        }
+        (NotStarted::Stopping, Language::Es) => {
+            "No se pudo: el servidor se está deteniendo.".into()
+        }
+        (refused, Language::En) => format!("Could not: {refused}"),
+    }
+}
+
+/// What an admin reads after asking to cancel the run in progress.
+pub fn cancel_answer(cancelled: Result<(), NothingRunning>, language: Language) -> String {
+    match (cancelled, language) {
+        (Ok(()), Language::Es) => {
+            "Cancelando el reentrenamiento en curso; el siguiente lo retoma.".into()
+        }
+        (Ok(()), Language::En) => "Cancelling the run in progress; the next one resumes it.".into(),
+        (Err(_), Language::Es) => {
+            "No se pudo: no hay ningún reentrenamiento en curso que cancelar.".into()
+        }
+        (Err(nothing), Language::En) => format!("Could not: {nothing}"),
     }
 }
 

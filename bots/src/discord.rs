@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{DiscordConfig, Token};
 use crate::port::{AdminAction, Ask, Platform, Speaker};
+use crate::texts;
 use crate::writer::{self, Delivery, Surface};
 use mananera_health::Incident;
 
@@ -124,29 +125,25 @@ fn client() -> Result<reqwest::Client, String> {
 /// The commands, as registered: `voices` (the default first) are the `voz` option's choices.
 pub fn commands(voices: &[String]) -> Vec<CreateCommand> {
     let voice = voices.iter().fold(
-        CreateCommandOption::new(
-            CommandOptionType::String,
-            VOICE_OPTION,
-            "Quién habla (si no se elige: la primera voz)",
-        ),
+        CreateCommandOption::new(CommandOptionType::String, VOICE_OPTION, texts::VOICE_OPTION),
         |option, v| option.add_string_choice(v, v),
     );
     vec![
         CreateCommand::new(COMMAND)
-            .description("Un discurso de la mañanera sobre un tema")
+            .description(texts::SPEECH_COMMAND)
             .add_option(
-                CreateCommandOption::new(CommandOptionType::String, "tema", "El tema del discurso")
+                CreateCommandOption::new(CommandOptionType::String, "tema", texts::TOPIC_OPTION)
                     .required(true)
                     .max_length(MAX_TOPIC_CHARS),
             )
             .add_option(voice),
         CreateCommand::new(STATUS_COMMAND)
-            .description("Estado del servidor de discursos (solo administradores)")
+            .description(texts::STATUS_COMMAND)
             .add_option(
                 CreateCommandOption::new(
                     CommandOptionType::String,
                     ACTION_OPTION,
-                    "reentrenar ahora, o cancelar el reentrenamiento en curso",
+                    texts::ACTION_OPTION,
                 )
                 .add_string_choice("reentrenar", "reentrenar")
                 .add_string_choice("cancelar", "cancelar"),
@@ -237,11 +234,9 @@ async fn answer(
             if !config.allowed_guilds.is_empty()
                 && !config.allowed_guilds.contains(&guild.get()) =>
         {
-            Some("Este servidor no tiene acceso a los discursos.")
+            Some(texts::GUILD_NOT_ALLOWED)
         }
-        None if !config.allow_direct_messages => {
-            Some("Los discursos solo están disponibles en servidores, no en mensajes directos.")
-        }
+        None if !config.allow_direct_messages => Some(texts::NO_DIRECT_MESSAGES),
         _ => None,
     };
     if let Some(text) = refusal {
@@ -252,14 +247,9 @@ async fn answer(
         STATUS_COMMAND => {
             let word = string_option(&command, ACTION_OPTION);
             let text = match AdminAction::parse(&word) {
-                _ if !speaker.is_admin(&user) => {
-                    "Solo los administradores pueden ver el estado.".to_string()
-                }
+                _ if !speaker.is_admin(&user) => texts::ADMINS_ONLY.to_string(),
                 Some(action) => speaker.admin(&user, action).await,
-                None => format!(
-                    "No conozco «{word}»: usa {}.",
-                    AdminAction::WORDS.join(", ")
-                ),
+                None => texts::unknown_action(&word, &AdminAction::WORDS.join(", ")),
             };
             respond(&http, &command, notice(&text)).await;
         }
@@ -299,7 +289,7 @@ async fn answer(
         }
         other => {
             tracing::warn!(command = other, "discord: unknown command");
-            respond(&http, &command, notice("Comando desconocido.")).await;
+            respond(&http, &command, notice(texts::UNKNOWN_COMMAND)).await;
         }
     }
 }

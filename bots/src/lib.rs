@@ -6,6 +6,7 @@ pub mod config;
 pub mod discord;
 pub mod port;
 pub mod telegram;
+pub mod texts;
 pub mod writer;
 
 mod backoff;

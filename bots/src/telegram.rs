@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
 use crate::config::{TelegramConfig, Token};
 use crate::port::{AdminAction, Ask, Platform, Reply, Speaker};
+use crate::texts;
 use crate::writer::{self, Delivery, Surface};
 use mananera_health::Incident;
 
@@ -25,10 +26,6 @@ use mananera_health::Incident;
 const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// One refusal notice per person per this long: a flood gets one answer, not fifty.
 const NOTICE_EVERY: Duration = Duration::from_secs(5);
-
-const HELP: &str = "Escribe /mananera seguido de un tema (por ejemplo: /mananera el tren maya) \
-y te respondo con un discurso al estilo de la mañanera. En un chat privado basta con escribir el tema. \
-Para elegir quién habla, pon la voz antes del tema: /mananera sheinbaum: el agua, o /mananera [amlo] el agua.";
 
 /// Runs the Telegram bot until `stop` turns true, retrying with backoff when Telegram or the
 /// network fails. Replies being written are tracked by `tasks`.
@@ -124,13 +121,10 @@ async fn serve(
     let me = Arc::new(me);
     let username = me.username().to_string();
     bot.set_my_commands(vec![
-        BotCommand::new("mananera", "Un discurso de la mañanera sobre un tema"),
-        BotCommand::new("help", "Cómo pedir un discurso"),
-        BotCommand::new("start", "Empezar"),
-        BotCommand::new(
-            "estado",
-            "Estado del servidor; «reentrenar» o «cancelar» (solo administradores)",
-        ),
+        BotCommand::new("mananera", texts::SPEECH_COMMAND),
+        BotCommand::new("help", texts::HELP_COMMAND),
+        BotCommand::new("start", texts::START_COMMAND),
+        BotCommand::new("estado", texts::STATUS_COMMAND_TELEGRAM),
     ])
     .await
     .map_err(|e| e.to_string())?;
@@ -262,33 +256,24 @@ async fn handle(bot: Bot, state: Arc<Shared>, me: &Me, message: Message) {
     let config = &state.config;
     if !config.allowed_chats.is_empty() && !config.allowed_chats.contains(&chat.0) {
         if private {
-            notify(
-                &bot,
-                &state,
-                &user,
-                &message,
-                "Este chat no tiene acceso a los discursos.",
-            )
-            .await;
+            notify(&bot, &state, &user, &message, texts::CHAT_NOT_ALLOWED).await;
         }
         return;
     }
     match intent {
-        Intent::Help => send_plain(&bot, &message, HELP).await,
+        Intent::Help => send_plain(&bot, &message, texts::HELP).await,
         Intent::Admin(word) => {
             let text = match AdminAction::parse(&word) {
-                _ if !state.speaker.is_admin(&user) => {
-                    "Solo los administradores pueden ver el estado.".to_string()
-                }
+                _ if !state.speaker.is_admin(&user) => texts::ADMINS_ONLY.to_string(),
                 Some(action) => state.speaker.admin(&user, action).await,
-                None => format!(
-                    "No conozco «{word}»: usa /estado, /estado reentrenar o /estado cancelar."
-                ),
+                None => {
+                    texts::unknown_action(&word, "/estado, /estado reentrenar o /estado cancelar")
+                }
             };
             send_plain(&bot, &message, &text).await;
         }
         Intent::Speech(topic) if topic.trim().is_empty() => {
-            send_plain(&bot, &message, "Falta el tema: /mananera <tema>").await;
+            send_plain(&bot, &message, texts::NO_TOPIC).await;
         }
         Intent::Speech(text) => {
             let (voice, topic) = voice_and_topic(&text, &state.speaker.voices());

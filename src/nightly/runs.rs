@@ -68,7 +68,9 @@ pub struct Trained {
 }
 
 impl Trained {
-    /// "v0004 perplexity 21.402 → 21.118" (or "perplejidad" for the bots).
+    /// "v0004 perplexity 21.402 → 21.118 (amlo 20.310 → 20.100, sheinbaum 23.000 → 24.100 ✗)"
+    /// (or "perplejidad" for the bots): overall, then each voice's, ✗ marking a voice that
+    /// got worse beyond the tolerance.
     pub fn describe(&self, perplexity: &str) -> String {
         let number = |v: f64| {
             if v.is_finite() {
@@ -77,12 +79,33 @@ impl Trained {
                 "—".to_string()
             }
         };
-        format!(
+        let mut line = format!(
             "{} {perplexity} {} → {}",
             self.version,
             number(self.metrics.perplexity_before),
             number(self.metrics.perplexity_after)
-        )
+        );
+        let voices: Vec<String> = self
+            .metrics
+            .voices
+            .iter()
+            .map(|(voice, m)| {
+                let worse = if self.metrics.worse_voices.contains(voice) {
+                    " ✗"
+                } else {
+                    ""
+                };
+                format!(
+                    "{voice} {} → {}{worse}",
+                    number(m.perplexity_before),
+                    number(m.perplexity_after)
+                )
+            })
+            .collect();
+        if !voices.is_empty() {
+            line.push_str(&format!(" ({})", voices.join(", ")));
+        }
+        line
     }
 }
 
@@ -238,6 +261,22 @@ mod tests {
         assert_eq!(
             trained.describe("perplexity"),
             "v0002 perplexity 13.400 → —"
+        );
+    }
+
+    #[test]
+    fn each_voice_is_described_and_a_worse_one_marked() {
+        let stored = r#"{"version":"v0003","parent":"v0002","steps":3,"tokens":96,
+            "train_loss_first":2.5,"train_loss_last":2.1,"validation_loss_before":2.6,
+            "validation_loss_after":2.5,"perplexity_before":13.4,"perplexity_after":12.2,
+            "wall_s":1.5,"voices":{"amlo":{"train_blocks":2,"validation_blocks":1,
+            "perplexity_before":12.0,"perplexity_after":13.0},"sheinbaum":{"train_blocks":5,
+            "validation_blocks":1,"perplexity_before":15.0,"perplexity_after":11.5}},
+            "worse_voices":["amlo"]}"#;
+        let trained: Trained = serde_json::from_str(stored).unwrap();
+        assert_eq!(
+            trained.describe("perplexity"),
+            "v0003 perplexity 13.400 → 12.200 (amlo 12.000 → 13.000 ✗, sheinbaum 15.000 → 11.500)"
         );
     }
 
