@@ -10,7 +10,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use common::{engine, options, reference_models};
 use mananera_engine::text::StreamDecoder;
 use mananera_engine::vocabulary;
-use mananera_engine::{Engine, Quantization, SamplingParams, StopReason, max_abs_diff};
+use mananera_engine::{Engine, Prompt, Quantization, SamplingParams, StopReason, max_abs_diff};
 
 fn sampled(seed: u64) -> SamplingParams {
     SamplingParams {
@@ -371,4 +371,42 @@ fn a_trimmed_vocabulary_keeps_the_scores_of_its_tokens() {
         .expect("a text with a dropped token");
     let err = trimmed.score(&outside).unwrap_err().to_string();
     assert!(err.contains("outside the trimmed vocabulary"), "{err}");
+}
+
+#[test]
+fn a_voice_header_comes_before_the_prompt_tokenized_apart() {
+    let (name, _) = reference_models().into_iter().next().unwrap();
+    let engine = engine(&name);
+    let header = "PRESIDENTA CLAUDIA SHEINBAUM PARDO:\n";
+    let topic = "el agua";
+    let (h, t) = (
+        engine.codec().encode(header).unwrap(),
+        engine.codec().encode(topic).unwrap(),
+    );
+    let voiced = Prompt { header, text: topic };
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 8,
+        max_words: 0,
+        ..SamplingParams::default()
+    };
+    let out = engine
+        .generate(voiced, &greedy, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(out.timings.prompt_tokens, h.len() + t.len());
+    let bare = engine
+        .generate(topic, &greedy, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(bare.timings.prompt_tokens, t.len());
+    // Scoring in a voice: the text's tokens given the header, the first one included.
+    let all: Vec<u32> = h.iter().chain(&t).copied().collect();
+    let whole = engine.model().score(&all, 512).unwrap();
+    let scored = engine.score(voiced).unwrap();
+    assert_eq!(scored.logprobs, whole[h.len() - 1..]);
+    assert_eq!(scored.token_ids, all[h.len() - 1..]);
+    assert_eq!(
+        engine.score(topic).unwrap().logprobs.len(),
+        t.len() - 1,
+        "no header: the first token predicts nothing"
+    );
 }

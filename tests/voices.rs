@@ -238,4 +238,34 @@ fn each_voice_scores_its_own_presidents_words_better() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("amlo, sheinbaum"), "{}", stderr(&out));
+
+    // `generate --voice` writes after the voice's header; an unknown one is refused, naming
+    // the flag.
+    let generate = |voice: &str| {
+        ws.run(&[
+            "--format",
+            "json",
+            "generate",
+            "--voice",
+            voice,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "5",
+            "--model",
+            model.to_str().unwrap(),
+            "petróleo",
+        ])
+    };
+    let (his, hers) = (generate("amlo"), generate("sheinbaum"));
+    assert!(his.status.success() && hers.status.success(), "{}", stderr(&hers));
+    let prompt_tokens = |out: &Output| json(out)["timings"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens(&his) > 1 && prompt_tokens(&hers) > 1);
+    let fox = generate("fox");
+    assert_eq!(fox.status.code(), Some(2), "{}", stderr(&fox));
+    assert!(
+        stderr(&fox).contains("--voice") && stderr(&fox).contains("amlo, sheinbaum"),
+        "{}",
+        stderr(&fox)
+    );
 }
