@@ -383,7 +383,10 @@ fn a_voice_header_comes_before_the_prompt_tokenized_apart() {
         engine.codec().encode(header).unwrap(),
         engine.codec().encode(topic).unwrap(),
     );
-    let voiced = Prompt { header, text: topic };
+    let voiced = Prompt {
+        header,
+        text: topic,
+    };
     let greedy = SamplingParams {
         temperature: 0.0,
         max_new_tokens: 8,

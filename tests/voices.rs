@@ -258,7 +258,11 @@ fn each_voice_scores_its_own_presidents_words_better() {
         ])
     };
     let (his, hers) = (generate("amlo"), generate("sheinbaum"));
-    assert!(his.status.success() && hers.status.success(), "{}", stderr(&hers));
+    assert!(
+        his.status.success() && hers.status.success(),
+        "{}",
+        stderr(&hers)
+    );
     let prompt_tokens = |out: &Output| json(out)["timings"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens(&his) > 1 && prompt_tokens(&hers) > 1);
     let fox = generate("fox");
@@ -267,5 +271,46 @@ fn each_voice_scores_its_own_presidents_words_better() {
         stderr(&fox).contains("--voice") && stderr(&fox).contains("amlo, sheinbaum"),
         "{}",
         stderr(&fox)
+    );
+}
+
+#[test]
+fn serve_refuses_a_voice_whose_labels_never_matched() {
+    let ws = Workspace {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    ws.import(2);
+    // A third speaker whose label no transcript has, on every day the corpus holds.
+    let config = ws.path("config.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[corpus.speakers]]
+name = "Andrés Manuel López Obrador"
+voice = "amlo"
+header = "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR:\n"
+until = "2024-09-30"
+labels = ["PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR"]
+
+[[corpus.speakers]]
+name = "Marcelo Ebrard Casaubón"
+voice = "ebrard"
+header = "MARCELO EBRARD CASAUBÓN:\n"
+labels = ["MARCELO EBRARD CASAUBÓN"]
+"#,
+    )
+    .unwrap();
+    let out = ws.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "serve.listen=\"127.0.0.1:0\"",
+        "serve",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("voice \"ebrard\" has no training data") && err.contains("Fix `labels`"),
+        "{err}"
     );
 }
