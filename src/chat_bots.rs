@@ -12,10 +12,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::language::Language;
 use crate::nightly::runs::{Outcome, RunRecord};
 use crate::service::queue::Event;
 use crate::service::{Answer, Request};
-use crate::texts::{self, Language};
+use crate::texts;
 use crate::voices::Voices;
 use mananera_engine::SamplingParams;
 

@@ -16,11 +16,11 @@ use mananera_training::{Cleaning, CorpusConfig};
 
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
+use crate::language::Language;
 use crate::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
 use crate::service::queue::QueueConfig;
-use crate::texts::Language;
 use crate::voices::Voices;
 use mananera_engine::finetuned::Choice;
 use mananera_engine::{EngineOptions, Quantization, SamplingParams};

@@ -31,6 +31,7 @@ pub mod control;
 pub mod exit;
 pub mod failpoint;
 pub mod heap;
+pub mod language;
 pub mod live;
 pub mod logging;
 pub mod nightly;

@@ -3,23 +3,12 @@
 //! (`serve.language`), English kept for the API's `error` field, each with a stable
 //! machine-readable code beside it (the API's `code`, the metrics' outcome).
 
-use serde::{Deserialize, Serialize};
-
+use crate::language::Language;
 use crate::nightly::{NotStarted, NothingRunning};
 use crate::service::limits::Refusal;
 use crate::service::queue::Failure;
 use crate::service::topic::Problem;
 use crate::service::{Invalid, Rejection};
-
-/// The language of the texts people read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    /// Spanish: what the bots' and the page's users speak.
-    #[default]
-    Es,
-    En,
-}
 
 /// The stable code of a rejection.
 pub fn code(rejection: &Rejection) -> &'static str {

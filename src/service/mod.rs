@@ -242,12 +242,12 @@ impl Speeches {
         request: Request,
         started: Instant,
     ) -> Result<Answer, Rejection> {
-        let topic = topic::clean(&request.topic, self.bounds.max_topic_chars)
-            .map_err(|p| Rejection::Invalid(Invalid::Topic(p)))?;
         let voice = self
             .voices
             .choose(request.voice.as_deref())
             .map_err(|v| Rejection::Invalid(Invalid::Voice(v)))?;
+        let topic = topic::clean(&request.topic, self.bounds.max_topic_chars)
+            .map_err(|p| Rejection::Invalid(Invalid::Topic(p)))?;
         self.check_params(&request.params)
             .map_err(|e| Rejection::Invalid(Invalid::Settings(e)))?;
         let slot = self

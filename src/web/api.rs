@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AppState, error};
+use crate::language::Language;
 use crate::service::limits::Refusal;
 use crate::service::queue::{Event, Failure};
 use crate::service::{Answer, Rejection, Request};
-use crate::texts::{self, Language};
+use crate::texts;
 use mananera_engine::{Generation, SamplingParams};
 
 const EXAMPLE: &str = r#"{"topic": "el petróleo", "voice": "amlo", "max_words": 80}"#;

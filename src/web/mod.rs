@@ -9,7 +9,7 @@ pub use conn::ConnectionLimits;
 
 use std::sync::{Arc, OnceLock};
 
-use crate::texts::Language;
+use crate::language::Language;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
