@@ -234,9 +234,10 @@ impl Live {
 
 /// Settings read afresh each time they are used: the nightly run's (its child processes
 /// get the settings in force), and the model's (reloaded on change). `engine.threads` sizes
-/// a pool that exists once per process; `nightly.keep_runs` is read when the records open.
+/// a pool that exists once per process; `nightly.keep_runs` is read when the records open;
+/// `corpus.speakers` holds the voices the front ends offer, fixed at start.
 fn applies_live(key: &str) -> bool {
-    const AT_START: [&str; 2] = ["engine.threads", "nightly.keep_runs"];
+    const AT_START: [&str; 3] = ["engine.threads", "nightly.keep_runs", "corpus.speakers"];
     let live_sections = [
         "nightly.",
         "training.",

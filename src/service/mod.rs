@@ -198,11 +198,6 @@ impl Speeches {
         old_version
     }
 
-    /// The voices a request may choose.
-    pub fn voices(&self) -> &Voices {
-        &self.voices
-    }
-
     /// True for users exempt from the limits, who may also see the daemon's status.
     pub fn is_admin(&self, user: &str) -> bool {
         self.limits.is_admin(user)

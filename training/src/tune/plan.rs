@@ -138,6 +138,10 @@ pub(super) fn plan(
                 .cmp(&by_id[a.as_str()].date)
                 .then(a.cmp(b))
         });
+    } else {
+        // A block never mixes voices: one voice's transcripts after the other's waste one
+        // partial block per voice, not one per change.
+        new.sort_by_key(|id| voice_of[by_id[id.as_str()].voice.as_str()]);
     }
     let new_tokens = tokens(&new)?;
     let packed = data::pack(&streams(&new_tokens), &headers, settings.block_size);
@@ -163,8 +167,11 @@ pub(super) fn plan(
         train_voices.extend(blocks.voices);
         replay = picked;
     }
+    let validation_tokens = tokens(&split.validation)?;
+    let mut validation_streams = streams(&validation_tokens);
+    validation_streams.sort_by_key(|(v, _)| *v);
     let (validation, validation_voices) =
-        validation_blocks(&streams(&tokens(&split.validation)?), &headers, settings);
+        validation_blocks(&validation_streams, &headers, settings);
     let tokens_available: usize = new_tokens.iter().map(|(_, t)| t.len()).sum();
     if !new.is_empty() && train.is_empty() {
         return Err(TrainError::Data(format!(
@@ -288,12 +295,13 @@ fn replay_blocks(
         .collect();
     let picked = data::replay(&sizes, new_count, settings.replay_ratio, settings.seed);
     let chosen: BTreeSet<&str> = picked.iter().copied().collect();
-    let streams: Vec<(usize, &[u32])> = old
+    let mut streams: Vec<(usize, &[u32])> = old
         .iter()
         .zip(old_tokens)
         .filter(|(id, _)| chosen.contains(id.as_str()))
         .map(|(_, (v, t))| (*v, t.as_slice()))
         .collect();
+    streams.sort_by_key(|(v, _)| *v);
     let blocks = data::pack(&streams, headers, settings.block_size);
     (picked.into_iter().map(str::to_string).collect(), blocks)
 }
