@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod fsio;
+pub mod gguf;
 pub mod layout;
 pub mod math;
 pub mod random;

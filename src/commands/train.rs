@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mananera_model::checkpoint::Checkpoint;
+use mananera_model::gguf::{self, GgufType};
 use mananera_model::versions::{self, Status, Version};
 use mananera_training::tune::TrainError;
 use mananera_training::tune::data::Document;
@@ -130,16 +131,23 @@ impl Run for VersionsArgs {
     }
 }
 
-/// `mananera export --merge VERSION OUT`.
+/// `mananera export --merge VERSION OUT` or `mananera export --gguf VERSION OUT.gguf`.
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
-    /// Fold the adapter into the base weights (the only export there is; adapters are
-    /// already in PEFT's layout in the version directory).
-    #[arg(long, required = true)]
+    /// Fold the adapter into the base weights, as a plain BLOOM checkpoint directory
+    /// (adapters are already in PEFT's layout in the version directory).
+    #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
     pub merge: bool,
-    /// A version id (v0003) or "current".
+    /// Write the version (merged) as one GGUF file for llama.cpp or Ollama.
+    #[arg(long)]
+    pub gguf: bool,
+    /// The GGUF's weight matrices: f32 or f16 (quantize further with llama.cpp's
+    /// llama-quantize).
+    #[arg(long, value_enum, default_value_t = GgufKind::F16, requires = "gguf")]
+    pub gguf_type: GgufKind,
+    /// A version id (v0003), "current", or (with --gguf) "base": the base checkpoint alone.
     pub version: String,
-    /// A new directory to write the checkpoint to.
+    /// A new directory (--merge) or file (--gguf) to write.
     pub out: PathBuf,
     /// The base checkpoint (model.id).
     #[arg(long)]
@@ -154,8 +162,24 @@ impl Run for ExportArgs {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), Failure> {
-        export_command(&ctx.config, &self.version, &self.out, ctx.format)
+        match self.gguf {
+            true => gguf_command(
+                &ctx.config,
+                &self.version,
+                self.gguf_type,
+                &self.out,
+                ctx.format,
+            ),
+            false => export_command(&ctx.config, &self.version, &self.out, ctx.format),
+        }
     }
+}
+
+/// The GGUF weight types `export --gguf` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GgufKind {
+    F32,
+    F16,
 }
 
 /// Flags of `mananera train`.
@@ -539,6 +563,79 @@ pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> 
     }
 }
 
+/// A version record by its name on the command line: an id or "current".
+fn named_version(dir: &Path, version: &str) -> Result<Version, Failure> {
+    Ok(match version {
+        "current" => versions::current(dir)?.ok_or_else(|| {
+            Failure::usage(format!(
+                "{} has no current version; train one first",
+                dir.display()
+            ))
+        })?,
+        id => versions::get(dir, id)?,
+    })
+}
+
+/// `mananera export --gguf VERSION OUT`: the version folded into its base (or the base
+/// alone), as a GGUF file llama.cpp loads.
+pub fn gguf_command(
+    config: &Config,
+    version: &str,
+    kind: GgufKind,
+    out: &Path,
+    format: Format,
+) -> Result<(), Failure> {
+    if out.exists() {
+        return Err(Failure::usage(format!(
+            "{} already exists; name a new file",
+            out.display()
+        )));
+    }
+    let (base, _) = base(config)?;
+    let dir = config.versions_dir();
+    let staging = tempfile::tempdir_in(
+        out.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+    .map_err(|e| Failure::usage(format!("cannot write next to {}: {e}", out.display())))?;
+    let (source, id) = match version {
+        "base" => (base, "base".to_string()),
+        name => {
+            let record = named_version(&dir, name)?;
+            let merged = staging.path().join("merged");
+            export_merged(&base, &dir, &record, &merged).map_err(failure)?;
+            (Checkpoint::local(&merged)?, record.id)
+        }
+    };
+    let weights = source.read_weights()?;
+    let dtype = match kind {
+        GgufKind::F32 => GgufType::F32,
+        GgufKind::F16 => GgufType::F16,
+    };
+    let name = format!("{}+{id}", config.model.id);
+    gguf::write(
+        &source.config,
+        &weights,
+        &source.files.tokenizer,
+        dtype,
+        &name,
+        out,
+    )
+    .map_err(|e| Failure::new(Exit::Model, e.to_string()))?;
+    match format {
+        Format::Json | Format::Jsonl => print_json(&serde_json::json!({
+            "version": id,
+            "out": out.display().to_string(),
+            "type": format!("{kind:?}").to_lowercase(),
+        })),
+        Format::Text => {
+            println!("wrote {name} as GGUF ({kind:?}) to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
 /// `mananera export --merge VERSION OUT`: the version folded into its base, as a plain
 /// BLOOM checkpoint for transformers (or for `model.id`).
 pub fn export_command(
@@ -548,15 +645,7 @@ pub fn export_command(
     format: Format,
 ) -> Result<(), Failure> {
     let dir = config.versions_dir();
-    let record = match version {
-        "current" => versions::current(&dir)?.ok_or_else(|| {
-            Failure::usage(format!(
-                "{} has no current version; train one first",
-                dir.display()
-            ))
-        })?,
-        id => versions::get(&dir, id)?,
-    };
+    let record = named_version(&dir, version)?;
     let (base, _) = base(config)?;
     export_merged(&base, &dir, &record, out).map_err(failure)?;
     match format {
