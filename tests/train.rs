@@ -232,6 +232,41 @@ fn a_trained_version_is_served_and_exports_as_a_merged_checkpoint() {
     // Exporting over an existing directory is refused.
     let again = export();
     assert_fails(&again, 2, "already exists");
+
+    // The same version as one GGUF file for llama.cpp: its header and every tensor, the
+    // fused QKV in llama.cpp's order (unit-tested in mananera-model; the logprobs of a
+    // llama-server serving such a file equal mananera's, see README).
+    let gguf = ws.path("v.gguf");
+    let export_gguf = |model: &Path, version: &str| {
+        ws.run(&[
+            "export",
+            "--gguf",
+            "--gguf-type",
+            "f32",
+            version,
+            gguf.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ])
+    };
+    let out = export_gguf(&base_model, &id);
+    assert!(out.status.success(), "export --gguf: {}", stderr(&out));
+    let bytes = std::fs::read(&gguf).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
+    let tensors = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let layers = 2;
+    assert_eq!(tensors, 1 + 2 + 12 * layers + 2);
+    assert!(
+        bytes.windows(15).any(|w| w == b"blk.1.attn_qkv.")
+            && bytes.windows(5).any(|w| w == b"bloom")
+    );
+    assert_fails(&export_gguf(&base_model, &id), 2, "already exists");
+    // A checkpoint llama.cpp cannot run is refused, and nothing is left behind.
+    std::fs::remove_file(&gguf).unwrap();
+    let post_ln = model_dir("tiny-bloom-6h-postln");
+    assert_fails(&export_gguf(&post_ln, "base"), 3, "llama.cpp cannot run it");
+    assert!(!gguf.exists());
 }
 
 /// Waits until `path`'s text contains `needle`.
