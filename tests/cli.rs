@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixtures, model_dir, reference_models};
+use common::{fixtures, model_dir, reference_models, stderr};
 
 fn mananera(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mananera"))
@@ -21,10 +21,6 @@ fn mananera(args: &[&str]) -> Output {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run mananera")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts a clean failure: the exit code, no panic, and every expected phrase in stderr.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, model_dir};
+use common::{fixtures, json, model_dir, stderr};
 use serde_json::Value;
 
 /// A corpus directory, a versions directory and the settings that point at them.
@@ -132,20 +132,6 @@ impl Workspace {
         assert!(out.status.success(), "eval: {}", stderr(&out));
         json(&out)["perplexity"].as_f64().unwrap()
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(out)
-        )
-    })
 }
 
 fn assert_fails(out: &Output, code: i32, phrase: &str) {

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::model_dir;
+use common::{json, model_dir, stderr};
 use serde_json::Value;
 
 /// Each president's words: a generation in their voice should prefer them.
@@ -149,20 +149,6 @@ impl Workspace {
         assert!(out.status.success(), "eval: {}", stderr(&out));
         json(&out)["perplexity"].as_f64().unwrap()
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(out)
-        )
-    })
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
+use std::process::Output;
 
 use mananera_engine::finetuned::Choice;
 use mananera_engine::{Engine, EngineOptions, Quantization};
@@ -10,6 +11,22 @@ use serde::Deserialize;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// What a finished `mananera` command wrote to stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `--format json` command's stdout, parsed (both streams shown when it is not JSON).
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
 }
 
 pub fn model_dir(name: &str) -> PathBuf {

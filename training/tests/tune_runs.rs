@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
-use common::{base, fixtures};
+use common::{base, fixtures, job};
 use mananera_model::adapter::LoraSpec;
 use mananera_model::tensors;
 use mananera_model::versions::{self, Status};
@@ -15,7 +15,7 @@ use mananera_training::tune::data::Document;
 use mananera_training::tune::lora::Adapter;
 use mananera_training::tune::model::Model;
 use mananera_training::tune::optim::{AdamW, AdamWParams};
-use mananera_training::tune::run::{Blocks, Event, Job, Outcome, optimizer_step, train};
+use mananera_training::tune::run::{Blocks, Event, Outcome, optimizer_step, train};
 use mananera_training::tune::{Schedule, TrainError, TrainingConfig};
 
 /// `count` transcripts of 40 corpus lines each, one a day from 2023-03-01.
@@ -46,21 +46,6 @@ fn settings() -> TrainingConfig {
         tolerance: 0.5,
         checkpoint_steps: 0,
         ..TrainingConfig::default()
-    }
-}
-
-fn job<'a>(dir: &std::path::Path, settings: TrainingConfig, stop: &'a AtomicBool) -> Job<'a> {
-    Job {
-        base: base(),
-        base_model: "tiny-bloom-4h".into(),
-        base_version: "tiny-bloom-4h-000000".into(),
-        settings,
-        versions_dir: dir.to_path_buf(),
-        incremental: false,
-        resume: false,
-        stop,
-        vocabulary: None,
-        voices: Vec::new(),
     }
 }
 

@@ -95,18 +95,11 @@ fn settings() -> TrainingConfig {
     }
 }
 
+/// A run on the tiny base in the two voices.
 fn job<'a>(dir: &std::path::Path, settings: TrainingConfig, stop: &'a AtomicBool) -> Job<'a> {
     Job {
-        base: base(),
-        base_model: "tiny-bloom-4h".into(),
-        base_version: "tiny-bloom-4h-000000".into(),
-        settings,
-        versions_dir: dir.to_path_buf(),
-        incremental: false,
-        resume: false,
-        stop,
-        vocabulary: None,
         voices: voices(),
+        ..common::job(dir, settings, stop)
     }
 }
 
