@@ -412,4 +412,22 @@ fn a_voice_header_comes_before_the_prompt_tokenized_apart() {
         t.len() - 1,
         "no header: the first token predicts nothing"
     );
+    // A header and topic past the context cap are refused with both counts.
+    let small = Engine::load(&mananera_engine::EngineOptions {
+        max_context: h.len() + 1,
+        ..options(&name, Quantization::None)
+    })
+    .unwrap();
+    let err = small
+        .generate(voiced, &greedy, |_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "the voice header and the prompt are {} + {} tokens",
+            h.len(),
+            t.len()
+        )) && err.contains("engine.max_context"),
+        "{err}"
+    );
 }

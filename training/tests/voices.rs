@@ -227,3 +227,24 @@ fn an_incremental_run_that_hurts_one_voice_is_rejected_for_it() {
         "the current version is untouched"
     );
 }
+
+#[test]
+fn a_header_that_leaves_no_room_in_a_block_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = AtomicBool::new(false);
+    let mut long = job(
+        dir.path(),
+        TrainingConfig {
+            block_size: 16,
+            ..settings()
+        },
+        &never,
+    );
+    long.voices[1].header = "PRESIDENTA DE LOS ESTADOS UNIDOS MEXICANOS B:\n".into();
+    let err = train(&long, &both(4), &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("voice b's header is") && err.contains("training.block_size = 16"),
+        "{err}"
+    );
+    assert!(versions::current(dir.path()).unwrap().is_none());
+}
