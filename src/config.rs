@@ -211,6 +211,38 @@ pub struct EngineConfig {
     pub max_context: usize,
     /// Trimmed-vocabulary file from `mananera vocab`; empty serves every token.
     pub vocabulary: String,
+    /// Where speeches are written: this process, or an OpenAI-compatible server.
+    pub backend: BackendKind,
+    /// The `openai` backend's address, e.g. `http://gpu-box:8000` (`/v1` may end it).
+    pub backend_url: String,
+    /// The model name the server serves: requests go to the model listed by `/v1/models`
+    /// as this name, or as `<name>-<version>` (how a published version is served).
+    pub backend_model: String,
+    /// A file holding the server's API key (else `$MANANERA_BACKEND_TOKEN`, else systemd's
+    /// credential `backend-token`); none sends no `Authorization` header.
+    pub backend_token_file: String,
+    /// Seconds to connect to the server.
+    pub backend_connect_timeout_s: u64,
+    /// Seconds for the server to start answering a request (its response headers).
+    pub backend_timeout_s: u64,
+    /// Seconds of silence in a streamed answer after which it is abandoned.
+    pub backend_idle_timeout_s: u64,
+    /// Requests sent to the server at once; more wait in `queue.capacity`.
+    pub backend_max_concurrent: usize,
+    /// Seconds between two checks of the server's `/v1/models` while it answers (after a
+    /// failure the checks back off from 1 s to a minute).
+    pub backend_poll_s: u64,
+}
+
+/// `engine.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The in-process engine.
+    #[default]
+    Local,
+    /// An OpenAI-compatible `/v1/completions` server (vLLM, TGI, llama.cpp's `llama-server`).
+    Openai,
 }
 
 impl Default for EngineConfig {
@@ -221,12 +253,22 @@ impl Default for EngineConfig {
             threads: 0,
             max_context: 2048,
             vocabulary: String::new(),
+            backend: BackendKind::Local,
+            backend_url: String::new(),
+            backend_model: "mananera".into(),
+            backend_token_file: String::new(),
+            backend_connect_timeout_s: 5,
+            backend_timeout_s: 30,
+            backend_idle_timeout_s: 30,
+            backend_max_concurrent: 8,
+            backend_poll_s: 10,
         }
     }
 }
 
 impl EngineConfig {
-    /// Refuses a device this build does not have and a context too short to generate in.
+    /// Refuses a device this build does not have, a context too short to generate in, and an
+    /// `openai` backend without an http(s) address or with a wait that never ends.
     pub fn validate(&self) -> Result<(), String> {
         if self.device != "cpu" {
             return Err(format!(
@@ -239,6 +281,24 @@ impl EngineConfig {
                 "engine.max_context = {}: must be at least 2",
                 self.max_context
             ));
+        }
+        if self.backend == BackendKind::Openai {
+            crate::service::remote::base_url(&self.backend_url)?;
+            if self.backend_model.trim().is_empty() {
+                return Err("engine.backend_model is empty: name the model the server serves (its id in /v1/models)".into());
+            }
+            let zero = [
+                ("backend_connect_timeout_s", self.backend_connect_timeout_s),
+                ("backend_timeout_s", self.backend_timeout_s),
+                ("backend_idle_timeout_s", self.backend_idle_timeout_s),
+                ("backend_max_concurrent", self.backend_max_concurrent as u64),
+                ("backend_poll_s", self.backend_poll_s),
+            ];
+            if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
+                return Err(format!(
+                    "engine.{key} = 0: it must be at least 1 (no call to the backend may wait for ever)"
+                ));
+            }
         }
         Ok(())
     }
@@ -285,16 +345,27 @@ impl Config {
         };
         let mut all = env_overrides();
         all.extend_from_slice(overrides);
-        let mut valid_so_far = check(&table).is_ok();
+        let mut applied = table.clone();
+        for o in &all {
+            apply(&mut applied, o)?;
+        }
+        let error = match check(&applied) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        // Blame a bad value on the override that brought it (the first after which the final
+        // error shows), not on the file; settings that only make sense together
+        // (engine.backend and engine.backend_url) may come in any order.
+        if check(&table).is_err_and(|e| e == error) {
+            return Err(format!("{file_name}: {error}"));
+        }
         for o in &all {
             apply(&mut table, o)?;
-            // Blame a bad value on the override that brought it, not on the file.
-            match check(&table) {
-                Err(e) if valid_so_far => return Err(format!("{}: {e}", o.origin)),
-                result => valid_so_far = result.is_ok(),
+            if check(&table).is_err_and(|e| e == error) {
+                return Err(format!("{}: {error}", o.origin));
             }
         }
-        check(&table).map_err(|e| format!("{file_name}: {e}"))
+        Err(format!("{file_name}: {error}"))
     }
 
     fn from_table(table: toml::Table) -> Result<Self, String> {
@@ -359,6 +430,17 @@ impl Config {
             (!self.serve.api_token_file.is_empty()).then(|| Path::new(&self.serve.api_token_file));
         mananera_bots::find_secret_text("MANANERA_API_TOKEN", file, "api-token")
             .map_err(|e| format!("the API token (serve.api_token_file, $MANANERA_API_TOKEN or the api-token credential): {e}"))
+    }
+
+    /// The `openai` backend's API key: `$MANANERA_BACKEND_TOKEN`, else the contents of
+    /// `engine.backend_token_file`, else systemd's credential `backend-token`; `None` sends
+    /// none.
+    pub fn backend_token(&self) -> Result<Option<String>, String> {
+        let file = (!self.engine.backend_token_file.is_empty())
+            .then(|| Path::new(&self.engine.backend_token_file));
+        mananera_bots::find_secret_text("MANANERA_BACKEND_TOKEN", file, "backend-token").map_err(
+            |e| format!("the backend's API key (engine.backend_token_file, $MANANERA_BACKEND_TOKEN or the backend-token credential): {e}"),
+        )
     }
 
     /// The voices requests may choose, and the default one.

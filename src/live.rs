@@ -7,12 +7,14 @@ use std::sync::{Arc, OnceLock, RwLock};
 use mananera_model::versions::{Status, Versions};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::exit::{Exit, Failure};
+use crate::service::backend::Backend;
 use crate::service::cache::PromptCache;
 use crate::service::limits::Limits;
 use crate::service::metrics::Metrics;
 use crate::service::queue::Generator;
+use crate::service::remote::{self, ProbeError, Remote};
 use crate::service::store::Store;
 use crate::service::{Model, RequestBounds, Speeches};
 use mananera_engine::{Engine, model_version};
@@ -134,20 +136,62 @@ impl Live {
         self.speeches.get().cloned()
     }
 
-    /// Loads the first model and builds the service around it (on a blocking thread).
+    /// Loads the first model and builds the service around it (on a blocking thread). With
+    /// the `openai` backend, waits (with backoff) until the server answers with its model.
     pub async fn load_first(&self) -> Result<Arc<Speeches>, Failure> {
         let _one = self.loading.lock().await;
         let (config, metrics, db) = (self.config(), Arc::clone(&self.metrics), self.db.clone());
         let store = self.store.clone();
-        let speeches = tokio::task::spawn_blocking(move || build(&config, metrics, db, store))
-            .await
-            .map_err(|e| Failure {
-                exit: Exit::Internal,
-                message: format!("model loading stopped: {e}"),
-            })??;
+        let remote = match config.engine.backend {
+            BackendKind::Local => None,
+            BackendKind::Openai => Some(first_remote(&config, Arc::clone(&metrics)).await?),
+        };
+        let speeches =
+            tokio::task::spawn_blocking(move || build(&config, metrics, db, store, remote))
+                .await
+                .map_err(|e| Failure {
+                    exit: Exit::Internal,
+                    message: format!("model loading stopped: {e}"),
+                })??;
         let speeches = Arc::new(speeches);
         let _ = self.speeches.set(Arc::clone(&speeches));
         Ok(speeches)
+    }
+
+    /// Follows the generation server (`engine.backend = "openai"`): when it reports another
+    /// version of the model (one was published to it), that version is served, with its own
+    /// cache keys. Runs for the daemon's life; with the local backend it only waits.
+    pub async fn follow_backend(self: Arc<Self>) {
+        const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
+        loop {
+            let changed = self.speeches().and_then(|s| match s.current().backend() {
+                Backend::Remote(r) => Some(r.changed()),
+                Backend::Local(_) => None,
+            });
+            let Some(mut changed) = changed else {
+                tokio::time::sleep(LOOK_AGAIN).await;
+                continue;
+            };
+            tokio::select! {
+                result = changed.changed() => {
+                    if result.is_err() {
+                        // That model was replaced: follow the new one.
+                        continue;
+                    }
+                    match self.reload_model(false).await {
+                        Ok(Reloaded::Swapped { from, to }) => {
+                            tracing::info!(%from, %to, "serving the version the generation server reports");
+                        }
+                        Ok(Reloaded::Unchanged { .. }) => {}
+                        Err(error) => {
+                            tracing::error!(%error, "the generation server's new model cannot be served; the old one stays");
+                            tokio::time::sleep(LOOK_AGAIN).await;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(LOOK_AGAIN) => {}
+            }
+        }
     }
 
     /// Serves the model the settings name now (`model.version = "current"` follows the
@@ -163,18 +207,33 @@ impl Live {
     async fn reload_locked(&self, force: bool) -> Result<Reloaded, LiveError> {
         let speeches = self.speeches().ok_or(LiveError::NotReady)?;
         let config = self.config();
-        let options = config.engine_options();
-        let wanted =
-            blocking(move || model_version(&options).map_err(|e| LiveError::Load(e.to_string())))
+        let (wanted, remote) = match config.engine.backend {
+            BackendKind::Local => {
+                let options = config.engine_options();
+                let wanted = blocking(move || {
+                    model_version(&options).map_err(|e| LiveError::Load(e.to_string()))
+                })
                 .await?;
+                (wanted, None)
+            }
+            BackendKind::Openai => {
+                let settings = remote::Settings::new(&config).map_err(LiveError::Load)?;
+                let model = remote::probe(&settings)
+                    .await
+                    .map_err(|e| LiveError::Load(e.to_string()))?;
+                (model.clone(), Some((settings, model)))
+            }
+        };
         let served = speeches.version();
         if wanted == served && !force {
             return Ok(Reloaded::Unchanged { version: served });
         }
         tracing::info!(version = %wanted, "loading a model version to serve");
         let (metrics, db) = (Arc::clone(&self.metrics), self.db.clone());
+        let remote = remote
+            .map(|(settings, model)| Remote::start(settings, model, Arc::clone(&self.metrics)));
         let model = blocking(move || {
-            load_model(&config, metrics, db).map_err(|f| LiveError::Load(f.message))
+            load_model(&config, metrics, db, remote).map_err(|f| LiveError::Load(f.message))
         })
         .await?;
         let to = model.version().to_string();
@@ -340,11 +399,65 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| LiveError::Failed(format!("the work stopped: {e}")))?
 }
 
-/// Loads the model the settings name, with its worker and its part of the cache.
-fn load_model(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Model, Failure> {
-    let options = config.engine_options();
-    let engine = Engine::load(&options)?;
-    let version = model_version(&options)?;
+/// The first model of the `openai` backend: the settings' server, asked until it answers
+/// with its model (a server that is down is waited for, as a local model loads; one that
+/// serves another model is refused).
+async fn first_remote(config: &Config, metrics: Arc<Metrics>) -> Result<Remote, Failure> {
+    let settings = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || remote::Settings::new(&config))
+            .await
+            .map_err(|e| Failure {
+                exit: Exit::Internal,
+                message: format!("reading the backend settings stopped: {e}"),
+            })?
+            .map_err(Failure::usage)?
+    };
+    let mut failures = 0u32;
+    loop {
+        match remote::probe(&settings).await {
+            Ok(model) => {
+                tracing::info!(url = %settings.address(), %model, "the generation server answers");
+                return Ok(Remote::start(settings, model, metrics));
+            }
+            Err(wrong @ ProbeError::WrongModel { .. }) => {
+                return Err(Failure::usage(wrong.to_string()));
+            }
+            Err(down) => {
+                failures += 1;
+                let wait = std::time::Duration::from_secs(1u64 << (failures - 1).min(5));
+                tracing::warn!(error = %down, retry_in_s = wait.as_secs(), "waiting for the generation server");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Loads the model the settings name (or serves `remote`'s), with its worker and its part
+/// of the cache.
+fn load_model(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    db: sled::Db,
+    remote: Option<Remote>,
+) -> Result<Model, Failure> {
+    let (backend, version) = match remote {
+        Some(remote) => {
+            let version = remote.model().to_string();
+            (Backend::Remote(remote), version)
+        }
+        None => {
+            let options = config.engine_options();
+            let engine = Engine::load(&options)?;
+            let version = model_version(&options)?;
+            let generator = Generator::start(Arc::new(engine), config.queue.clone(), metrics)
+                .map_err(|e| Failure {
+                    exit: Exit::Internal,
+                    message: format!("cannot start the generation thread: {e}"),
+                })?;
+            (Backend::Local(generator), version)
+        }
+    };
     let cache = if config.cache.enabled {
         match PromptCache::new(db, config.cache.clone(), &version) {
             Ok(cache) => Some(cache),
@@ -356,22 +469,18 @@ fn load_model(config: &Config, metrics: Arc<Metrics>, db: sled::Db) -> Result<Mo
     } else {
         None
     };
-    let generator =
-        Generator::start(Arc::new(engine), config.queue.clone(), metrics).map_err(|e| Failure {
-            exit: Exit::Internal,
-            message: format!("cannot start the generation thread: {e}"),
-        })?;
-    Ok(Model::new(generator, cache, version))
+    Ok(Model::new(backend, cache, version))
 }
 
-/// Loads the model and wires the service around it.
+/// Loads the model (or takes `remote`'s) and wires the service around it.
 fn build(
     config: &Config,
     metrics: Arc<Metrics>,
     db: sled::Db,
     store: Store,
+    remote: Option<Remote>,
 ) -> Result<Speeches, Failure> {
-    let model = load_model(config, Arc::clone(&metrics), db.clone())?;
+    let model = load_model(config, Arc::clone(&metrics), db.clone(), remote)?;
     let limits_tree = db.open_tree("limits").map_err(|e| Failure {
         exit: Exit::Internal,
         message: format!("the state store cannot hold user limits: {e}"),

@@ -6,7 +6,7 @@
 use crate::language::Language;
 use crate::nightly::{NotStarted, NothingRunning};
 use crate::service::limits::Refusal;
-use crate::service::queue::Failure;
+use crate::service::queue::{BusyCause, Failure};
 use crate::service::topic::Problem;
 use crate::service::{Invalid, Rejection};
 
@@ -16,6 +16,7 @@ pub fn code(rejection: &Rejection) -> &'static str {
         Rejection::Invalid(Invalid::Topic(_)) => "invalid_topic",
         Rejection::Invalid(Invalid::Voice(_)) => "unknown_voice",
         Rejection::Invalid(Invalid::Settings(_)) => "invalid_settings",
+        Rejection::Busy(busy) if busy.cause == BusyCause::Backend => "backend_unavailable",
         Rejection::Busy(_) => "busy",
         Rejection::Refused(Refusal::NotAllowed) => "not_allowed",
         Rejection::Refused(Refusal::InFlight) => "in_flight",
@@ -51,6 +52,10 @@ fn spanish(rejection: &Rejection) -> String {
         Rejection::Invalid(Invalid::Settings(detail)) => {
             format!("Los ajustes de la petición no son válidos: {detail}.")
         }
+        Rejection::Busy(busy) if busy.cause == BusyCause::Backend => format!(
+            "El servidor que escribe los discursos no está disponible ahora; vuelve a intentarlo en unos {} s.",
+            busy.retry_after_s
+        ),
         Rejection::Busy(busy) => format!(
             "El servidor está ocupado escribiendo otros discursos; vuelve a intentarlo en unos {} s.",
             busy.retry_after_s
@@ -92,6 +97,10 @@ fn english(rejection: &Rejection) -> String {
             unknown.known.join(", ")
         ),
         Rejection::Invalid(Invalid::Settings(detail)) => detail.clone(),
+        Rejection::Busy(busy) if busy.cause == BusyCause::Backend => format!(
+            "the generation server is unavailable; try again in about {} s",
+            busy.retry_after_s
+        ),
         Rejection::Busy(busy) => format!(
             "the server is busy writing other speeches; try again in about {} s",
             busy.retry_after_s
@@ -123,6 +132,7 @@ pub fn failure_code(failure: &Failure) -> &'static str {
         Failure::Prompt(_) => "invalid_prompt",
         Failure::Model => "model_failed",
         Failure::WorkerLost => "worker_lost",
+        Failure::Backend { .. } => "backend_failed",
     }
 }
 
@@ -151,6 +161,12 @@ pub fn failure(failure: &Failure, language: Language) -> String {
         (Failure::WorkerLost, Language::En) => {
             "the server had a problem writing this speech; please ask again".into()
         }
+        (Failure::Backend { retry_after_s }, Language::Es) => format!(
+            "El servidor que escribe los discursos falló o tardó demasiado; vuelve a intentarlo en unos {retry_after_s} s."
+        ),
+        (Failure::Backend { retry_after_s }, Language::En) => format!(
+            "the generation server failed or took too long; please try again in about {retry_after_s} s"
+        ),
     }
 }
 

@@ -193,6 +193,7 @@ async fn serve(
             systemd::ready(&format!("serving {version}"));
             nightly.start_schedule();
             tokio::spawn(timed("purge", purge_regularly(built)));
+            tokio::spawn(timed("follow-backend", Arc::clone(&live).follow_backend()));
             (&mut signal).await;
         }
         () = &mut signal => {}

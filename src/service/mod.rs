@@ -2,16 +2,19 @@
 //! per-user limits, the prompt cache and the generation worker, behind one call,
 //! [`Speeches::ask`].
 //!
-//! - [`queue`]: the worker thread, its bounded queue and continuous batching.
+//! - [`backend`]: where a model's speeches are written: [`queue`], the worker thread with
+//!   its bounded queue and continuous batching, or [`remote`], an OpenAI-compatible server.
 //! - [`cache`]: the sled prompt cache.
 //! - [`limits`]: allow/block lists, one request in flight, rate and daily quota.
 //! - [`metrics`]: what `/metrics` exports.
 //! - [`topic`]: what a topic may contain.
 
+pub mod backend;
 pub mod cache;
 pub mod limits;
 pub mod metrics;
 pub mod queue;
+pub mod remote;
 pub mod store;
 pub mod topic;
 
@@ -20,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use backend::Backend;
 use cache::PromptCache;
 use limits::{Limits, Refusal, Slot};
 use mananera_engine::{SamplingParams, StopReason};
 use metrics::Metrics;
-use queue::{Busy, Event, Generator};
+use queue::{Busy, Event};
 use store::Store;
 
 use crate::voices::{UnknownVoice, Voices};
@@ -89,17 +93,17 @@ pub struct RequestBounds {
     pub max_temperature: f64,
 }
 
-/// One loaded model version with its generation worker and its part of the prompt cache:
-/// the unit that is swapped when a new version is served.
+/// One loaded model version with its generation worker (or server) and its part of the
+/// prompt cache: the unit that is swapped when a new version is served.
 pub struct Model {
-    generator: Generator,
+    generator: Backend,
     cache: Option<Arc<PromptCache>>,
     version: String,
 }
 
 impl Model {
     /// `cache` is `None` when it is turned off or unusable.
-    pub fn new(generator: Generator, cache: Option<PromptCache>, version: String) -> Self {
+    pub fn new(generator: Backend, cache: Option<PromptCache>, version: String) -> Self {
         Self {
             generator,
             cache: cache.map(Arc::new),
@@ -110,6 +114,11 @@ impl Model {
     /// The version this model's answers report (and its cache keys carry).
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Where its speeches are written.
+    pub fn backend(&self) -> &Backend {
+        &self.generator
     }
 }
 
@@ -162,6 +171,17 @@ impl Speeches {
     /// The model version new requests are answered by.
     pub fn version(&self) -> String {
         self.model().version.clone()
+    }
+
+    /// The model new requests go to (to follow its generation server).
+    pub fn current(&self) -> Arc<Model> {
+        self.model()
+    }
+
+    /// Why new requests cannot be answered now (a generation server that is down), and in
+    /// how many seconds they are tried again: `/readyz` says it.
+    pub fn unavailable(&self) -> Option<(String, u64)> {
+        self.model().generator.unavailable()
     }
 
     /// Serves `model` to every new request from now on. Generations already running (or
@@ -272,7 +292,7 @@ impl Speeches {
             }
             match model
                 .generator
-                .submit(&voice.header, topic.clone(), request.params.clone())
+                .submit(&voice.header, &topic, &request.params)
             {
                 Ok(events) => break (events, key),
                 // Replaced between the look-up and the submit: the new model takes it.

@@ -67,12 +67,35 @@ pub enum Failure {
     Model,
     /// The worker writing it died (it is replaced): ask again.
     WorkerLost,
+    /// The generation server (`engine.backend = "openai"`) failed, was too slow or is busy:
+    /// ask again in about `retry_after_s` seconds.
+    Backend { retry_after_s: u64 },
 }
 
-/// The queue is full; try again in about `retry_after_s` seconds.
+/// No request is taken now; try again in about `retry_after_s` seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Busy {
     pub retry_after_s: u64,
+    pub cause: BusyCause,
+}
+
+/// Why a request is not taken: the people can tell a full queue from a server that is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyCause {
+    /// Every place in the batch and the queue is taken, or the queue is closing.
+    Queue,
+    /// The generation server does not answer, or asked us to wait.
+    Backend,
+}
+
+impl Busy {
+    /// A full (or closed) queue.
+    pub fn queue(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s,
+            cause: BusyCause::Queue,
+        }
+    }
 }
 
 struct Job {
@@ -139,16 +162,14 @@ impl Generator {
     ) -> Result<UnboundedReceiver<Event>, Busy> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(jobs) = jobs.as_ref() else {
-            return Err(Busy { retry_after_s: 60 });
+            return Err(Busy::queue(60));
         };
         let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
         let running = self.shared.running.load(Ordering::SeqCst);
         let free_in_batch = self.shared.config.max_batch.saturating_sub(running);
         if waiting >= self.shared.config.capacity + free_in_batch {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(Busy {
-                retry_after_s: self.estimate_wait_s(waiting + 1),
-            });
+            return Err(Busy::queue(self.estimate_wait_s(waiting + 1)));
         }
         let (events, rx) = unbounded_channel();
         let job = Job {
@@ -160,7 +181,7 @@ impl Generator {
         };
         if jobs.send(job).is_err() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(Busy { retry_after_s: 60 });
+            return Err(Busy::queue(60));
         }
         Ok(rx)
     }

@@ -196,10 +196,15 @@ fn rejected(rejection: &Rejection, language: Language) -> Response {
 
 /// A failed speech as JSON, like [`coded`].
 fn failed(failure: &Failure, language: Language) -> Value {
+    let retry_after_s = match failure {
+        Failure::Backend { retry_after_s } => Some(*retry_after_s),
+        _ => None,
+    };
     json!({
         "code": texts::failure_code(failure),
         "error": texts::failure(failure, Language::En),
         "message": texts::failure(failure, language),
+        "retry_after_s": retry_after_s,
     })
 }
 
@@ -228,7 +233,14 @@ async fn whole(answer: Answer, started: Instant, language: Language) -> Response
                         Failure::Prompt(_) => StatusCode::BAD_REQUEST,
                         _ => StatusCode::SERVICE_UNAVAILABLE,
                     };
-                    return (status, axum::Json(failed(&failure, language))).into_response();
+                    let mut response =
+                        (status, axum::Json(failed(&failure, language))).into_response();
+                    if let Failure::Backend { retry_after_s } = failure
+                        && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
+                    {
+                        response.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                    return response;
                 }
                 None => {
                     let failure = Failure::Model;
@@ -307,7 +319,7 @@ fn summary(
         "model_version": version,
         "cached": generation.is_none(),
         "stop_reason": generation.map(|g| g.stop_reason),
-        "new_tokens": generation.map(|g| g.token_ids.len()),
+        "new_tokens": generation.map(|g| g.timings.new_tokens),
         "seconds": started.elapsed().as_secs_f64(),
     });
     match fields {

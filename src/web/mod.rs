@@ -106,13 +106,28 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// 200 with the served version once requests can be answered; 503 while the model loads or
+/// while the generation server (`engine.backend = "openai"`) is down.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.speeches.get() {
-        Some(s) => axum::Json(serde_json::json!({
-            "ready": true,
-            "model_version": s.version(),
-        }))
-        .into_response(),
+        Some(s) => match s.unavailable() {
+            None => axum::Json(serde_json::json!({
+                "ready": true,
+                "model_version": s.version(),
+            }))
+            .into_response(),
+            Some((why, retry_after_s)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, retry_after_s.to_string())],
+                axum::Json(serde_json::json!({
+                    "ready": false,
+                    "model_version": s.version(),
+                    "error": why,
+                    "retry_after_s": retry_after_s,
+                })),
+            )
+                .into_response(),
+        },
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the model is still loading",

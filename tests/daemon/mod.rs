@@ -88,6 +88,18 @@ impl Daemon {
         sets: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let daemon = Self::start_unready(model, state_dir, sets, env);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// [`Daemon::start_with_env`] without waiting for `/readyz`: once it listens.
+    pub fn start_unready(
+        model: &Path,
+        state_dir: &Path,
+        sets: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let stderr = state_dir.with_extension("log");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -114,11 +126,18 @@ impl Daemon {
         for s in sets {
             cmd.args(["--set", s]);
         }
-        Self::spawn(cmd, state_dir, stderr)
+        Self::spawn_unready(cmd, state_dir, stderr)
     }
 
     /// Starts a prepared command and waits until it listens and the model is loaded.
-    pub fn spawn(mut cmd: Command, state_dir: &Path, stderr: PathBuf) -> Daemon {
+    pub fn spawn(cmd: Command, state_dir: &Path, stderr: PathBuf) -> Daemon {
+        let daemon = Self::spawn_unready(cmd, state_dir, stderr);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a prepared command and waits until it listens.
+    pub fn spawn_unready(mut cmd: Command, state_dir: &Path, stderr: PathBuf) -> Daemon {
         let mut child = cmd.spawn().expect("start mananera serve");
         let stdout = child.stdout.take().unwrap();
         let child = Arc::new(Mutex::new(child));
@@ -135,17 +154,16 @@ impl Daemon {
                 )
             })
             .to_string();
-        let daemon = Daemon {
+        Daemon {
             child,
             url,
             state_dir: state_dir.to_path_buf(),
             stderr,
-        };
-        daemon.wait_ready();
-        daemon
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Waits (up to a minute) for `/readyz` to answer 200.
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if status_of(&self.url, "/readyz") == Some(200) {
