@@ -75,6 +75,9 @@ pub enum Command {
     /// Write a fine-tuned version merged into its base as a plain BLOOM checkpoint
     /// (for transformers, or for model.id).
     Export(commands::train::ExportArgs),
+    /// Write an accepted version where the generation server loads it ([publish]: the
+    /// merged checkpoint, a GGUF), point publish.dir/current at it, and run the hook.
+    Publish(commands::publish::PublishArgs),
 }
 
 impl Command {
@@ -98,6 +101,7 @@ impl Command {
             Command::Retrain(args) => Box::new(args),
             Command::Rollback(args) => Box::new(args),
             Command::Export(args) => Box::new(args),
+            Command::Publish(args) => Box::new(args),
         }
     }
 }

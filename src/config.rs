@@ -17,6 +17,7 @@ use mananera_training::{Cleaning, CorpusConfig};
 use mananera_bots::{DiscordConfig, TelegramConfig};
 
 use crate::language::Language;
+use crate::publish::PublishConfig;
 use crate::schedule::NightlyConfig;
 use crate::service::cache::CacheConfig;
 use crate::service::limits::LimitsConfig;
@@ -45,6 +46,7 @@ pub struct Config {
     pub telegram: TelegramConfig,
     pub training: TrainingConfig,
     pub nightly: NightlyConfig,
+    pub publish: PublishConfig,
 }
 
 /// `[generation]`: the sampling defaults of every request, and the voice of one that names
@@ -376,6 +378,7 @@ impl Config {
     /// compiled cleaning rules and sources, the listening address) are checked here.
     fn validate(&self) -> Result<(), String> {
         self.engine.validate()?;
+        self.publish.validate()?;
         self.model.validate()?;
         self.training.validate().map_err(|e| e.to_string())?;
         self.nightly.validate()?;
@@ -498,6 +501,13 @@ impl Config {
             version: Choice::parse(&self.model.version).unwrap_or(Choice::Current),
             versions_dir: self.versions_dir(),
         }
+    }
+
+    /// `publish.dir` with `~` resolved (empty: nothing is published).
+    pub fn publish_dir(&self) -> Option<PathBuf> {
+        self.publish
+            .enabled()
+            .then(|| setting_dir(self.publish.dir.trim(), "", "", ""))
     }
 
     /// The versions directory (`training.dir`) with defaults and `~` resolved.

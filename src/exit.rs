@@ -7,7 +7,7 @@
 //! | 1 | internal failure (I/O, a bug) |
 //! | 2 | bad usage, settings or input |
 //! | 3 | the model could not be found, downloaded or read |
-//! | 4 | some pages or sources failed; the rest was done |
+//! | 4 | part failed, the rest was done: some pages or sources of a scrape, the hook of a publish |
 //! | 5 | busy: another process holds the corpus or versions, or a run is in progress |
 //! | 6 | `train`: the new version was rejected by its validation check |
 //! | 130 | stopped by a signal (SIGINT/SIGTERM) before finishing |
@@ -21,7 +21,8 @@ pub enum Exit {
     Usage = 2,
     /// The model could not be found, downloaded or read.
     Model = 3,
-    /// Some pages or sources failed; the rest was done.
+    /// Part failed, the rest was done: some pages or sources of a scrape, the hook of a
+    /// publish (its files are written).
     Partial = 4,
     /// Another process holds what this one needs, or a run is in progress.
     Busy = 5,

@@ -35,6 +35,7 @@ pub mod language;
 pub mod live;
 pub mod logging;
 pub mod nightly;
+pub mod publish;
 pub mod schedule;
 pub mod service;
 pub mod stall;

@@ -341,7 +341,7 @@ async fn a_new_version_on_the_server_is_served_with_its_own_cache_keys() {
 }
 
 #[test]
-fn bad_backend_settings_are_refused_at_start_with_the_setting_named() {
+fn bad_backend_and_publish_settings_are_refused_at_start_with_the_setting_named() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fake = rt.block_on(FakeOpenAi::start(&["someone-else"]));
     let state = tempfile::tempdir().unwrap();
@@ -386,6 +386,15 @@ fn bad_backend_settings_are_refused_at_start_with_the_setting_named() {
     let (code, stderr) = serve(&sets);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("engine.backend_timeout_s = 0"), "{stderr}");
+    // A publish directory that cannot be written.
+    let mut sets = backend(&fake);
+    sets.push("publish.dir=\"/proc/mananera-publish\"".into());
+    let (code, stderr) = serve(&sets);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("publish.dir = \"/proc/mananera-publish\" cannot be written"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 
 mod daemon;
 mod fake_chat;
+mod fake_openai;
 mod fake_site;
 
 use std::os::unix::net::UnixDatagram;
@@ -909,4 +910,133 @@ fn a_fresh_daemon_bootstraps_from_the_dataset_archive_and_trains_its_backlog_nig
         "{}",
         String::from_utf8_lossy(&versions.stdout)
     );
+}
+
+/// `[engine]` pointing at `fake` and `[publish]` into `dir`, with `hook`.
+fn publishing(fake: &fake_openai::FakeOpenAi, dir: &Path, hook: &str) -> String {
+    format!(
+        r#"[engine]
+backend = "openai"
+backend_url = "{url}"
+backend_poll_s = 1
+
+[publish]
+dir = "{dir}"
+gguf = "f16"
+hook = ["sh", "-c", {hook:?}]
+hook_url = "{url}/admin/load"
+wait_s = 30
+"#,
+        url = fake.url,
+        dir = dir.display(),
+    )
+}
+
+#[test]
+fn an_accepted_version_is_published_the_server_told_and_served_and_a_failing_hook_keeps_the_old_one()
+ {
+    let world = World::new(4);
+    let rt = runtime();
+    let fake = rt.block_on(fake_openai::FakeOpenAi::start(&["mananera"]));
+    let published = world.path("published");
+    let told = world.path("hook.env");
+    let good_hook = format!("env | grep ^MANANERA_ | sort > {}", told.display());
+    world.write_config(&[], &publishing(&fake, &published, &good_hook));
+    let daemon = world.serve(&[]);
+    let served = |url: &str| {
+        rt.block_on(async {
+            let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+            let ready: Value = r.json().await.unwrap();
+            ready["model_version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    assert_eq!(served(&daemon.url), "mananera");
+
+    // The run trains v0001, publishes it, the hooks tell the server, the daemon serves it.
+    let (code, run, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(0), "{err}\n{run:#}");
+    assert_eq!(run["outcome"], "accepted", "{run:#}");
+    assert_eq!(run["published"], "v0001", "{run:#}");
+    assert_eq!(
+        std::fs::read_link(published.join("current")).unwrap(),
+        Path::new("v0001")
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(published.join("v0001/published.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["model_name"], "mananera-v0001", "{manifest:#}");
+    assert!(published.join("v0001/merged/config.json").is_file());
+    assert!(published.join("v0001/merged/tokenizer.json").is_file());
+    let gguf = std::fs::read(published.join("v0001/mananera-v0001.gguf")).unwrap();
+    assert_eq!(&gguf[..4], b"GGUF");
+    let env = std::fs::read_to_string(&told).unwrap();
+    assert!(env.contains("MANANERA_VERSION=v0001\n"), "{env}");
+    assert!(
+        env.contains("MANANERA_MODEL_NAME=mananera-v0001\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "MANANERA_GGUF={}",
+            published.join("v0001/mananera-v0001.gguf").display()
+        )),
+        "{env}"
+    );
+    assert_eq!(fake.loads().len(), 1, "the hook address was called once");
+    assert_eq!(run["serving"], "mananera-v0001", "{run:#}");
+    assert_eq!(served(&daemon.url), "mananera-v0001");
+    let (version, _, text) = rt.block_on(ask(&daemon.url, "el agua"));
+    assert_eq!(version, "mananera-v0001");
+    assert!(text.starts_with("mananera-v0001:"), "{text}");
+
+    // A failing hook: v0002's files are written, the server is not told, v0001 stays.
+    world.write_config(
+        &[],
+        &publishing(&fake, &published, "echo unit not found >&2; exit 7"),
+    );
+    signal(daemon.pid(), "HUP");
+    wait_for_count(
+        &world.path("daemon.log"),
+        "settings reloaded",
+        1,
+        Duration::from_secs(30),
+    );
+    world.site.publish(transcript(5, &speech(5)));
+    let (code, run, err) = world.retrain_and_wait();
+    assert_ne!(code, Some(0), "{err}\n{run:#}");
+    assert_eq!(run["outcome"], "failed", "{run:#}");
+    assert_eq!(run["trained"]["version"], "v0002", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("v0002 was published but its hook failed")
+            && error.contains("unit not found"),
+        "{error}"
+    );
+    assert_eq!(fake.loads().len(), 1, "the server was not told");
+    assert_eq!(served(&daemon.url), "mananera-v0001");
+    assert!(published.join("v0002/published.json").is_file());
+    assert!(!published.join("v0002/told").exists());
+
+    // The hook mended: the next run has nothing to train, publishes v0002 again (its files
+    // kept) and serves it.
+    world.write_config(&[], &publishing(&fake, &published, &good_hook));
+    signal(daemon.pid(), "HUP");
+    wait_for_count(
+        &world.path("daemon.log"),
+        "settings reloaded",
+        2,
+        Duration::from_secs(30),
+    );
+    let (code, run, err) = world.retrain_and_wait();
+    assert_eq!(code, Some(0), "{err}\n{run:#}");
+    assert_eq!(run["outcome"], "nothing_new", "{run:#}");
+    assert_eq!(run["published"], "v0002", "{run:#}");
+    assert_eq!(served(&daemon.url), "mananera-v0002");
+    assert_eq!(fake.loads().len(), 2);
+    // Two versions are kept (publish.keep).
+    assert!(published.join("v0001/published.json").is_file());
+    daemon.terminate();
 }

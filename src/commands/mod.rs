@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod eval;
 pub mod generate;
 pub mod progress;
+pub mod publish;
 pub mod random_model;
 pub mod scrape;
 pub mod serve;

@@ -78,6 +78,9 @@ pub struct SettingsSource {
 pub fn run(config: &Config, source: SettingsSource) -> Result<(), Failure> {
     let addr = config.listen_addr().map_err(Failure::usage)?;
     let api_token = config.api_token().map_err(Failure::usage)?;
+    if let Some(dir) = config.publish_dir() {
+        crate::publish::check_writable(&dir).map_err(Failure::usage)?;
+    }
     let corpus = mananera_training::store::listed(&config.corpus_dir());
     crate::voices::check_trained(&config.corpus.speakers, &corpus).map_err(Failure::usage)?;
     if !addr.ip().is_loopback() && api_token.is_none() {
@@ -261,7 +264,12 @@ async fn reload_on_hangup(source: SettingsSource, live: Arc<Live>, nightly: Arc<
     while hangups.recv().await.is_some() {
         systemd::reloading();
         tracing::info!("SIGHUP: re-reading the settings");
-        match Config::load(source.path.as_deref(), &source.overrides) {
+        let loaded = Config::load(source.path.as_deref(), &source.overrides);
+        let loaded = match loaded {
+            Ok(new) => publish_dir_ok(new).await,
+            Err(e) => Err(e),
+        };
+        match loaded {
             Err(error) => {
                 tracing::error!(%error, "the settings were not reloaded; the ones in force stay");
             }
@@ -285,6 +293,17 @@ async fn reload_on_hangup(source: SettingsSource, live: Arc<Live>, nightly: Arc<
             None => systemd::status("loading the model"),
         }
     }
+}
+
+/// `new`, unless its `publish.dir` cannot be written (checked off the runtime).
+async fn publish_dir_ok(new: Config) -> Result<Config, String> {
+    let Some(dir) = new.publish_dir() else {
+        return Ok(new);
+    };
+    tokio::task::spawn_blocking(move || crate::publish::check_writable(&dir))
+        .await
+        .map_err(|e| format!("checking publish.dir stopped: {e}"))??;
+    Ok(new)
 }
 
 /// Purges stale cache entries now and every hour.

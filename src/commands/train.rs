@@ -193,7 +193,7 @@ pub struct TrainFlags {
 
 /// Exit codes: settings and data 2, an unusable model 3, a busy versions directory 5,
 /// anything else 1.
-fn failure(e: TrainError) -> Failure {
+pub(super) fn failure(e: TrainError) -> Failure {
     let exit = match &e {
         TrainError::Config(_) | TrainError::Data(_) => Exit::Usage,
         TrainError::Model(_) => Exit::Model,
@@ -204,7 +204,7 @@ fn failure(e: TrainError) -> Failure {
 }
 
 /// The base checkpoint (no fine-tuned version on top) and its content version.
-fn base(config: &Config) -> Result<(Checkpoint, String), Failure> {
+pub(super) fn base(config: &Config) -> Result<(Checkpoint, String), Failure> {
     let options = EngineOptions {
         version: Choice::Base,
         quantization: Quantization::None,
@@ -564,7 +564,7 @@ pub fn versions_command(config: &Config, format: Format) -> Result<(), Failure> 
 }
 
 /// A version record by its name on the command line: an id or "current".
-fn named_version(dir: &Path, version: &str) -> Result<Version, Failure> {
+pub(super) fn named_version(dir: &Path, version: &str) -> Result<Version, Failure> {
     Ok(match version {
         "current" => versions::current(dir)?.ok_or_else(|| {
             Failure::usage(format!(
@@ -608,21 +608,8 @@ pub fn gguf_command(
             (Checkpoint::local(&merged)?, record.id)
         }
     };
-    let weights = source.read_weights()?;
-    let dtype = match kind {
-        GgufKind::F32 => GgufType::F32,
-        GgufKind::F16 => GgufType::F16,
-    };
     let name = format!("{}+{id}", config.model.id);
-    gguf::write(
-        &source.config,
-        &weights,
-        &source.files.tokenizer,
-        dtype,
-        &name,
-        out,
-    )
-    .map_err(|e| Failure::new(Exit::Model, e.to_string()))?;
+    write_gguf(&source, kind, &name, out)?;
     match format {
         Format::Json | Format::Jsonl => print_json(&serde_json::json!({
             "version": id,
@@ -634,6 +621,29 @@ pub fn gguf_command(
             Ok(())
         }
     }
+}
+
+/// `source` as one GGUF file named `name` inside, its matrices of type `kind`.
+pub(super) fn write_gguf(
+    source: &Checkpoint,
+    kind: GgufKind,
+    name: &str,
+    out: &Path,
+) -> Result<(), Failure> {
+    let weights = source.read_weights()?;
+    let dtype = match kind {
+        GgufKind::F32 => GgufType::F32,
+        GgufKind::F16 => GgufType::F16,
+    };
+    gguf::write(
+        &source.config,
+        &weights,
+        &source.files.tokenizer,
+        dtype,
+        name,
+        out,
+    )
+    .map_err(|e| Failure::new(Exit::Model, e.to_string()))
 }
 
 /// `mananera export --merge VERSION OUT`: the version folded into its base, as a plain

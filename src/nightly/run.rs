@@ -73,6 +73,7 @@ impl Nightly {
                 scrape_failures: Vec::new(),
                 trained: None,
                 serving: None,
+                published: None,
                 error: None,
             };
             state.running = Some(Running {
@@ -236,6 +237,7 @@ mod tests {
             scrape_failures: Vec::new(),
             trained: None,
             serving: None,
+            published: None,
             error: None,
         }
     }

@@ -128,6 +128,9 @@ pub struct RunRecord {
     pub trained: Option<Trained>,
     /// The model version served after the run.
     pub serving: Option<String>,
+    /// The version this run published to `publish.dir` (and the server was told of).
+    #[serde(default)]
+    pub published: Option<String>,
     pub error: Option<String>,
 }
 
@@ -292,6 +295,7 @@ mod tests {
             scrape_failures: Vec::new(),
             trained: None,
             serving: None,
+            published: None,
             error: None,
         }
     }

@@ -10,9 +10,10 @@ use super::Nightly;
 use super::child;
 use super::run::History;
 use super::runs::{Outcome, Trained};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::exit::{Ended, Exit};
 use crate::live::{LiveError, Reloaded};
+use crate::service::remote;
 use crate::summary::{ScrapeSummary, TrainOutcome, TrainSummary};
 
 /// Why a run failed; the message goes into its record for the admin.
@@ -33,6 +34,10 @@ pub enum RunError {
     /// The version was accepted but cannot be served.
     #[error("the new version was accepted but cannot be served: {0}")]
     Serve(LiveError),
+    /// The version could not be published, or the generation server did not take it up;
+    /// the old version stays served.
+    #[error("{0}")]
+    Publish(String),
     /// The run's task ended without an outcome (a panic).
     #[error("the run stopped unexpectedly: {0}")]
     Crashed(String),
@@ -102,9 +107,14 @@ impl Nightly {
         // Even with nothing new from the sites, the corpus may hold transcripts the served
         // version has not trained on (a manual scrape or import); `train` says when not.
         let outcome = self
-            .train(&config, &settings, &limits, cancel, stopped_run)
+            .train(&config, &settings, &limits, cancel.clone(), stopped_run)
             .await?;
         if matches!(outcome, Outcome::Accepted | Outcome::NothingNew) {
+            if config.publish.enabled()
+                && !self.publish(&config, &settings, &limits, cancel).await?
+            {
+                return Ok(Outcome::Cancelled);
+            }
             self.serve_current(outcome, &config).await?;
         }
         Ok(outcome)
@@ -217,6 +227,99 @@ impl Nightly {
                     train.reason(hint)
                 )))
             }
+        }
+    }
+
+    /// Publishes the current version if it is not published yet (`mananera publish` in a
+    /// child: files, then the hook), and with the `openai` backend waits for the server to
+    /// report it. `false` when cancelled.
+    async fn publish(
+        &self,
+        config: &Config,
+        settings: &std::path::Path,
+        limits: &child::Limits,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<bool, RunError> {
+        let Some(dir) = config.publish_dir() else {
+            return Ok(true);
+        };
+        let versions_dir = config.versions_dir();
+        let (current, published) = tokio::task::spawn_blocking(move || {
+            let current = mananera_model::versions::current(&versions_dir)
+                .ok()
+                .flatten()
+                .map(|v| v.id);
+            // Published and told: a version whose hook failed is published again.
+            let published =
+                crate::publish::current(&dir).filter(|id| crate::publish::told(&dir, id));
+            (current, published)
+        })
+        .await
+        .map_err(|e| RunError::Crashed(e.to_string()))?;
+        let Some(current) = current else {
+            return Ok(true);
+        };
+        if published.as_deref() != Some(current.as_str()) {
+            self.phase("publishing");
+            let args = ["--format", "json", "publish", current.as_str()].map(String::from);
+            let publish = child::run("publish", settings, &args, limits, cancel.clone())
+                .await
+                .map_err(|e| RunError::Child(format!("the publish could not start: {e}")))?;
+            match Ended::of(publish.status.code()) {
+                Ended::Success => {}
+                _ if publish.cancelled => return Ok(false),
+                Ended::Failed(Exit::Partial) => {
+                    return Err(RunError::Publish(format!(
+                        "{current} was published but its hook failed ({}); the old version stays served",
+                        publish.reason(None)
+                    )));
+                }
+                _ => {
+                    return Err(RunError::Publish(format!(
+                        "{current} could not be published ({}); the old version stays served",
+                        publish.reason(None)
+                    )));
+                }
+            }
+            self.update(|r| r.published = Some(current.clone()));
+        }
+        if config.engine.backend == BackendKind::Openai {
+            return self.wait_for_server(config, &current, cancel).await;
+        }
+        Ok(true)
+    }
+
+    /// Waits (up to `publish.wait_s`) until the generation server reports `version` under
+    /// its published name. `false` when cancelled.
+    async fn wait_for_server(
+        &self,
+        config: &Config,
+        version: &str,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<bool, RunError> {
+        let name = crate::publish::model_name(&config.engine.backend_model, version);
+        self.phase(&format!(
+            "waiting for the generation server to serve {name}"
+        ));
+        let settings = remote::Settings::new(config).map_err(RunError::Publish)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(config.publish.wait_s);
+        loop {
+            let last = match remote::probe(&settings).await {
+                Ok(model) if model == name => return Ok(true),
+                Ok(model) => model,
+                Err(e) => format!("nothing ({e})"),
+            };
+            if *cancel.borrow() || self.state().stopping {
+                return Ok(false);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(RunError::Publish(format!(
+                    "the generation server at {} still serves {last} {} s after {name} was published (publish.wait_s); the old version stays served",
+                    settings.address(),
+                    config.publish.wait_s
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 

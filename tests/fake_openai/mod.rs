@@ -48,6 +48,8 @@ struct Inner {
     /// Streams that ended because the client went away before the speech did.
     abandoned: usize,
     models_calls: usize,
+    /// What publish hooks POSTed to `/admin/load`.
+    loads: Vec<Value>,
 }
 
 /// The fake: its base URL (for `engine.backend_url`) and what it saw.
@@ -72,11 +74,13 @@ impl FakeOpenAi {
                 requests: Vec::new(),
                 abandoned: 0,
                 models_calls: 0,
+                loads: Vec::new(),
             })),
         };
         let app = Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/completions", post(completions))
+            .route("/admin/load", post(load))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
@@ -104,6 +108,11 @@ impl FakeOpenAi {
         self.inner().abandoned
     }
 
+    /// What publish hooks POSTed to `/admin/load`.
+    pub fn loads(&self) -> Vec<Value> {
+        self.inner().loads.clone()
+    }
+
     pub fn models_calls(&self) -> usize {
         self.inner().models_calls
     }
@@ -119,6 +128,18 @@ pub fn speech(model: &str, words: usize) -> Vec<String> {
             i => format!(" palabra{i}ñ"),
         })
         .collect()
+}
+
+/// A publish hook's POST (`publish.hook_url`): the fake "restarts" serving the version it
+/// names, under its `model_name`.
+async fn load(State(fake): State<FakeOpenAi>, body: axum::Json<Value>) -> Response {
+    let Some(name) = body["model_name"].as_str() else {
+        return status(400, None);
+    };
+    let mut inner = fake.inner();
+    inner.models = vec![name.to_string()];
+    inner.loads.push(body.0.clone());
+    axum::Json(json!({"loaded": name})).into_response()
 }
 
 async fn list_models(State(fake): State<FakeOpenAi>) -> Response {
