@@ -614,12 +614,27 @@ fn apply(table: &mut toml::Table, o: &Override) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mananera_bots::Shards;
 
     fn set(key: &str, value: &str) -> Override {
         Override {
             key: key.into(),
             value: value.into(),
             origin: format!("test {key}"),
+        }
+    }
+
+    #[test]
+    fn discord_shards_are_auto_or_a_count() {
+        let load = |v: &str| {
+            let set = Override::parse_set(&format!("discord.shards={v}")).unwrap();
+            Config::load(None, &[set])
+        };
+        assert_eq!(load("\"auto\"").unwrap().discord.shards, Shards::Auto);
+        assert_eq!(load("4").unwrap().discord.shards, Shards::Count(4));
+        for bad in ["0", "-1", "\"many\""] {
+            let e = load(bad).unwrap_err();
+            assert!(e.contains("discord.shards = "), "{bad}: {e}");
         }
     }
 

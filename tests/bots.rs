@@ -1223,3 +1223,62 @@ async fn discord_5xx_with_garbage_is_logged_once_retried_and_the_speech_still_sh
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_shards_as_recommended_or_as_set_and_answers_on_any_shard() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    fake.recommend_shards(2);
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = [
+        "generation.seed=1",
+        WHOLE_LENGTH,
+        "generation.max_new_tokens=40",
+        "generation.max_words=0",
+    ];
+    let daemon = discord_daemon(&fake, &dir.path().join("state"), &tiny_model(), &fixed);
+    // "auto": the two shards Discord recommends identify, each with its id and the total
+    // (serenity waits 5 s between the two).
+    fake.wait_for(Duration::from_secs(30), "two shards", |_, frames| {
+        (frames.iter().filter(|f| f.op == 2).count() >= 2).then_some(())
+    })
+    .await;
+    let mut shards = fake.identified_shards();
+    shards.sort_unstable();
+    assert_eq!(shards, [(0, 2), (1, 2)]);
+    // Shard 1 gets the interaction; it is answered all the same.
+    registered(&fake).await;
+    fake.dispatch_to_shard(1);
+    let token = fake.slash("mañanera", Some("el agua"), "111", true);
+    let pages = fake
+        .wait_for(SPEECH_WITHIN, "the speech", |calls, _| {
+            let pages = dc::final_pages(calls, &token);
+            (!pages[0].is_empty() && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&cached_speech(&daemon, "el agua").await)
+    );
+    // The commands were registered once, by shard 0.
+    let puts = fake.calls().iter().filter(|c| c.method == "PUT").count();
+    assert_eq!(puts, 1, "{:#?}", fake.calls());
+    daemon.terminate();
+
+    // A count: exactly that many, whatever Discord recommends.
+    let fake = FakeDiscord::start().await;
+    let daemon = discord_daemon(
+        &fake,
+        &dir.path().join("state2"),
+        &tiny_model(),
+        &["discord.shards=3"],
+    );
+    fake.wait_for(Duration::from_secs(40), "three shards", |_, frames| {
+        (frames.iter().filter(|f| f.op == 2).count() >= 3).then_some(())
+    })
+    .await;
+    let mut shards = fake.identified_shards();
+    shards.sort_unstable();
+    assert_eq!(shards, [(0, 3), (1, 3), (2, 3)]);
+    daemon.terminate();
+}

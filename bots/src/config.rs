@@ -24,6 +24,54 @@ pub struct DiscordConfig {
     /// A REST proxy to send API calls to instead of discord.com (e.g. twilight-http-proxy,
     /// or a test's fake). It must do the rate limiting: serenity turns its own off.
     pub api_proxy: Option<String>,
+    /// Gateway shards: `"auto"` (as many as Discord recommends for the bot's guilds) or a
+    /// count. Discord requires shards past 2,500 guilds.
+    pub shards: Shards,
+}
+
+/// `discord.shards`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shards {
+    /// As many as `GET /gateway/bot` recommends.
+    #[default]
+    Auto,
+    /// This many, all in this process.
+    Count(u32),
+}
+
+impl Serialize for Shards {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shards::Auto => s.serialize_str("auto"),
+            Shards::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shards {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Word(String),
+        }
+        let wrong = |what: String| {
+            D::Error::custom(format!(
+                "discord.shards = {what}: use \"auto\" or a number of shards from 1 up"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "auto" => Ok(Shards::Auto),
+            Raw::Word(w) => Err(wrong(format!("\"{w}\""))),
+            Raw::Count(n) => u32::try_from(n)
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Shards::Count)
+                .ok_or_else(|| wrong(n.to_string())),
+        }
+    }
 }
 
 impl Default for DiscordConfig {
@@ -35,6 +83,7 @@ impl Default for DiscordConfig {
             allow_direct_messages: true,
             edit_interval_ms: 1000,
             api_proxy: None,
+            shards: Shards::Auto,
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::{Backoff, sleep_unless_stopped, stopped};
-use crate::config::{DiscordConfig, Token};
+use crate::config::{DiscordConfig, Shards, Token};
 use crate::port::{AdminAction, Ask, Platform, Speaker};
 use crate::texts;
 use crate::writer::{self, Delivery, Surface};
@@ -73,8 +73,14 @@ pub async fn run(
         let result = match client {
             Ok(mut client) => {
                 let shards = Arc::clone(&client.shard_manager);
+                let started = async {
+                    match config.shards {
+                        Shards::Auto => client.start_autosharded().await,
+                        Shards::Count(n) => client.start_shards(n).await,
+                    }
+                };
                 tokio::select! {
-                    result = client.start() => result.map_err(|e| e.to_string()),
+                    result = started => result.map_err(|e| e.to_string()),
                     () = stopped(&mut stop) => {
                         shards.shutdown_all().await;
                         return;
@@ -160,7 +166,12 @@ struct Handler {
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
-        tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "discord: connected");
+        let (shard, shards) = ready.shard.map_or((0, 1), |s| (s.id.0, s.total));
+        tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), shard, shards, "discord: connected");
+        // Commands belong to the application, not to a shard: shard 0 registers them.
+        if shard != 0 {
+            return;
+        }
         // Bulk overwrite: registering again (Ready fires on every new session) changes nothing.
         let result = if self.config.guilds.is_empty() {
             Command::set_global_commands(&ctx.http, commands(&self.speaker.voices()))

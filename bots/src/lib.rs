@@ -11,5 +11,5 @@ pub mod writer;
 
 mod backoff;
 
-pub use config::{DiscordConfig, TelegramConfig, Token, find_secret_text, find_token};
+pub use config::{DiscordConfig, Shards, TelegramConfig, Token, find_secret_text, find_token};
 pub use port::{AdminAction, Ask, Piece, Platform, Reply, Speaker};

@@ -58,6 +58,10 @@ struct Inner {
     delay: Duration,
     /// Follow-ups still to create (recorded, like Discord posting them) and never answer.
     followups_to_swallow: usize,
+    /// The shard count `GET /gateway/bot` recommends (1 when unset).
+    shards: u64,
+    /// Dispatches go to the connection that identified as this shard (else the newest).
+    target_shard: Option<u64>,
 }
 
 /// The fake: its REST address (for `discord.api_proxy`) and what it saw.
@@ -141,17 +145,43 @@ impl FakeDiscord {
         })
     }
 
-    /// Sends a dispatch event on the newest gateway connection.
+    /// `GET /gateway/bot` recommends `n` shards.
+    pub fn recommend_shards(&self, n: u64) {
+        self.inner.lock().unwrap().shards = n;
+    }
+
+    /// Later dispatches go to the connection that identified as `shard`.
+    pub fn dispatch_to_shard(&self, shard: u64) {
+        self.inner.lock().unwrap().target_shard = Some(shard);
+    }
+
+    /// The `[id, total]` of every IDENTIFY, in order.
+    pub fn identified_shards(&self) -> Vec<(u64, u64)> {
+        self.frames()
+            .iter()
+            .filter(|f| f.op == 2)
+            .map(|f| shard_of(&f.d))
+            .collect()
+    }
+
+    /// Sends a dispatch event on the newest gateway connection (or the target shard's).
     pub fn dispatch(&self, event: &str, d: Value) {
         let mut inner = self.inner.lock().unwrap();
         inner.seq += 1;
         let frame = json!({"op": 0, "t": event, "s": inner.seq, "d": d});
-        inner
-            .connections
-            .last()
-            .expect("no gateway connection")
-            .send(frame)
-            .unwrap();
+        let target = inner.target_shard.and_then(|shard| {
+            inner
+                .frames
+                .iter()
+                .rev()
+                .find(|f| f.op == 2 && shard_of(&f.d).0 == shard)
+                .map(|f| f.connection)
+        });
+        let connection = match target {
+            Some(number) => &inner.connections[number - 1],
+            None => inner.connections.last().expect("no gateway connection"),
+        };
+        connection.send(frame).unwrap();
     }
 
     /// Tells the bot to reconnect (op 7).
@@ -291,6 +321,7 @@ impl FakeDiscord {
                     match op {
                         1 => tx.send(json!({"op": 11, "d": null})).unwrap(),
                         2 => {
+                            let (id, total) = shard_of(&frame["d"]);
                             let mut inner = self.inner.lock().unwrap();
                             inner.seq += 1;
                             let ready = json!({"op": 0, "t": "READY", "s": inner.seq, "d": {
@@ -300,7 +331,7 @@ impl FakeDiscord {
                                 "guilds": [{"id": GUILD_ID, "unavailable": true}],
                                 "session_id": "session-1",
                                 "resume_gateway_url": "ws://127.0.0.1:1",
-                                "shard": [0, 1],
+                                "shard": [id, total],
                                 "application": {"id": APP_ID, "flags": 0},
                             }});
                             tx.send(ready).unwrap();
@@ -344,7 +375,7 @@ async fn rest_call(
     let ok = |value: Value| (StatusCode::OK, axum::Json(value)).into_response();
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["gateway", "bot"]) | ("GET", ["gateway"]) => ok(json!({
-            "url": gateway_url, "shards": 1,
+            "url": gateway_url, "shards": fake.inner.lock().unwrap().shards.max(1),
             "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
         })),
         ("PUT", ["applications", _, "guilds", _, "commands"])
@@ -438,6 +469,15 @@ async fn rest_call(
                 .into_response()
         }
     }
+}
+
+/// The `[id, total]` an IDENTIFY names (`[0, 1]` when it names none).
+fn shard_of(identify: &Value) -> (u64, u64) {
+    let shard = &identify["shard"];
+    (
+        shard[0].as_u64().unwrap_or(0),
+        shard[1].as_u64().unwrap_or(1),
+    )
 }
 
 /// What the bot's messages show in the end: the reply's edits, then its follow-ups in order.
