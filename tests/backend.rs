@@ -102,6 +102,10 @@ async fn the_api_the_page_and_the_cache_answer_through_the_server_as_with_the_lo
         "0 (off) is sent as vLLM's and llama.cpp's -1"
     );
     assert_eq!(body["seed"], 7);
+    assert_eq!(
+        body["repeat_last_n"], 2048,
+        "llama-server refuses -1: the window is engine.max_context"
+    );
 
     // The same request again comes from the cache: the server is not asked.
     let again = generate(&d.url, &request).await;
@@ -519,4 +523,180 @@ async fn a_reload_naming_a_model_the_server_does_not_serve_changes_nothing() {
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     assert_eq!(fake.requests().last().unwrap()["model"], "mananera");
     d.terminate();
+}
+
+/// Kills the child when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `mananera generate` writes alone for `topic`, greedy, with the tiny model.
+fn local_greedy(topic: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["generate", topic, "--temperature", "0", "--max-words", "0"])
+        .args(["--max-new-tokens", "48", "--model"])
+        .arg(tiny_model())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+/// Against llama.cpp's real `llama-server`, not a fake: not in CI (no llama.cpp there);
+/// `scripts/check_llama_server.sh` builds it and runs this with `MANANERA_LLAMA_SERVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama.cpp's llama-server: run scripts/check_llama_server.sh"]
+async fn a_real_llama_server_writes_the_local_engines_greedy_speeches_for_the_page_and_both_bots() {
+    let server = std::env::var("MANANERA_LLAMA_SERVER").expect(
+        "MANANERA_LLAMA_SERVER: the llama-server binary (scripts/check_llama_server.sh sets it)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    let export = std::process::Command::new(BIN)
+        .args(["export", "--gguf", "--gguf-type", "f32", "--model"])
+        .arg(tiny_model())
+        .arg("base")
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("llama-server.log");
+    let _server = Killed(
+        std::process::Command::new(&server)
+            .arg("-m")
+            .arg(&gguf)
+            .args(["--alias", "mananera", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["-np", "4", "-c", "8192", "-t", "2"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("llama-server.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(60), "llama-server up", || async {
+        let r = reqwest::get(format!("{url}/health")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
+    let discord = FakeDiscord::start().await;
+    let telegram = FakeTelegram::start().await;
+    let sets = [
+        "engine.backend=\"openai\"".to_string(),
+        format!("engine.backend_url={url:?}"),
+        "limits.admins=[\"web:127.0.0.1\"]".into(),
+        "generation.temperature=0".into(),
+        "generation.max_words=0".into(),
+        "generation.max_new_tokens=48".into(),
+        format!("discord.api_proxy={:?}", discord.rest_url),
+        format!("discord.guilds=[{}]", dc::GUILD_ID),
+        format!("telegram.api_url={:?}", telegram.url),
+        "telegram.poll_timeout_s=2".into(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let d = Daemon::start_with_env(
+        &tiny_model(),
+        &dir.path().join("s"),
+        &sets,
+        &[
+            ("MANANERA_DISCORD_TOKEN", "discord-test-token"),
+            ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
+        ],
+    );
+    // The page's API, streamed and whole: the same text as the local engine's, greedy.
+    for topic in [
+        "la refinería",
+        "el agua",
+        "la corrupción de los conservadores",
+    ] {
+        let local = local_greedy(topic);
+        let stream = EventStream::open(&d.url, &json!({ "topic": topic })).await;
+        let (streamed, end, done) = stream.finish(String::new()).await;
+        assert_eq!(end, "done", "{done}");
+        assert_eq!(done["model_version"], "mananera");
+        assert_eq!(streamed, local, "{topic}");
+        let again = generate(&d.url, &json!({ "topic": topic })).await;
+        assert_eq!(
+            (again.json["cached"].clone(), text(&again.json)),
+            (json!(true), local)
+        );
+    }
+    // The word limit and UTF-8 pieces behave as with the local engine.
+    let limited = json!({"topic": "los apoyos", "max_words": 5, "max_new_tokens": 48});
+    let remote = generate(&d.url, &limited).await;
+    let local = std::process::Command::new(BIN)
+        .args([
+            "generate",
+            "los apoyos",
+            "--temperature",
+            "0",
+            "--max-words",
+            "5",
+        ])
+        .args(["--max-new-tokens", "48", "--model"])
+        .arg(tiny_model())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&remote.json),
+        String::from_utf8(local.stdout)
+            .unwrap()
+            .trim_end_matches('\n')
+    );
+
+    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    discord
+        .wait_for(Duration::from_secs(30), "registration", |calls, _| {
+            calls.iter().any(|c| c.method == "PUT").then_some(())
+        })
+        .await;
+    let token = discord.slash("mañanera", Some("la seguridad"), "111", true);
+    let pages = discord
+        .wait_for(Duration::from_secs(60), "the speech", |calls, _| {
+            let pages = dc::final_pages(calls, &token);
+            (!pages[0].is_empty() && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+        })
+        .await;
+    assert_eq!(
+        words(&pages.join(" ")),
+        words(&local_greedy("la seguridad"))
+    );
+    telegram
+        .wait_for(Duration::from_secs(30), "long polling", |calls| {
+            calls.iter().any(|c| c.method == "getupdates").then_some(())
+        })
+        .await;
+    let start = telegram.calls().len();
+    telegram.user_says(42, 42, "el petróleo", None);
+    let texts = telegram
+        .wait_for(Duration::from_secs(60), "the speech", |calls| {
+            let texts = tg::final_messages(calls, 42, start);
+            (!texts.is_empty() && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
+        })
+        .await;
+    assert_eq!(words(&texts.join(" ")), words(&local_greedy("el petróleo")));
+    let (status, log) = d.terminate();
+    assert!(status.success(), "{log}");
 }

@@ -70,6 +70,8 @@ pub struct Settings {
     capacity: usize,
     /// `queue.grace_s`: how long requests sent may finish on shutdown.
     grace: Duration,
+    /// `engine.max_context`: the repetition penalty's window (the whole context).
+    max_context: usize,
     client: reqwest::Client,
 }
 
@@ -93,6 +95,7 @@ impl Settings {
             poll: Duration::from_secs(engine.backend_poll_s),
             capacity: config.queue.capacity,
             grace: Duration::from_secs(config.queue.grace_s),
+            max_context: engine.max_context,
             client,
         })
     }
@@ -310,7 +313,14 @@ impl Remote {
         }
         let (events, rx) = unbounded_channel();
         let seed = params.seed.unwrap_or_else(rand::random);
-        let body = completion_body(&inner.model, &format!("{header}{prompt}"), params, seed);
+        let prompt = format!("{header}{prompt}");
+        let body = completion_body(
+            &inner.model,
+            &prompt,
+            params,
+            seed,
+            inner.settings.max_context,
+        );
         let job = Job {
             body,
             params: params.clone(),
@@ -492,6 +502,7 @@ fn completion_body(
     prompt: &str,
     params: &SamplingParams,
     seed: u64,
+    context: usize,
 ) -> serde_json::Value {
     serde_json::json!({
         "model": model,
@@ -504,8 +515,9 @@ fn completion_body(
         "top_k": if params.top_k == 0 { -1 } else { params.top_k as i64 },
         "repetition_penalty": params.repetition_penalty,
         "repeat_penalty": params.repetition_penalty,
-        // Over the whole context, as the local engine penalizes (llama.cpp's default is 64).
-        "repeat_last_n": -1,
+        // Over the whole context, as the local engine penalizes (llama.cpp's default is 64;
+        // its server refuses the -1 its command line takes).
+        "repeat_last_n": context,
         // llama.cpp reads a 32-bit seed.
         "seed": seed & 0x7fff_ffff,
         "stream": true,
