@@ -221,7 +221,10 @@ impl Live {
                 let model = remote::probe(&settings)
                     .await
                     .map_err(|e| LiveError::Load(e.to_string()))?;
-                (model.clone(), Some((settings, model)))
+                (
+                    remote::served_name(&model).to_string(),
+                    Some((settings, model)),
+                )
             }
         };
         let served = speeches.version();
@@ -443,7 +446,7 @@ fn load_model(
 ) -> Result<Model, Failure> {
     let (backend, version) = match remote {
         Some(remote) => {
-            let version = remote.model().to_string();
+            let version = remote.version().to_string();
             (Backend::Remote(remote), version)
         }
         None => {

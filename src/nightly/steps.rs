@@ -305,7 +305,7 @@ impl Nightly {
         let deadline = std::time::Instant::now() + Duration::from_secs(config.publish.wait_s);
         loop {
             let last = match remote::probe(&settings).await {
-                Ok(model) if model == name => return Ok(true),
+                Ok(model) if remote::served_name(&model) == name => return Ok(true),
                 Ok(model) => model,
                 Err(e) => format!("nothing ({e})"),
             };

@@ -135,9 +135,9 @@ pub enum ProbeError {
     },
 }
 
-/// Asks the server which models it serves, and picks the one requests go to: the id equal
-/// to `engine.backend_model`, or `<name>-<version>` (the newest, when several are served).
-/// That id is the served model's version: cache keys and answers carry it.
+/// Asks the server which models it serves, and picks the id requests go to: the model served
+/// as `engine.backend_model`, or as `<name>-<version>` (the newest, when several are), its
+/// [`served_name`] the served version that cache keys and answers carry.
 pub async fn probe(settings: &Settings) -> Result<String, ProbeError> {
     let unavailable = |why: String| ProbeError::Unavailable {
         url: settings.address().to_string(),
@@ -177,15 +177,24 @@ pub async fn probe(settings: &Settings) -> Result<String, ProbeError> {
     })
 }
 
-/// The id of `name`'s model among `ids`: `name` itself, else the greatest `name-…`.
+/// The name a server lists a model under: its id, or, for an id that is the path the server
+/// loaded (TGI, `llama-server` without `--alias`), that path's last part without `.gguf`.
+pub fn served_name(id: &str) -> &str {
+    let last = id.trim_end_matches('/').rsplit('/').next().unwrap_or(id);
+    last.strip_suffix(".gguf").unwrap_or(last)
+}
+
+/// The id of `name`'s model among `ids`: the one served as `name` itself, else the greatest
+/// served as `name-…`.
 fn choose(name: &str, ids: impl Iterator<Item = String>) -> Option<String> {
     let prefix = format!("{name}-");
     let mut best: Option<String> = None;
     for id in ids {
-        if id == name {
+        let served = served_name(&id);
+        if served == name {
             return Some(id);
         }
-        if id.starts_with(&prefix) && best.as_ref().is_none_or(|b| id > *b) {
+        if served.starts_with(&prefix) && best.as_deref().is_none_or(|b| served > served_name(b)) {
             best = Some(id);
         }
     }
@@ -264,9 +273,9 @@ impl Remote {
         Self { inner }
     }
 
-    /// The served model's id.
-    pub fn model(&self) -> &str {
-        &self.inner.model
+    /// The version answers report and cache keys carry: the model's [`served_name`].
+    pub fn version(&self) -> &str {
+        served_name(&self.inner.model)
     }
 
     /// Resolves when the server reports a model id other than this one's (a new version was
@@ -908,6 +917,12 @@ mod tests {
         );
         assert_eq!(choose("m", ids(&["m-v0002", "m"])), Some("m".into()));
         assert_eq!(choose("m", ids(&["mm", "other"])), None);
+        // Servers that list the path they loaded.
+        let tgi = ids(&["/srv/models/m-v0004", "/srv/models/m-v0003/"]);
+        assert_eq!(choose("m", tgi), Some("/srv/models/m-v0004".into()));
+        let llama = ids(&["/srv/publish/v0004/m-v0004.gguf"]);
+        let id = choose("m", llama).unwrap();
+        assert_eq!(served_name(&id), "m-v0004");
     }
 
     #[test]
