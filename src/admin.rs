@@ -6,6 +6,7 @@ use std::sync::Arc;
 use mananera_model::versions;
 use serde::{Deserialize, Serialize};
 
+use crate::config::BackendKind;
 use crate::live::{Live, LiveError, RolledBack};
 use crate::nightly::runs::RunRecord;
 use crate::nightly::{Nightly, NotStarted};
@@ -35,6 +36,12 @@ pub struct Status {
     /// Dependencies failing now (platform APIs, the state store, the web listener).
     #[serde(default)]
     pub failing: Vec<Failing>,
+    /// Where speeches are written: "local", or "openai <url>".
+    #[serde(default)]
+    pub backend: String,
+    /// Why the generation server takes no request now, and when it is tried again.
+    #[serde(default)]
+    pub backend_unavailable: Option<String>,
 }
 
 /// A dependency whose calls keep failing: an open incident.
@@ -156,6 +163,15 @@ impl Admin {
             running: self.nightly.running(),
             runs: self.nightly.history(STATUS_RUNS),
             failing: failing(),
+            backend: match config.engine.backend {
+                BackendKind::Local => "local".into(),
+                BackendKind::Openai => format!("openai {}", config.engine.backend_url),
+            },
+            backend_unavailable: self
+                .live
+                .speeches()
+                .and_then(|s| s.unavailable())
+                .map(|(why, retry)| format!("{why}; retrying in {retry} s")),
         }
     }
 

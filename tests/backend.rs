@@ -280,12 +280,35 @@ async fn a_server_that_is_down_slow_busy_or_garbled_gets_clear_answers_never_a_h
     let (status, ready) = readyz(&d.url).await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready["error"].as_str().unwrap().contains("500"), "{ready}");
+    assert_eq!(metric(&d.url, "mananera_backend_up").await, 0.0);
+    // `mananera status` says it too.
+    let out = std::process::Command::new(BIN)
+        .args(["--format", "json", "status", "--set"])
+        .arg(daemon::state_dir_setting(&d.state_dir))
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        shown["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("openai http://"),
+        "{shown}"
+    );
+    assert!(
+        shown["backend_unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("500"),
+        "{shown}"
+    );
     // Garbage in a 200 stream.
     fake.set_mode(Mode::Garbage);
     eventually(Duration::from_secs(10), "ready again", || async {
         (status_of(&d.url, "/readyz") == Some(200)).then_some(())
     })
     .await;
+    assert_eq!(metric(&d.url, "mananera_backend_up").await, 1.0);
     let garbled = generate(&d.url, &ask("siete")).await;
     assert_eq!(garbled.json["code"], "backend_failed", "{:?}", garbled.json);
     assert!(d.log().contains("not a completion stream"), "{}", d.log());

@@ -133,6 +133,10 @@ pub fn status(config: &Config, format: Format) -> Result<(), Failure> {
             .as_deref()
             .unwrap_or("none (the base model)")
     );
+    match &s.backend_unavailable {
+        None => println!("generation: {}", s.backend),
+        Some(why) => println!("generation: {} — unavailable: {why}", s.backend),
+    }
     println!(
         "queue: {} waiting, {} being written; cache: {} hits, {} misses, {} entries",
         s.queue_depth, s.batch_size, s.cache_hits, s.cache_misses, s.cache_entries

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub ready: Gauge,
+    /// 0 while the generation server (`engine.backend = "openai"`) takes no request.
+    pub backend_up: Gauge,
     pub model_version: Mutex<String>,
     /// Times a new model version replaced the served one without a restart.
     pub model_swaps: Counter,
@@ -313,7 +315,7 @@ impl Metrics {
         } else {
             0.0
         };
-        let simple: [(&str, &str, &str, f64); 12] = [
+        let simple: [(&str, &str, &str, f64); 13] = [
             (
                 "mananera_generated_tokens_total",
                 "counter",
@@ -385,6 +387,12 @@ impl Metrics {
                 "gauge",
                 "1 once the model is loaded.",
                 self.ready.get(),
+            ),
+            (
+                "mananera_backend_up",
+                "gauge",
+                "0 while the generation server (engine.backend = \"openai\") is down or asked us to wait; 1 otherwise.",
+                self.backend_up.get(),
             ),
         ];
         for (name, kind, help, value) in simple {

@@ -416,6 +416,8 @@ impl Speeches {
         self.metrics
             .batch_size
             .set(all().map(|m| m.generator.batch_size()).sum::<usize>() as f64);
+        let up = model.generator.unavailable().is_none();
+        self.metrics.backend_up.set(if up { 1.0 } else { 0.0 });
         if let Some(cache) = &model.cache {
             show_cache_size(&self.metrics, cache);
         }
