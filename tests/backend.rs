@@ -545,6 +545,25 @@ async fn a_reload_naming_a_model_the_server_does_not_serve_changes_nothing() {
     let reply = generate(&d.url, &json!({"topic": "el agua", "max_new_tokens": 5})).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     assert_eq!(fake.requests().last().unwrap()["model"], "mananera");
+
+    // A publish directory that cannot be written: refused, the settings in force stay.
+    write("mananera");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[publish]\ndir = \"/proc/mananera-publish\"\n");
+    std::fs::write(&config, text).unwrap();
+    daemon::signal(d.pid(), "HUP");
+    eventually(Duration::from_secs(20), "the refused reload", || async {
+        d.log()
+            .contains("the settings were not reloaded")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        d.log()
+            .contains("publish.dir = \"/proc/mananera-publish\" cannot be written")
+    );
+    let (status, _) = readyz(&d.url).await;
+    assert_eq!(status, 200);
     d.terminate();
 }
 
