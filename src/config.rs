@@ -446,6 +446,24 @@ impl Config {
         )
     }
 
+    /// The `openai` backend's settings, its API key read.
+    pub fn backend_settings(&self) -> Result<crate::service::remote::Settings, String> {
+        let e = &self.engine;
+        crate::service::remote::Settings::new(crate::service::remote::Options {
+            url: e.backend_url.clone(),
+            model: e.backend_model.clone(),
+            token: self.backend_token()?,
+            connect_timeout_s: e.backend_connect_timeout_s,
+            timeout_s: e.backend_timeout_s,
+            idle_timeout_s: e.backend_idle_timeout_s,
+            max_concurrent: e.backend_max_concurrent,
+            poll_s: e.backend_poll_s,
+            capacity: self.queue.capacity,
+            grace_s: self.queue.grace_s,
+            max_context: e.max_context,
+        })
+    }
+
     /// The voices requests may choose, and the default one.
     pub fn voices(&self) -> Result<Voices, String> {
         Voices::new(&self.corpus.speakers, &self.generation.voice)

@@ -217,7 +217,11 @@ impl Live {
                 (wanted, None)
             }
             BackendKind::Openai => {
-                let settings = remote::Settings::new(&config).map_err(LiveError::Load)?;
+                // The API key is a file read: off the runtime.
+                let settings = {
+                    let config = config.clone();
+                    blocking(move || config.backend_settings().map_err(LiveError::Load)).await?
+                };
                 let model = remote::probe(&settings)
                     .await
                     .map_err(|e| LiveError::Load(e.to_string()))?;
@@ -408,7 +412,7 @@ async fn blocking<T: Send + 'static>(
 async fn first_remote(config: &Config, metrics: Arc<Metrics>) -> Result<Remote, Failure> {
     let settings = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || remote::Settings::new(&config))
+        tokio::task::spawn_blocking(move || config.backend_settings())
             .await
             .map_err(|e| Failure {
                 exit: Exit::Internal,

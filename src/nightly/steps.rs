@@ -301,7 +301,14 @@ impl Nightly {
         self.phase(&format!(
             "waiting for the generation server to serve {name}"
         ));
-        let settings = remote::Settings::new(config).map_err(RunError::Publish)?;
+        // The API key is a file read: off the runtime.
+        let settings = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || config.backend_settings())
+                .await
+                .map_err(|e| RunError::Crashed(e.to_string()))?
+                .map_err(RunError::Publish)?
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(config.publish.wait_s);
         loop {
             let last = match remote::probe(&settings).await {
@@ -334,6 +341,13 @@ impl Nightly {
         match self.live.reload_model(false).await {
             Ok(Reloaded::Swapped { from, to }) => {
                 tracing::info!(%from, %to, "serving the new version");
+            }
+            Ok(Reloaded::Unchanged { version })
+                if outcome == Outcome::Accepted
+                    && config.engine.backend == BackendKind::Openai
+                    && !config.publish.enabled() =>
+            {
+                tracing::warn!(%version, "the new version is not on the generation server, which keeps serving its model: set publish.dir to publish it there");
             }
             Ok(Reloaded::Unchanged { version }) if outcome == Outcome::Accepted => {
                 tracing::info!(%version, model_version = %config.model.version, "the served version stays (model.version does not follow the current version)");

@@ -21,7 +21,6 @@ use tokio::sync::{Semaphore, watch};
 
 use super::metrics::Metrics;
 use super::queue::{Busy, BusyCause, Event, Failure};
-use crate::config::Config;
 use mananera_engine::word_limit::{Verdict, WordLimit};
 use mananera_engine::{Generation, SamplingParams, StopReason, Timings};
 
@@ -75,27 +74,43 @@ pub struct Settings {
     client: reqwest::Client,
 }
 
+/// What [`Settings`] are made of: `[engine]`'s `backend_*` settings and `[queue]`'s
+/// (`Config::backend_settings` gathers them).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub url: String,
+    pub model: String,
+    pub token: Option<String>,
+    pub connect_timeout_s: u64,
+    pub timeout_s: u64,
+    pub idle_timeout_s: u64,
+    pub max_concurrent: usize,
+    pub poll_s: u64,
+    pub capacity: usize,
+    pub grace_s: u64,
+    pub max_context: usize,
+}
+
 impl Settings {
-    /// The backend settings of `config`, its API key read.
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let engine = &config.engine;
-        let base = base_url(&engine.backend_url)?;
+    /// Checks the address and sets up the HTTP client.
+    pub fn new(o: Options) -> Result<Self, String> {
+        let base = base_url(&o.url)?;
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(engine.backend_connect_timeout_s))
+            .connect_timeout(Duration::from_secs(o.connect_timeout_s))
             .user_agent(concat!("mananera/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot set up the backend's HTTP client: {e}"))?;
         Ok(Self {
             base,
-            name: engine.backend_model.trim().to_string(),
-            token: config.backend_token()?,
-            timeout: Duration::from_secs(engine.backend_timeout_s),
-            idle_timeout: Duration::from_secs(engine.backend_idle_timeout_s),
-            max_concurrent: engine.backend_max_concurrent,
-            poll: Duration::from_secs(engine.backend_poll_s),
-            capacity: config.queue.capacity,
-            grace: Duration::from_secs(config.queue.grace_s),
-            max_context: engine.max_context,
+            name: o.model.trim().to_string(),
+            token: o.token,
+            timeout: Duration::from_secs(o.timeout_s),
+            idle_timeout: Duration::from_secs(o.idle_timeout_s),
+            max_concurrent: o.max_concurrent,
+            poll: Duration::from_secs(o.poll_s),
+            capacity: o.capacity,
+            grace: Duration::from_secs(o.grace_s),
+            max_context: o.max_context,
             client,
         })
     }
