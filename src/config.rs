@@ -205,7 +205,7 @@ impl ModelConfig {
 pub struct EngineConfig {
     /// Only `cpu` in this build.
     pub device: String,
-    /// `none` (f32), `q8_0` or `q4k`: weights quantized in-process at load time.
+    /// `none` (f32), `f16`, `q8_0`, `q4_0` or `q4k`: weights converted in-process at load time.
     pub quantization: Quantization,
     /// Worker threads for the matrix code; 0 uses every core.
     pub threads: usize,

@@ -431,3 +431,50 @@ fn a_voice_header_comes_before_the_prompt_tokenized_apart() {
         "{err}"
     );
 }
+
+#[test]
+fn f16_weights_give_the_f32_greedy_tokens_and_nearly_its_logprobs() {
+    let prompts = [
+        "El presidente",
+        "¿Qué opina usted de la reforma eléctrica y del",
+        "Buenos días",
+        "La refinería",
+        "¿Y el tren?",
+    ];
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..sampled(0)
+    };
+    for (name, reference) in reference_models() {
+        let exact = engine(&name);
+        let half = Engine::load(&options(&name, Quantization::F16)).unwrap();
+        for prompt in prompts {
+            let (_, a) = collect(&exact, prompt, &greedy);
+            let (_, b) = collect(&half, prompt, &greedy);
+            assert_eq!(a.token_ids, b.token_ids, "{name}: {prompt:?}");
+        }
+        // Scoring runs the tiled (prefill) kernel over every position.
+        let (a, b) = (
+            exact.score(&reference.eval.text).unwrap(),
+            half.score(&reference.eval.text).unwrap(),
+        );
+        assert_eq!(a.token_ids, b.token_ids);
+        let worst = a
+            .logprobs
+            .iter()
+            .zip(&b.logprobs)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let change = (b.perplexity() - a.perplexity()) / a.perplexity();
+        eprintln!(
+            "{name}: perplexity f32 {:.4}, f16 {:.4} ({:+.3}%), worst logprob change {worst:.5}",
+            a.perplexity(),
+            b.perplexity(),
+            change * 100.0
+        );
+        assert!(worst < 0.02, "{name}: a logprob moved by {worst}");
+        assert!(change.abs() < 0.002, "{name}: perplexity moved {change}");
+        // Several sequences per pass over the 16-bit weights: still the same as alone.
+        batch_equals_alone(&prompts, &half, &format!("{name} f16"));
+    }
+}

@@ -11,10 +11,10 @@ use super::parallel::for_each_chunk_mut;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 /// Up to this many activation rows go through the streaming kernel; more use the tiled one.
-const MAX_STREAMING_ROWS: usize = 4;
+pub(crate) const MAX_STREAMING_ROWS: usize = 4;
 
 /// Weight rows per parallel task: large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 64;
+pub(crate) const ROWS_PER_TASK: usize = 64;
 
 /// `x`: `[m, k]`, `w`: `[n, k]` (both f32) → `[m, n]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -69,38 +69,52 @@ impl CustomOp2 for MatmulWt {
 /// `yt = W·xᵀ` (`[n, m]`) by slices of W's rows, each a single-threaded gemm call.
 fn tiled(x: &[f32], w: &[f32], m: usize, k: usize, yt: &mut [f32]) {
     let n = yt.len() / m;
-    // Two slices per thread or so: big enough for gemm's blocking, enough to balance.
-    let rows = n.div_ceil(8).next_multiple_of(16).max(64);
-    for_each_chunk_mut(yt, rows * m, |task, out| {
-        let first = task * rows;
+    for_each_chunk_mut(yt, tiled_rows(n) * m, |task, out| {
+        let first = task * tiled_rows(n);
         let count = out.len() / m;
-        // SAFETY: `out` is `count × m` row-major; the lhs slice is rows first..first+count of
-        // w (`count × k`, row-major) and the rhs is xᵀ (`k × m`, read through x's strides);
-        // all three ranges lie inside their slices.
-        unsafe {
-            gemm::gemm(
-                count,
-                m,
-                k,
-                out.as_mut_ptr(),
-                1,
-                m as isize,
-                false,
-                w[first * k..].as_ptr(),
-                1,
-                k as isize,
-                x.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
+        gemm_rows(out, &w[first * k..(first + count) * k], x, m, k);
     });
+}
+
+/// Weight rows per task of the tiled product: two slices per thread or so, big enough for
+/// gemm's blocking, enough to balance.
+pub(crate) fn tiled_rows(n: usize) -> usize {
+    n.div_ceil(8).next_multiple_of(16).max(64)
+}
+
+/// `out = w_rows·xᵀ` (`[count, m]`) for `count` weight rows, one single-threaded gemm call.
+pub(crate) fn gemm_rows(out: &mut [f32], w_rows: &[f32], x: &[f32], m: usize, k: usize) {
+    let count = out.len() / m;
+    assert!(
+        w_rows.len() >= count * k && x.len() >= m * k,
+        "gemm_rows: short inputs"
+    );
+    // SAFETY: `out` is `count × m` row-major; the lhs is `w_rows` (`count × k`, row-major) and
+    // the rhs is xᵀ (`k × m`, read through x's strides); the assert above keeps all three
+    // ranges inside their slices.
+    unsafe {
+        gemm::gemm(
+            count,
+            m,
+            k,
+            out.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            w_rows.as_ptr(),
+            1,
+            k as isize,
+            x.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// `[n, m]` → `[m, n]`: the kernels compute per weight row, callers want per activation row.

@@ -3,7 +3,8 @@
 //!
 //! - [`bloom`]: the model itself, a port of transformers' `BloomForCausalLM`, with
 //!   `attention` (fused ALiBi attention and KV cache) and `gelu`.
-//! - [`linear`]: f32 or in-process-quantized linear layers; their kernels are `gemv` (f32),
+//! - [`linear`]: f32, 16-bit or in-process-quantized linear layers; their kernels are `gemv`
+//!   (f32), `half_weights` (f16),
 //!   `blocks` (Q8_0/Q4_0), `quant` (dispatch, Q4_K), all on `parallel`'s worker pool.
 //! - [`finetuned`]: the fine-tuned version served on top of the base checkpoint.
 //! - [`text`]: tokenizer and UTF-8-safe streaming decoder.
@@ -22,6 +23,7 @@ pub mod finetuned;
 mod gelu;
 mod gemv;
 pub mod generate;
+mod half_weights;
 pub mod linear;
 mod parallel;
 mod quant;

@@ -1,4 +1,5 @@
-//! Linear layers whose weights are f32 or quantized in-process (Q8_0, Q4_0, Q4_K) at load time.
+//! Linear layers whose weights are f32, 16-bit, or quantized in-process (Q8_0, Q4_0, Q4_K) at
+//! load time.
 //!
 //! Quantization happens from the checkpoint's tensors when the model is built, so there is
 //! no separate conversion step. A weight whose input size is not a multiple of the format's
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Result;
 use super::gemv;
+use super::half_weights::HalfMatrix;
 use super::quant::QMatrix;
 use mananera_model::BloomConfig;
 use mananera_model::layout::Projection;
@@ -26,6 +28,9 @@ pub enum Quantization {
     /// Full f32 weights: exact, largest and slowest.
     #[default]
     None,
+    /// IEEE half-float weights, products computed in f32: half the bytes of f32, no block
+    /// scales (`half_weights`).
+    F16,
     /// 8-bit blocks of 32 with one f16 scale (8.5 bits per weight).
     Q8_0,
     /// 4-bit blocks of 32 with one f16 scale (4.5 bits per weight): the fastest, least exact.
@@ -36,12 +41,12 @@ pub enum Quantization {
 
 impl Quantization {
     /// Every accepted spelling, for help texts and error messages.
-    pub const NAMES: &'static str = "none, q8_0, q4_0, q4k";
+    pub const NAMES: &'static str = "none, f16, q8_0, q4_0, q4k";
 
     /// Formats to try for one weight, best first.
     fn candidates(self) -> &'static [GgmlDType] {
         match self {
-            Self::None => &[],
+            Self::None | Self::F16 => &[],
             Self::Q8_0 => &[GgmlDType::Q8_0],
             Self::Q4_0 => &[GgmlDType::Q4_0],
             Self::Q4k => &[GgmlDType::Q4K, GgmlDType::Q8_0],
@@ -54,6 +59,7 @@ impl FromStr for Quantization {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Self::None),
+            "f16" => Ok(Self::F16),
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
             "q4k" => Ok(Self::Q4k),
@@ -69,6 +75,7 @@ impl std::fmt::Display for Quantization {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::None => "none",
+            Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
             Self::Q4k => "q4k",
@@ -80,6 +87,7 @@ impl std::fmt::Display for Quantization {
 #[derive(Debug, Clone)]
 enum Weight {
     F32(Tensor),
+    F16(Arc<HalfMatrix>),
     Quantized(Arc<QMatrix>),
 }
 
@@ -119,6 +127,7 @@ impl Linear {
             .find(|f| inp % f.block_size() == 0);
         let weight = match format {
             Some(format) => Weight::Quantized(Arc::new(QMatrix::quantize(&weight, format)?)),
+            None if q == Quantization::F16 => Weight::F16(Arc::new(HalfMatrix::from_f32(&weight)?)),
             None => Weight::F32(weight),
         };
         Ok(Self {
@@ -132,6 +141,7 @@ impl Linear {
     pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {
             Weight::F32(w) => w.embedding(ids),
+            Weight::F16(h) => h.rows(&ids.to_vec1::<u32>()?, ids.device()),
             Weight::Quantized(q) => q.rows(&ids.to_vec1::<u32>()?, ids.device()),
         }
     }
@@ -149,6 +159,7 @@ impl Module for Linear {
         let flat = || x.reshape((rows, k))?.contiguous();
         let y = match &self.weight {
             Weight::F32(w) => gemv::matmul_wt(&flat()?, w)?.reshape(dims)?,
+            Weight::F16(h) => h.matmul_t(&flat()?)?.reshape(dims)?,
             Weight::Quantized(q) => q.matmul_t(&flat()?)?.reshape(dims)?,
         };
         match &self.bias {

@@ -10,7 +10,7 @@ pub struct ModelArgs {
     /// Hub repository id or local checkpoint directory (model.id).
     #[arg(long)]
     pub model: Option<String>,
-    /// Weights in memory: none (f32), q8_0 or q4k (engine.quantization).
+    /// Weights in memory: none (f32), f16, q8_0, q4_0 or q4k (engine.quantization).
     #[arg(long)]
     pub quantization: Option<String>,
     /// Matrix worker threads, 0 = all cores (engine.threads).

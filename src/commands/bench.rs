@@ -18,8 +18,8 @@ use mananera_model::weights::Weights;
 /// What to measure.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Precisions to measure, comma-separated: none (f32), q8_0, q4_0, q4k.
-    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "q8_0".to_string(), "q4_0".to_string(), "q4k".to_string()])]
+    /// Precisions to measure, comma-separated: none (f32), f16, q8_0, q4_0, q4k.
+    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "f16".to_string(), "q8_0".to_string(), "q4_0".to_string(), "q4k".to_string()])]
     pub precisions: Vec<String>,
     /// Prompt length.
     #[arg(long, default_value_t = 64)]
