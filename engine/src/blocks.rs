@@ -123,6 +123,11 @@ pub struct BlockMatrix {
 }
 
 impl BlockMatrix {
+    /// Bytes of the values and the block scales.
+    pub fn bytes(&self) -> usize {
+        self.values.len() + 2 * self.scales.len()
+    }
+
     /// Quantizes `[n, k]` f32 data; `k` must be a multiple of 32.
     pub fn quantize(format: Format, data: &[f32], n: usize, k: usize) -> Self {
         use rayon::prelude::*;

@@ -140,6 +140,20 @@ struct Block {
 }
 
 impl Block {
+    /// Bytes of its four weight matrices.
+    fn weight_bytes(&self) -> usize {
+        let (a, m) = (&self.self_attention, &self.mlp);
+        [
+            &a.query_key_value,
+            &a.dense,
+            &m.dense_h_to_4h,
+            &m.dense_4h_to_h,
+        ]
+        .iter()
+        .map(|l| l.weight_bytes())
+        .sum()
+    }
+
     fn load(w: &Weights, i: usize, cfg: &BloomConfig, q: Quantization) -> super::Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_epsilon);
         let layer = layout::layer_prefix(i);
@@ -225,6 +239,13 @@ impl Bloom {
             device: weights.device().clone(),
             config: config.clone(),
         })
+    }
+
+    /// Bytes of weights one decoding step reads: every layer's matrices, the head, and one
+    /// embedding row (the LayerNorms, biases and the KV cache are left out: a few MB).
+    pub fn decode_bytes(&self) -> usize {
+        let layers: usize = self.blocks.iter().map(Block::weight_bytes).sum();
+        layers + self.lm_head.weight_bytes() + self.word_embeddings.row_bytes()
     }
 
     /// The configuration this model was built from.

@@ -137,6 +137,21 @@ impl Linear {
         })
     }
 
+    /// Bytes its weight matrix takes: what one pass over it reads (a decoding step's product).
+    pub fn weight_bytes(&self) -> usize {
+        let (n, k) = self.shape;
+        match &self.weight {
+            Weight::F32(_) => n * k * 4,
+            Weight::F16(_) => n * k * 2,
+            Weight::Quantized(q) => q.bytes(),
+        }
+    }
+
+    /// Bytes of one of its rows (an embedding lookup reads one).
+    pub fn row_bytes(&self) -> usize {
+        self.weight_bytes() / self.shape.0.max(1)
+    }
+
     /// Rows `ids` of the weight matrix, the embedding lookup of a tied embedding/head.
     pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {

@@ -53,6 +53,14 @@ impl QMatrix {
         x.apply_op1_no_bwd(&MatmulOp(self))
     }
 
+    /// Bytes of the quantized values and their scales.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Blocks(q) => q.bytes(),
+            Self::Q4K(p) => std::mem::size_of_val(p.blocks.as_slice()),
+        }
+    }
+
     /// `(n, k)`.
     fn dims(&self) -> (usize, usize) {
         match self {

@@ -67,10 +67,18 @@ struct Measurement {
     rss_mb: f64,
     /// Peak resident memory while generating.
     peak_rss_mb: f64,
+    /// Weight bytes one decoding step reads (`Bloom::decode_bytes`).
+    bytes_per_token: usize,
+    /// `bytes_per_token × decode_tok_s`, in GB/s.
+    decode_gb_s: f64,
+    /// This machine's streaming read with the same threads ([`stream_read_gb_s`]).
+    stream_read_gb_s: f64,
+    /// `decode_gb_s / stream_read_gb_s`: how close decoding comes to the memory's speed.
+    bandwidth_share: f64,
 }
 
 /// Runs the benchmark for every requested precision.
-pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Failure> {
+pub fn run(config: &Config, args: &BenchArgs, format: Format) -> Result<(), Failure> {
     if args.prompt_tokens == 0 || args.new_tokens == 0 || args.runs == 0 {
         return Err(Failure::usage(
             "--prompt-tokens, --new-tokens and --runs must be at least 1",
@@ -84,21 +92,35 @@ pub fn run(_config: &Config, args: &BenchArgs, format: Format) -> Result<(), Fai
                 .map_err(|e| Failure::usage(format!("--precisions: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let threads = match config.engine.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let stream = stream_read_gb_s(threads);
+    tracing::info!(
+        threads,
+        gb_s = format!("{stream:.1}"),
+        "streaming read of this machine"
+    );
     let config = BloomConfig::bloom_560m();
     for precision in precisions {
         tracing::info!(%precision, "building a random model of bloom-560m's shape");
-        let m = measure(&config, precision, args).map_err(|e| Failure {
+        let m = measure(&config, precision, args, stream).map_err(|e| Failure {
             exit: Exit::Internal,
             message: e.to_string(),
         })?;
         match format {
             Format::Json | Format::Jsonl => super::print_json(&m)?,
             Format::Text => println!(
-                "{:<5} head {:>6}  prefill {:>7.1} tok/s  decode {:>6.2} tok/s  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
+                "{:<5} head {:>6}  prefill {:>7.1} tok/s  decode {:>6.2} tok/s  {:>5.0} MB/token {:>5.1} GB/s ({:.0}% of {:.1})  rss {:>6.0} MB  peak {:>6.0} MB  (load {:.1} s)",
                 m.precision,
                 m.head_rows,
                 m.prefill_tok_s,
                 m.decode_tok_s,
+                m.bytes_per_token as f64 / 1e6,
+                m.decode_gb_s,
+                100.0 * m.bandwidth_share,
+                m.stream_read_gb_s,
                 m.rss_mb,
                 m.peak_rss_mb,
                 m.load_s
@@ -112,6 +134,7 @@ fn measure(
     config: &BloomConfig,
     precision: Quantization,
     args: &BenchArgs,
+    stream_read_gb_s: f64,
 ) -> mananera_engine::Result<Measurement> {
     let device = Device::Cpu;
     let started = Instant::now();
@@ -157,6 +180,9 @@ fn measure(
         decode.push(args.new_tokens as f64 / (t2 - t1).as_secs_f64());
         tracing::info!(%precision, run, prefill_tok_s = format!("{:.1}", prefill[run]), decode_tok_s = format!("{:.2}", decode[run]), "bench run");
     }
+    let decode_tok_s = median(decode);
+    let bytes_per_token = model.decode_bytes();
+    let decode_gb_s = bytes_per_token as f64 * decode_tok_s / 1e9;
     Ok(Measurement {
         engine: "mananera",
         precision: precision.to_string(),
@@ -164,11 +190,53 @@ fn measure(
         prompt_tokens: args.prompt_tokens,
         new_tokens: args.new_tokens,
         prefill_tok_s: median(prefill),
-        decode_tok_s: median(decode),
+        decode_tok_s,
         load_s,
         rss_mb,
         peak_rss_mb: memory_mb("VmHWM:"),
+        bytes_per_token,
+        decode_gb_s,
+        stream_read_gb_s,
+        bandwidth_share: decode_gb_s / stream_read_gb_s.max(1e-9),
     })
+}
+
+/// This machine's streaming read in GB/s with `threads` threads: the best of three passes
+/// summing a 1 GiB buffer (far past the caches), the ceiling of a decoding step that reads
+/// each weight once.
+fn stream_read_gb_s(threads: usize) -> f64 {
+    let data = vec![1f32; (1 << 30) / 4];
+    let chunk = data.len().div_ceil(threads.max(1));
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let parts: Vec<_> = data
+                .chunks(chunk)
+                .map(|c| s.spawn(move || sum(c)))
+                .collect();
+            parts.into_iter().map(|p| p.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max(
+            std::mem::size_of_val(data.as_slice()) as f64 / started.elapsed().as_secs_f64() / 1e9,
+        );
+    }
+    best
+}
+
+/// A sum in sixteen independent lanes, so the compiler vectorises it and the loads, not the
+/// additions, set the pace.
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 fn argmax_last(model: &Bloom, hidden: &Tensor) -> candle_core::Result<u32> {
