@@ -64,7 +64,7 @@ for precision in ["f32", "f16", "Q8_0", "Q4_0", "Q4_K"]:
 files = {"f32": "f32.gguf", "f16": "f16.gguf", "Q8_0": "q8_0.gguf", "Q4_0": "q4_0.gguf"}
 stream = next((c["stream_read_gb_s"] for (e, _), c in table.items() if e == "mananera" and "stream_read_gb_s" in c), None)
 if stream:
-    print(f"\nMemory: a 2-thread streaming read of this machine does {stream:.1} GB/s (mananera bench).\n")
+    print(f"\nMemory: a 2-thread streaming read of this machine does {stream:.1f} GB/s (mananera bench).\n")
     print("| precision | MB read per token, mananera / llama.cpp | mananera GB/s (share) | llama.cpp GB/s (share) |")
     print("|---|---|---|---|")
     for precision in ["f32", "f16", "Q8_0", "Q4_0", "Q4_K"]:
