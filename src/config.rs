@@ -251,7 +251,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             device: "cpu".into(),
-            quantization: Quantization::None,
+            quantization: Quantization::Q8_0,
             threads: 0,
             max_context: 2048,
             vocabulary: String::new(),

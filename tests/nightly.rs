@@ -702,7 +702,10 @@ fn slower_model(dir: &Path) -> PathBuf {
 fn a_swap_lets_running_speeches_finish_intact_on_the_old_model() {
     let rt = runtime();
     let world = World::new(1);
-    world.write_config(&[], "[nightly]\nenabled = false\n");
+    world.write_config(
+        &[],
+        "[nightly]\nenabled = false\n[engine]\nquantization = \"none\"\n",
+    );
     let model = slower_model(world.dir.path());
     let daemon = world.serve_model(&model, &[]);
     let greedy = |seed: u64| {

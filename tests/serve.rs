@@ -146,7 +146,8 @@ async fn a_new_model_version_never_serves_old_entries_and_purges_them() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("s");
     let request = json!({"topic": "el petróleo", "seed": 1, "max_new_tokens": 20});
-    let d = Daemon::start(&tiny_model(), &dir, UNLIMITED);
+    let exact = [UNLIMITED[0], "engine.quantization=\"none\""];
+    let d = Daemon::start(&tiny_model(), &dir, &exact);
     let first = generate(&d.url, &request).await;
     let old_version = first.json["model_version"].clone();
     assert_eq!(generate(&d.url, &request).await.json["cached"], true);
