@@ -52,6 +52,7 @@ impl Backend {
         }
     }
 
+    /// True once it stopped taking requests.
     pub fn is_closed(&self) -> bool {
         match self {
             Backend::Local(g) => g.is_closed(),

@@ -75,8 +75,8 @@ pub struct Settings {
 }
 
 /// What [`Settings`] are made of: `[engine]`'s `backend_*` settings and `[queue]`'s
-/// (`Config::backend_settings` gathers them).
-#[derive(Debug, Clone)]
+/// (`Config::backend_settings` gathers them). Not `Debug`: it holds the API key.
+#[derive(Clone)]
 pub struct Options {
     pub url: String,
     pub model: String,
