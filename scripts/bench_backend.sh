@@ -83,7 +83,7 @@ stop_all() {
 }
 
 bench() {
-    python3 scripts/bench_serve.py --url "$1" --levels "$levels" --new-tokens "$new_tokens" --hits 1 |
+    python3 scripts/bench_serve.py --url "$1" --levels "$levels" --new-tokens "$new_tokens" --hits 1 "${@:3}" |
         grep '^{"concurrency"' | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -96,6 +96,8 @@ for line in sys.stdin:
 out="$work/backend.jsonl"
 : > "$out"
 url=$(serve local --quantization q8_0 --set queue.max_batch=8)
+curl -sf "$url/api/generate" -H 'Content-Type: application/json' \
+    -d '{"topic": "calentamiento", "max_new_tokens": 64, "max_words": 0}' >/dev/null
 bench "$url" "mananera local" | tee -a "$out"
 stop_all
 
@@ -104,9 +106,15 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
     -np 8 -c $((8 * (new_tokens + 128))) -t 2 >"$work/llama-server.log" 2>&1 &
 pids+=($!)
 until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.5; done
+# Warm-up: llama-server maps the GGUF, so its first speech pays the page faults.
+curl -sf "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt": "PRESIDENTE:\nhola", "max_tokens": 64, "ignore_eos": true}' >/dev/null
 url=$(serve openai --set engine.backend='"openai"' --set engine.backend_url="\"http://127.0.0.1:$port\"" \
     --set engine.backend_max_concurrent=16)
 bench "$url" "mananera → llama-server -np 8" | tee -a "$out"
+# The peer alone: the same speeches asked of llama-server's own API (EOS ignored, as the
+# random model's speeches run to max_tokens anyway).
+bench "http://127.0.0.1:$port" "llama-server -np 8 alone" --openai mananera | tee -a "$out"
 stop_all
 
 python3 - "$out" <<'PY'
@@ -115,14 +123,15 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {}
 for r in rows:
     by.setdefault(r["concurrency"], {})[r["engine"]] = r
-local, remote = "mananera local", "mananera → llama-server -np 8"
-single = {e: by[min(by)][e]["total_tok_s"] for e in (local, remote)}
-print("\n| concurrent speeches | local tokens/s in total (× one) | through llama-server (× one) | local ÷ llama-server | time to first token, local / llama-server |")
-print("|---|---|---|---|---|")
+local, remote, alone = "mananera local", "mananera → llama-server -np 8", "llama-server -np 8 alone"
+single = {e: by[min(by)][e]["total_tok_s"] for e in (local, remote, alone)}
+print("\n| concurrent speeches | local tokens/s in total (× one) | through llama-server (× one) | llama-server alone (× one) | local ÷ llama-server alone | time to first token, local / through / alone |")
+print("|---|---|---|---|---|---|")
 for c in sorted(by):
-    a, b = by[c][local], by[c][remote]
+    a, b, d = by[c][local], by[c][remote], by[c][alone]
     print(f"| {c} | {a['total_tok_s']:.1f} ({a['total_tok_s'] / single[local]:.2f}×) "
           f"| {b['total_tok_s']:.1f} ({b['total_tok_s'] / single[remote]:.2f}×) "
-          f"| {a['total_tok_s'] / b['total_tok_s']:.2f}× "
-          f"| {a['ttft_ms_median']:.0f} / {b['ttft_ms_median']:.0f} ms |")
+          f"| {d['total_tok_s']:.1f} ({d['total_tok_s'] / single[alone]:.2f}×) "
+          f"| {a['total_tok_s'] / d['total_tok_s']:.2f}× "
+          f"| {a['ttft_ms_median']:.0f} / {b['ttft_ms_median']:.0f} / {d['ttft_ms_median']:.0f} ms |")
 PY

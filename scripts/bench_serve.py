@@ -27,7 +27,47 @@ def post(url, body, stream):
     return conn, conn.getresponse()
 
 
+def stream_openai(url, topic, new_tokens, out):
+    """One speech straight from an OpenAI-compatible server (`--openai MODEL`), for the peer."""
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    body = {"model": OPENAI_MODEL, "prompt": "PRESIDENTE ANDRÉS MANUEL LÓPEZ OBRADOR:\n" + topic,
+            "max_tokens": new_tokens, "temperature": 0.8, "top_k": 50, "top_p": 0.95,
+            "repeat_penalty": 1.1, "stream": True, "ignore_eos": True}
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        out.append({"error": resp.status, "body": resp.read().decode()})
+        return
+    first, tokens = None, 0
+    while True:
+        line = resp.readline()
+        if not line:
+            break
+        line = line.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        if any(c.get("text") for c in chunk.get("choices", [])):
+            tokens += 1
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    conn.close()
+    out.append({"ttft_s": first - start, "seconds": end - start, "tokens": tokens,
+                "tok_s": (tokens - 1) / (end - first) if end > first else 0.0, "stop": None})
+
+
+OPENAI_MODEL = None
+
+
 def stream_one(url, topic, new_tokens, out):
+    if OPENAI_MODEL:
+        return stream_openai(url, topic, new_tokens, out)
     body = {"topic": topic, "max_new_tokens": new_tokens, "max_words": 0}
     start = time.perf_counter()
     conn, resp = post(url, body, True)
@@ -115,12 +155,17 @@ def main():
     p.add_argument("--levels", default="1,4,8")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--hits", type=int, default=200)
+    p.add_argument("--openai", metavar="MODEL", help="load an OpenAI-compatible server's /v1/completions directly (no cache-hit measurement)")
     a = p.parse_args()
+    global OPENAI_MODEL
+    OPENAI_MODEL = a.openai
     rows = []
     for c in map(int, a.levels.split(",")):
         row = level(a.url, c, a.new_tokens, f"c{c}-{time.time()}")
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if OPENAI_MODEL:
+        return
     hit = cache_hit(a.url, a.hits)
     print(json.dumps(hit), flush=True)
     single = rows[0]["total_tok_s"]
