@@ -142,22 +142,37 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
-/// Eight independent lanes so the compiler can vectorise without reassociating one sum.
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b, |x| x)
+}
+
+/// `Σ widen(a[i])·b[i]` in eight independent lanes, so the compiler can vectorise without
+/// reassociating one sum: the portable dot product of every weight type.
+pub(crate) fn dot_lanes<T: Copy>(a: &[T], b: &[f32], widen: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(&x, y)| widen(x) * y)
         .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += widen(x[l]) * y[l];
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The sum of an AVX register's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+pub(crate) fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -182,11 +197,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             }
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let single = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
-        let tail = dot_portable(&a[chunks * 32..n], &b[chunks * 32..n]);
-        _mm_cvtss_f32(single) + tail
+        sum_lanes(sum) + dot_portable(&a[chunks * 32..n], &b[chunks * 32..n])
     }
 }
 

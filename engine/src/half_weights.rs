@@ -11,7 +11,9 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use half::f16;
 
-use super::gemv::{MAX_STREAMING_ROWS, ROWS_PER_TASK, gemm_rows, tiled_rows, transpose};
+#[cfg(target_arch = "x86_64")]
+use super::gemv::sum_lanes;
+use super::gemv::{MAX_STREAMING_ROWS, ROWS_PER_TASK, dot_lanes, gemm_rows, tiled_rows, transpose};
 use super::parallel::for_each_chunk_mut;
 
 /// A `[n, k]` weight matrix of half floats.
@@ -136,20 +138,7 @@ fn dot(w: &[f16], x: &[f32]) -> f32 {
 }
 
 fn dot_portable(w: &[f16], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (cw, cx) = (w.chunks_exact(8), x.chunks_exact(8));
-    let tail: f32 = cw
-        .remainder()
-        .iter()
-        .zip(cx.remainder())
-        .map(|(a, b)| a.to_f32() * b)
-        .sum();
-    for (a, b) in cw.zip(cx) {
-        for l in 0..8 {
-            acc[l] += a[l].to_f32() * b[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    dot_lanes(w, x, f16::to_f32)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -196,10 +185,7 @@ fn dot_f16c(w: &[f16], x: &[f32]) -> f32 {
             }
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let single = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
-        _mm_cvtss_f32(single) + dot_portable(&w[chunks * 32..n], &x[chunks * 32..n])
+        sum_lanes(sum) + dot_portable(&w[chunks * 32..n], &x[chunks * 32..n])
     }
 }
 
