@@ -217,11 +217,7 @@ impl Live {
                 (wanted, None)
             }
             BackendKind::Openai => {
-                // The API key is a file read: off the runtime.
-                let settings = {
-                    let config = config.clone();
-                    blocking(move || config.backend_settings().map_err(LiveError::Load)).await?
-                };
+                let settings = backend_settings(&config).await.map_err(LiveError::Load)?;
                 let model = remote::probe(&settings)
                     .await
                     .map_err(|e| LiveError::Load(e.to_string()))?;
@@ -406,20 +402,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| LiveError::Failed(format!("the work stopped: {e}")))?
 }
 
+/// The `openai` backend's settings, its API key file read off the async runtime.
+pub async fn backend_settings(config: &Config) -> Result<remote::Settings, String> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || config.backend_settings())
+        .await
+        .map_err(|e| format!("reading the backend settings stopped: {e}"))?
+}
+
 /// The first model of the `openai` backend: the settings' server, asked until it answers
 /// with its model (a server that is down is waited for, as a local model loads; one that
 /// serves another model is refused).
 async fn first_remote(config: &Config, metrics: Arc<Metrics>) -> Result<Remote, Failure> {
-    let settings = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || config.backend_settings())
-            .await
-            .map_err(|e| Failure {
-                exit: Exit::Internal,
-                message: format!("reading the backend settings stopped: {e}"),
-            })?
-            .map_err(Failure::usage)?
-    };
+    let settings = backend_settings(config).await.map_err(Failure::usage)?;
     let mut failures = 0u32;
     loop {
         match remote::probe(&settings).await {

@@ -301,14 +301,9 @@ impl Nightly {
         self.phase(&format!(
             "waiting for the generation server to serve {name}"
         ));
-        // The API key is a file read: off the runtime.
-        let settings = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || config.backend_settings())
-                .await
-                .map_err(|e| RunError::Crashed(e.to_string()))?
-                .map_err(RunError::Publish)?
-        };
+        let settings = crate::live::backend_settings(config)
+            .await
+            .map_err(RunError::Publish)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(config.publish.wait_s);
         loop {
             let last = match remote::probe(&settings).await {
