@@ -424,62 +424,99 @@ fn bad_backend_and_publish_settings_are_refused_at_start_with_the_setting_named(
     );
 }
 
+/// The words of a text, for comparing a speech split into bot messages with the whole.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}
+
+/// Both bots' platforms, faked on loopback.
+struct Bots {
+    discord: FakeDiscord,
+    telegram: FakeTelegram,
+}
+
+impl Bots {
+    async fn start() -> Self {
+        Self {
+            discord: FakeDiscord::start().await,
+            telegram: FakeTelegram::start().await,
+        }
+    }
+
+    /// The daemon with `sets`, both bots' tokens, and their APIs pointed at the fakes.
+    fn daemon(&self, state: &std::path::Path, mut sets: Vec<String>) -> Daemon {
+        sets.extend([
+            format!("discord.api_proxy={:?}", self.discord.rest_url),
+            format!("discord.guilds=[{}]", dc::GUILD_ID),
+            format!("telegram.api_url={:?}", self.telegram.url),
+            "telegram.poll_timeout_s=2".to_string(),
+        ]);
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        Daemon::start_with_env(
+            &tiny_model(),
+            state,
+            &sets,
+            &[
+                ("MANANERA_DISCORD_TOKEN", "discord-test-token"),
+                ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
+            ],
+        )
+    }
+
+    /// `/mañanera tema:<topic>` on Discord, once the commands are registered: the words of
+    /// the whole speech its messages show.
+    async fn discord_speech(&self, topic: &str) -> Vec<String> {
+        self.discord
+            .wait_for(Duration::from_secs(30), "registration", |calls, _| {
+                calls.iter().any(|c| c.method == "PUT").then_some(())
+            })
+            .await;
+        let token = self.discord.slash("mañanera", Some(topic), "111", true);
+        let pages = self
+            .discord
+            .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
+                let pages = dc::final_pages(calls, &token);
+                (!pages[0].is_empty() && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
+            })
+            .await;
+        words(&pages.join(" "))
+    }
+
+    /// `topic` said to the Telegram bot in a private chat, once it polls: the words of the
+    /// whole speech its messages show.
+    async fn telegram_speech(&self, topic: &str) -> Vec<String> {
+        self.telegram
+            .wait_for(Duration::from_secs(30), "long polling", |calls| {
+                calls.iter().any(|c| c.method == "getupdates").then_some(())
+            })
+            .await;
+        let start = self.telegram.calls().len();
+        self.telegram.user_says(42, 42, topic, None);
+        let texts = self
+            .telegram
+            .wait_for(Duration::from_secs(60), "the whole speech", |calls| {
+                let texts = tg::final_messages(calls, 42, start);
+                (!texts.is_empty() && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
+            })
+            .await;
+        words(&texts.join(" "))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_bots_answer_through_the_server() {
     let fake = FakeOpenAi::start(&["mananera"]).await;
-    let discord = FakeDiscord::start().await;
-    let telegram = FakeTelegram::start().await;
+    let bots = Bots::start().await;
     let state = tempfile::tempdir().unwrap();
     let mut sets = backend(&fake);
     sets.extend([
-        format!("discord.api_proxy={:?}", discord.rest_url),
-        format!("discord.guilds=[{}]", dc::GUILD_ID),
-        format!("telegram.api_url={:?}", telegram.url),
-        "telegram.poll_timeout_s=2".to_string(),
         "generation.max_words=0".to_string(),
         "generation.max_new_tokens=40".to_string(),
     ]);
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let d = Daemon::start_with_env(
-        &tiny_model(),
-        &state.path().join("s"),
-        &sets,
-        &[
-            ("MANANERA_DISCORD_TOKEN", "discord-test-token"),
-            ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
-        ],
-    );
-    let whole = speech("mananera", 40).concat();
-    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-
-    discord
-        .wait_for(Duration::from_secs(30), "registration", |calls, _| {
-            calls.iter().any(|c| c.method == "PUT").then_some(())
-        })
-        .await;
-    let token = discord.slash("mañanera", Some("el agua"), "111", true);
-    let pages = discord
-        .wait_for(Duration::from_secs(60), "the whole speech", |calls, _| {
-            let pages = dc::final_pages(calls, &token);
-            (!pages[0].is_empty() && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
-        })
-        .await;
-    assert_eq!(words(&pages.join(" ")), words(&whole));
-
-    telegram
-        .wait_for(Duration::from_secs(30), "long polling", |calls| {
-            calls.iter().any(|c| c.method == "getupdates").then_some(())
-        })
-        .await;
-    let start = telegram.calls().len();
-    telegram.user_says(42, 42, "la refinería", None);
-    let texts = telegram
-        .wait_for(Duration::from_secs(60), "the whole speech", |calls| {
-            let texts = tg::final_messages(calls, 42, start);
-            (!texts.is_empty() && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
-        })
-        .await;
-    assert_eq!(words(&texts.join(" ")), words(&whole));
+    let d = bots.daemon(&state.path().join("s"), sets);
+    let whole = words(&speech("mananera", 40).concat());
+    assert_eq!(bots.discord_speech("el agua").await, whole);
+    assert_eq!(bots.telegram_speech("la refinería").await, whole);
     let prompts: Vec<String> = fake
         .requests()
         .iter()
@@ -577,10 +614,19 @@ impl Drop for Killed {
     }
 }
 
-/// What `mananera generate` writes alone for `topic`, greedy, with the tiny model.
-fn local_greedy(topic: &str) -> String {
+/// What `mananera generate` writes alone for `topic`, greedy, with the tiny model in f32
+/// (as the GGUF llama-server serves) and a word limit of `max_words` (0: none).
+fn local_greedy(topic: &str, max_words: usize) -> String {
     let out = std::process::Command::new(BIN)
-        .args(["generate", topic, "--temperature", "0", "--max-words", "0"])
+        .args([
+            "generate",
+            topic,
+            "--temperature",
+            "0",
+            "--quantization",
+            "none",
+        ])
+        .args(["--max-words", &max_words.to_string()])
         .args(["--max-new-tokens", "48", "--model"])
         .arg(tiny_model())
         .output()
@@ -643,37 +689,23 @@ async fn a_real_llama_server_writes_the_local_engines_greedy_speeches_for_the_pa
     })
     .await;
 
-    let discord = FakeDiscord::start().await;
-    let telegram = FakeTelegram::start().await;
-    let sets = [
+    let bots = Bots::start().await;
+    let sets = vec![
         "engine.backend=\"openai\"".to_string(),
         format!("engine.backend_url={url:?}"),
         "limits.admins=[\"web:127.0.0.1\"]".into(),
         "generation.temperature=0".into(),
         "generation.max_words=0".into(),
         "generation.max_new_tokens=48".into(),
-        format!("discord.api_proxy={:?}", discord.rest_url),
-        format!("discord.guilds=[{}]", dc::GUILD_ID),
-        format!("telegram.api_url={:?}", telegram.url),
-        "telegram.poll_timeout_s=2".into(),
     ];
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let d = Daemon::start_with_env(
-        &tiny_model(),
-        &dir.path().join("s"),
-        &sets,
-        &[
-            ("MANANERA_DISCORD_TOKEN", "discord-test-token"),
-            ("MANANERA_TELEGRAM_TOKEN", "123:telegram-test-token"),
-        ],
-    );
+    let d = bots.daemon(&dir.path().join("s"), sets);
     // The page's API, streamed and whole: the same text as the local engine's, greedy.
     for topic in [
         "la refinería",
         "el agua",
         "la corrupción de los conservadores",
     ] {
-        let local = local_greedy(topic);
+        let local = local_greedy(topic, 0);
         let stream = EventStream::open(&d.url, &json!({ "topic": topic })).await;
         let (streamed, end, done) = stream.finish(String::new()).await;
         assert_eq!(end, "done", "{done}");
@@ -688,57 +720,16 @@ async fn a_real_llama_server_writes_the_local_engines_greedy_speeches_for_the_pa
     // The word limit and UTF-8 pieces behave as with the local engine.
     let limited = json!({"topic": "los apoyos", "max_words": 5, "max_new_tokens": 48});
     let remote = generate(&d.url, &limited).await;
-    let local = std::process::Command::new(BIN)
-        .args([
-            "generate",
-            "los apoyos",
-            "--temperature",
-            "0",
-            "--max-words",
-            "5",
-        ])
-        .args(["--max-new-tokens", "48", "--model"])
-        .arg(tiny_model())
-        .output()
-        .unwrap();
-    assert_eq!(
-        text(&remote.json),
-        String::from_utf8(local.stdout)
-            .unwrap()
-            .trim_end_matches('\n')
-    );
+    assert_eq!(text(&remote.json), local_greedy("los apoyos", 5));
 
-    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    discord
-        .wait_for(Duration::from_secs(30), "registration", |calls, _| {
-            calls.iter().any(|c| c.method == "PUT").then_some(())
-        })
-        .await;
-    let token = discord.slash("mañanera", Some("la seguridad"), "111", true);
-    let pages = discord
-        .wait_for(Duration::from_secs(60), "the speech", |calls, _| {
-            let pages = dc::final_pages(calls, &token);
-            (!pages[0].is_empty() && !pages.iter().any(|p| p.ends_with(" …"))).then_some(pages)
-        })
-        .await;
     assert_eq!(
-        words(&pages.join(" ")),
-        words(&local_greedy("la seguridad"))
+        bots.discord_speech("la seguridad").await,
+        words(&local_greedy("la seguridad", 0))
     );
-    telegram
-        .wait_for(Duration::from_secs(30), "long polling", |calls| {
-            calls.iter().any(|c| c.method == "getupdates").then_some(())
-        })
-        .await;
-    let start = telegram.calls().len();
-    telegram.user_says(42, 42, "el petróleo", None);
-    let texts = telegram
-        .wait_for(Duration::from_secs(60), "the speech", |calls| {
-            let texts = tg::final_messages(calls, 42, start);
-            (!texts.is_empty() && !texts.iter().any(|t| t.ends_with(" …"))).then_some(texts)
-        })
-        .await;
-    assert_eq!(words(&texts.join(" ")), words(&local_greedy("el petróleo")));
+    assert_eq!(
+        bots.telegram_speech("el petróleo").await,
+        words(&local_greedy("el petróleo", 0))
+    );
     let (status, log) = d.terminate();
     assert!(status.success(), "{log}");
 }
